@@ -1,0 +1,393 @@
+"""Ingest a VCF, a sample sheet and clinical tables into a node store.
+
+Streaming: records are read with cyvcf2 and converted in chunks, so memory is bounded by the
+chunk size, not the file. The new store version is swapped in only when complete (see
+:class:`genofed.genomics.store.StoreWriter`): a failed ingest leaves the previous store untouched.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from genofed.engine.errors import IngestError
+from genofed.genomics.store import (
+    N_PLANES,
+    NodeStore,
+    StoreManifest,
+    StoreWriter,
+    pack_rows,
+    plane_width,
+)
+
+CHUNK_RECORDS = 4096
+SAMPLE_ID_NAMES = ("sample_id", "sample", "sample.id", "iid", "id")
+BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
+
+
+def normalise_name(name: str) -> str:
+    """Column names as the federated schema has them: lower case, runs of other chars to ``_``."""
+    out = re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")
+    if not out:
+        out = "col"
+    if out[0].isdigit():
+        out = "c_" + out
+    return out
+
+
+@dataclass
+class IngestReport:
+    """What an ingest wrote."""
+
+    store: Path
+    n_samples: int
+    n_records: int
+    n_variants: int
+    clinical: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _read_table(path: Path, what: str) -> pa.Table:
+    if not path.exists():
+        raise IngestError(f"{what} {path} does not exist")
+    con = duckdb.connect()
+    try:
+        if path.suffix.lower() == ".parquet":
+            rel = con.read_parquet(str(path))
+        else:
+            rel = con.read_csv(str(path), header=True, all_varchar=False)
+        table = rel.to_arrow_table()
+    except duckdb.Error as e:
+        raise IngestError(f"{what} {path} could not be read: {e}. Give a CSV/TSV with a header row or a Parquet file") from e
+    finally:
+        con.close()
+    if table.num_columns < 1 or table.num_rows == 0:
+        raise IngestError(f"{what} {path} has no rows; give a file with a header and one row per sample")
+    return table
+
+
+def _normalise_columns(table: pa.Table, id_col: int, what: str, path: Path) -> pa.Table:
+    names = [normalise_name(n) for n in table.column_names]
+    names[id_col] = "sample_id"
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise IngestError(f"{what} {path}: two columns normalise to {n!r}; rename one")
+        seen.add(n)
+    table = table.rename_columns(names)
+    ids = table.column("sample_id").cast(pa.string())
+    table = table.set_column(id_col, "sample_id", ids)
+    if id_col != 0:
+        order = ["sample_id"] + [n for n in names if n != "sample_id"]
+        table = table.select(order)
+    if ids.null_count:
+        raise IngestError(f"{what} {path}: {ids.null_count} rows have an empty sample id")
+    return table
+
+
+def read_sample_sheet(path: str | os.PathLike[str]) -> pa.Table:
+    """Read a sample sheet: TSV/CSV whose first column is the sample id."""
+    p = Path(path)
+    table = _normalise_columns(_read_table(p, "sample sheet", ), 0, "sample sheet", p)
+    ids = table.column("sample_id").to_pylist()
+    if len(set(ids)) != len(ids):
+        raise IngestError(f"sample sheet {p}: sample ids are not unique; each sample must appear once")
+    return table
+
+
+def read_clinical(path: str | os.PathLike[str]) -> pa.Table:
+    """Read a clinical table (CSV or Parquet) with a sample id column."""
+    p = Path(path)
+    table = _read_table(p, "clinical table")
+    lowered = [n.lower() for n in table.column_names]
+    id_col = next((lowered.index(n) for n in SAMPLE_ID_NAMES if n in lowered), 0)
+    return _normalise_columns(table, id_col, "clinical table", p)
+
+
+def _check_bgzf(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if head[:2] != b"\x1f\x8b":
+            return  # plain text VCF
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - 28))
+        tail = f.read(28)
+    if head[3:4] == b"\x04" and tail != BGZF_EOF:
+        raise IngestError(
+            f"{path}: truncated BGZF file (the end-of-file marker is missing, {size} bytes). "
+            "The copy is incomplete: copy or download the file again, or re-compress it with bgzip"
+        )
+
+
+def _diagnose(path: Path, record_index: int, n_vcf_samples: int) -> str:
+    """Re-read the failing record as text and say which line and field are malformed."""
+    opener = gzip.open if open(path, "rb").read(2) == b"\x1f\x8b" else open
+    seen = -1
+    try:
+        with opener(path, "rt", errors="replace") as f:  # type: ignore[operator]
+            for lineno, line in enumerate(f, start=1):
+                if line.startswith("#"):
+                    continue
+                seen += 1
+                if seen < record_index:
+                    continue
+                return _diagnose_line(path, lineno, line.rstrip("\n"), n_vcf_samples)
+    except (EOFError, OSError, gzip.BadGzipFile) as e:
+        return f"{path}: compressed data is corrupt or truncated after record {seen + 1} ({e}); copy the file again"
+    return f"{path}: unreadable record {record_index + 1}"
+
+
+def _diagnose_line(path: Path, lineno: int, line: str, n_samples: int) -> str:
+    fields = line.split("\t")
+    expected = 9 + n_samples if n_samples else 8
+    where = f"{path}:{lineno}"
+    if len(fields) < 8:
+        return f"{where}: record has {len(fields)} tab-separated columns, a VCF record needs at least 8 (column {len(fields) + 1} missing; is the line truncated?)"
+    if not fields[1].isdigit():
+        return f"{where}, column 2 (POS): {fields[1][:40]!r} is not a positive integer"
+    if n_samples and len(fields) != expected:
+        return f"{where}: {len(fields)} columns, expected {expected} (9 + {n_samples} samples)"
+    n_alt = len(fields[4].split(",")) if fields[4] != "." else 0
+    fmt = fields[8].split(":") if len(fields) > 8 else []
+    if "GT" in fmt:
+        k = fmt.index("GT")
+        for j, cell in enumerate(fields[9:]):
+            gt = cell.split(":")[k] if k < len(cell.split(":")) else "."
+            for allele in re.split(r"[/|]", gt):
+                if allele != "." and (not allele.isdigit() or int(allele) > n_alt):
+                    col = 10 + j
+                    return (
+                        f"{where}, column {col} (sample {j + 1}): genotype {gt[:20]!r} is not valid "
+                        f"(alleles must be '.' or 0..{n_alt})"
+                    )
+    return f"{where}: malformed record (htslib could not parse it)"
+
+
+def _vcf_reader(vcf: Path, samples: list[str] | None):
+    from cyvcf2 import VCF
+
+    try:
+        reader = VCF(str(vcf), samples=samples, gts012=False, lazy=True, threads=1)
+    except (OSError, Exception) as e:  # cyvcf2 raises plain Exception
+        raise IngestError(f"{vcf}: not a readable VCF ({e}); give a VCF or bgzipped VCF with a #CHROM header") from e
+    return reader
+
+
+def ingest(
+    store: str | os.PathLike[str],
+    vcf: str | os.PathLike[str],
+    samples: str | os.PathLike[str] | pa.Table | None = None,
+    clinical: dict[str, str | os.PathLike[str] | pa.Table] | None = None,
+    *,
+    chunk_records: int = CHUNK_RECORDS,
+    progress: bool = False,
+    on_chunk: Callable[[int], None] | None = None,
+) -> IngestReport:
+    """Ingest a VCF (and optionally a sample sheet and clinical tables) into a node store.
+
+    Parameters
+    ----------
+    store
+        Store directory; created if missing. An existing store is replaced atomically only when
+        the new one is complete.
+    vcf
+        VCF or bgzipped VCF. Multi-allelic records are split into one row per ALT.
+    samples
+        Sample sheet (first column the sample id) or an Arrow table. When given, the node's
+        cohort is exactly these samples; every one must be in the VCF.
+    clinical
+        ``{name: CSV/Parquet path or Arrow table}``; each needs a sample id column. Rows for
+        samples outside the cohort are dropped.
+
+    Examples
+    --------
+    >>> ingest("node_a", "cohort.vcf.gz", samples="samples.tsv",
+    ...        clinical={"phenotypes": "pheno.csv"})  # doctest: +SKIP
+    """
+    vcf = Path(vcf)
+    if not vcf.exists():
+        raise IngestError(f"VCF {vcf} does not exist")
+    _check_bgzf(vcf)
+    sheet = samples if isinstance(samples, pa.Table) or samples is None else read_sample_sheet(samples)
+
+    header_reader = _vcf_reader(vcf, None)
+    vcf_samples = list(header_reader.samples)
+    header_reader.close()
+    notes: list[str] = []
+    if sheet is not None:
+        wanted = sheet.column("sample_id").to_pylist()
+        in_vcf = set(vcf_samples)
+        missing = [s for s in wanted if s not in in_vcf]
+        if missing:
+            shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
+            raise IngestError(
+                f"sample sheet: {len(missing)} of {len(wanted)} sample ids are not in the VCF "
+                f"{vcf.name} (first: {shown}). Fix the sheet or give the VCF these samples belong to"
+            )
+        keep = set(wanted)
+        chosen = [s for s in vcf_samples if s in keep]
+        if len(chosen) < len(vcf_samples):
+            notes.append(f"{len(vcf_samples) - len(chosen)} VCF samples not in the sample sheet were not ingested")
+        order = {s: i for i, s in enumerate(wanted)}
+        idx = pa.array([order[s] for s in chosen], type=pa.int64())
+        sample_table = sheet.take(idx)
+    else:
+        chosen = vcf_samples
+        sample_table = pa.table({"sample_id": pa.array(chosen, type=pa.string())})
+    if not chosen:
+        raise IngestError(f"{vcf}: no samples to ingest; the VCF has no genotype columns or none match the sheet")
+
+    n = len(chosen)
+    width = plane_width(n)
+    reader = _vcf_reader(vcf, chosen if len(chosen) < len(vcf_samples) else None)
+    if list(reader.samples) != chosen:
+        raise IngestError(f"{vcf}: sample subsetting failed; check for duplicate sample ids in the VCF header")
+
+    writer = StoreWriter(store)
+    cols: dict[str, list] = {k: [] for k in ("variant_id", "chrom", "pos", "ref", "alt", "rsid", "qual", "filter")}
+    n_records = 0
+    n_rows = 0
+    gts = np.empty((chunk_records, n, 2), dtype=np.int16)
+    phase = np.empty((chunk_records, n), dtype=bool)
+    row_src: list[int] = []
+    row_alt: list[int] = []
+    k = 0
+
+    def flush() -> None:
+        nonlocal k, n_rows
+        if not row_src:
+            k = 0
+            return
+        src = np.asarray(row_src, dtype=np.intp)
+        alt = np.asarray(row_alt, dtype=np.int16)[:, None]
+        a1 = gts[src, :, 0]
+        a2 = gts[src, :, 1]
+        c1 = a1 >= 0
+        c2 = a2 >= 0
+        dos = (a1 == alt).astype(np.int8) + (a2 == alt).astype(np.int8)
+        planes = np.empty((len(src), N_PLANES, width), dtype=np.uint8)
+        planes[:, 0] = pack_rows(dos >= 1, width)
+        planes[:, 1] = pack_rows(dos == 2, width)
+        planes[:, 2] = pack_rows(c1 | c2, width)
+        dip = c1 & c2
+        planes[:, 3] = pack_rows(dip, width)
+        planes[:, 4] = pack_rows(phase[src] & dip, width)
+        writer.write_planes(planes)
+        n_rows += len(src)
+        row_src.clear()
+        row_alt.clear()
+        k = 0
+
+    bar = _progress(progress, vcf)
+    try:
+        it = iter(reader)
+        while True:
+            try:
+                rec = next(it)
+                g = rec.genotype.array()
+            except StopIteration:
+                break
+            except Exception as e:  # cyvcf2 raises bare Exception on htslib parse errors
+                raise IngestError(_diagnose(vcf, n_records, len(vcf_samples))) from e
+            if g.shape[1] < 3:  # haploid-only records come back with 2 columns
+                g = np.concatenate([g[:, :1], np.full((n, 1), -2, np.int16), g[:, 1:]], axis=1)
+            gts[k, :, 0] = g[:, 0]
+            gts[k, :, 1] = g[:, 1]
+            phase[k] = g[:, 2] == 1
+            chrom, pos, ref = rec.CHROM, rec.POS, rec.REF
+            alts = rec.ALT or []
+            rid = rec.ID
+            qual = rec.QUAL
+            filt = rec.FILTER
+            filt = "PASS" if filt is None and rec.FILTERS == ["PASS"] else filt
+            for j, a in enumerate(alts, start=1):
+                cols["variant_id"].append(f"{chrom}:{pos}:{ref}:{a}")
+                cols["chrom"].append(chrom)
+                cols["pos"].append(pos)
+                cols["ref"].append(ref)
+                cols["alt"].append(a)
+                cols["rsid"].append(rid)
+                cols["qual"].append(qual)
+                cols["filter"].append(filt)
+                row_src.append(k)
+                row_alt.append(j)
+            k += 1
+            n_records += 1
+            if k == chunk_records:
+                flush()
+                if bar is not None:
+                    bar[0].update(bar[1], completed=n_records)
+                if on_chunk is not None:
+                    on_chunk(n_records)
+        flush()
+        reader.close()
+        variants = pa.table(
+            {
+                "vidx": pa.array(np.arange(n_rows, dtype=np.int64)),
+                "variant_id": pa.array(cols["variant_id"], pa.string()),
+                "chrom": pa.array(cols["chrom"], pa.string()),
+                "pos": pa.array(cols["pos"], pa.int64()),
+                "ref": pa.array(cols["ref"], pa.string()),
+                "alt": pa.array(cols["alt"], pa.string()),
+                "rsid": pa.array(cols["rsid"], pa.string()),
+                "qual": pa.array(cols["qual"], pa.float64()),
+                "filter": pa.array(cols["filter"], pa.string()),
+            }
+        )
+        pq.write_table(variants, writer.dir / "variants.parquet")
+        pq.write_table(sample_table, writer.dir / "samples.parquet")
+        clin_counts: dict[str, int] = {}
+        cohort = pa.array(chosen, pa.string())
+        for name, src_path in (clinical or {}).items():
+            tname = normalise_name(name)
+            if tname in ("samples", "variants", "genotypes"):
+                raise IngestError(f"clinical table name {name!r} clashes with a core table; choose another name")
+            t = src_path if isinstance(src_path, pa.Table) else read_clinical(src_path)
+            mask = pa.compute.is_in(t.column("sample_id"), value_set=cohort)
+            kept = t.filter(mask)
+            dropped = t.num_rows - kept.num_rows
+            if dropped:
+                notes.append(f"clinical {tname}: {dropped} rows for samples outside this node's cohort dropped")
+            pq.write_table(kept, writer.dir / "clinical" / f"{tname}.parquet")
+            clin_counts[tname] = kept.num_rows
+        manifest = StoreManifest(
+            n_samples=n, n_variants=n_rows, width=width, clinical=sorted(clin_counts), source=str(vcf)
+        )
+        final = writer.commit(manifest)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        if bar is not None:
+            bar[0].stop()
+    return IngestReport(final, n, n_records, n_rows, clin_counts, notes)
+
+
+def _progress(enabled: bool, vcf: Path):
+    if not enabled:
+        return None
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    p = Progress(
+        SpinnerColumn(),
+        TextColumn("ingest {task.description}"),
+        TextColumn("{task.completed:,} records"),
+        TimeElapsedColumn(),
+        transient=True,
+    )
+    p.start()
+    task = p.add_task(vcf.name, total=None)
+    return p, task
+
+
+__all__ = ["IngestReport", "ingest", "normalise_name", "read_clinical", "read_sample_sheet", "NodeStore"]

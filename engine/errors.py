@@ -1,0 +1,86 @@
+"""The exception hierarchy: one root, one subclass per phase.
+
+Messages name the problem and the remedy. Privacy errors (`DisclosureError`) never carry the
+protected values (cell counts, sample IDs).
+"""
+
+from __future__ import annotations
+
+
+class GenofedError(Exception):
+    """Root of every error genofed raises on purpose."""
+
+    code = "error"
+
+
+class ConfigError(GenofedError, ValueError):
+    """A federation, node or policy configuration is invalid."""
+
+    code = "config"
+
+
+class IngestError(GenofedError, ValueError):
+    """Input data (VCF, sample sheet, clinical table) could not be ingested."""
+
+    code = "ingest"
+
+
+class ParseError(GenofedError, ValueError):
+    """SQL could not be parsed. Keeps sqlglot's line and column."""
+
+    code = "parse"
+
+    def __init__(self, message: str, line: int | None = None, col: int | None = None):
+        super().__init__(message)
+        self.line = line
+        self.col = col
+
+
+class PlanningError(GenofedError, ValueError):
+    """The query is valid SQL but cannot be run federated (unknown name, unsupported construct)."""
+
+    code = "planning"
+
+
+class UnsupportedError(PlanningError):
+    """A construct or function genofed does not support; the message lists what is supported."""
+
+    code = "unsupported"
+
+
+class DisclosureError(GenofedError):
+    """A release was refused by disclosure control. Names the rule, never the protected values."""
+
+    code = "disclosure"
+
+    def __init__(self, message: str, rule: str = "disclosure"):
+        super().__init__(message)
+        self.rule = rule
+
+
+class CombineError(GenofedError):
+    """Partials from the nodes could not be combined."""
+
+    code = "combine"
+
+
+class NodeError(GenofedError):
+    """A node failed, refused or did not answer. Carries the node name and an error code."""
+
+    code = "node"
+
+    def __init__(self, node: str, code: str, reason: str):
+        super().__init__(f"node {node!r} {code}: {reason}")
+        self.node = node
+        self.node_code = code
+        self.reason = reason
+
+
+class AuthError(NodeError):
+    """The node refused the caller's credentials."""
+
+
+class FragmentError(GenofedError, ValueError):
+    """A node refused a fragment during its own validation."""
+
+    code = "fragment"

@@ -1,0 +1,183 @@
+"""The node store: how one biobank's data sits on disk.
+
+Layout of a store directory ``DIR``::
+
+    DIR/current -> v-<stamp>/       (a symlink, swapped atomically by ingest)
+    DIR/v-<stamp>/manifest.json     (format version, counts, plane width, table list)
+    DIR/v-<stamp>/samples.parquet   (sample_id + sample-sheet columns; row i = genotype column i)
+    DIR/v-<stamp>/variants.parquet  (vidx + the federated `variants` columns)
+    DIR/v-<stamp>/genotypes.bin     (uint8 [n_variants, N_PLANES, width]: bit-packed planes)
+    DIR/v-<stamp>/clinical/<name>.parquet
+
+Genotypes are stored as bit planes, one bit per sample, little bit order, padded to a multiple
+of 64 samples so planes can be viewed as uint64 and counted with ``np.bitwise_count``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from genofed.engine.errors import IngestError
+
+FORMAT_VERSION = 1
+
+# plane order inside genotypes.bin
+ALT1, ALT2, CALLED, DIPLOID, PHASED = range(5)
+N_PLANES = 5
+PLANE_NAMES = ("alt_ge1", "alt_eq2", "called", "diploid", "phased")
+
+
+def plane_width(n_samples: int) -> int:
+    """Bytes per plane: samples rounded up to a multiple of 64 bits."""
+    return ((n_samples + 63) // 64) * 8
+
+
+def pack_rows(bits: np.ndarray, width: int) -> np.ndarray:
+    """Pack a boolean [rows, n_samples] array into uint8 [rows, width] (little bit order)."""
+    packed = np.packbits(bits, axis=1, bitorder="little")
+    if packed.shape[1] == width:
+        return packed
+    out = np.zeros((bits.shape[0], width), dtype=np.uint8)
+    out[:, : packed.shape[1]] = packed
+    return out
+
+
+def pack_mask(indices: np.ndarray, n_samples: int) -> np.ndarray:
+    """A sample mask (uint64 words) with the given sample indices set."""
+    bits = np.zeros((1, n_samples), dtype=bool)
+    bits[0, indices] = True
+    return pack_rows(bits, plane_width(n_samples)).view(np.uint64)[0]
+
+
+@dataclass
+class StoreManifest:
+    n_samples: int
+    n_variants: int
+    width: int
+    clinical: list[str] = field(default_factory=list)
+    source: str = ""
+    created: float = 0.0
+    version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2)
+
+
+class NodeStore:
+    """Read access to a node store (the version ``DIR/current`` points at).
+
+    Parameters
+    ----------
+    root
+        The store directory given to ``genofed ingest --store``.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+        cur = self.root / "current"
+        if not cur.exists():
+            raise IngestError(
+                f"{self.root} is not a genofed node store (no 'current' version). "
+                "Create one with: genofed ingest --store DIR --vcf FILE"
+            )
+        self.path = cur.resolve()
+        try:
+            meta = json.loads((self.path / "manifest.json").read_text())
+        except (OSError, ValueError) as e:
+            raise IngestError(f"store {self.root}: unreadable manifest.json ({e}); re-run ingest") from e
+        if meta.get("version") != FORMAT_VERSION:
+            raise IngestError(
+                f"store {self.root} has format version {meta.get('version')}, this genofed reads "
+                f"{FORMAT_VERSION}; re-run ingest"
+            )
+        self.manifest = StoreManifest(**meta)
+        self._planes: np.ndarray | None = None
+
+    @property
+    def samples_path(self) -> Path:
+        return self.path / "samples.parquet"
+
+    @property
+    def variants_path(self) -> Path:
+        return self.path / "variants.parquet"
+
+    def clinical_path(self, name: str) -> Path:
+        return self.path / "clinical" / f"{name}.parquet"
+
+    @property
+    def planes(self) -> np.ndarray:
+        """Memory-mapped uint8 [n_variants, N_PLANES, width]."""
+        if self._planes is None:
+            m = self.manifest
+            if m.n_variants == 0:
+                self._planes = np.zeros((0, N_PLANES, m.width), dtype=np.uint8)
+            else:
+                self._planes = np.memmap(
+                    self.path / "genotypes.bin",
+                    dtype=np.uint8,
+                    mode="r",
+                    shape=(m.n_variants, N_PLANES, m.width),
+                )
+        return self._planes
+
+
+class StoreWriter:
+    """Writes a new store version beside the current one and swaps it in atomically.
+
+    Until :meth:`commit`, the previous version stays the one readers see; :meth:`abort` (or an
+    exception inside the ``with`` block) removes the half-written version.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        stamp = f"v-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+        self.version_dir = self.root / f".tmp-{stamp}"
+        self.final_dir = self.root / stamp
+        self.version_dir.mkdir()
+        (self.version_dir / "clinical").mkdir()
+        self._geno = open(self.version_dir / "genotypes.bin", "wb")  # noqa: SIM115
+
+    @property
+    def dir(self) -> Path:
+        return self.version_dir
+
+    def write_planes(self, planes: np.ndarray) -> None:
+        self._geno.write(np.ascontiguousarray(planes, dtype=np.uint8).tobytes())
+
+    def commit(self, manifest: StoreManifest) -> Path:
+        self._geno.flush()
+        os.fsync(self._geno.fileno())
+        self._geno.close()
+        manifest.created = time.time()
+        (self.version_dir / "manifest.json").write_text(manifest.to_json())
+        os.replace(self.version_dir, self.final_dir)
+        link_tmp = self.root / f".current-{os.getpid()}"
+        if link_tmp.is_symlink() or link_tmp.exists():
+            link_tmp.unlink()
+        link_tmp.symlink_to(self.final_dir.name)
+        old = (self.root / "current").resolve() if (self.root / "current").exists() else None
+        os.replace(link_tmp, self.root / "current")  # atomic swap
+        if old is not None and old != self.final_dir.resolve():
+            shutil.rmtree(old, ignore_errors=True)
+        return self.final_dir
+
+    def abort(self) -> None:
+        try:
+            self._geno.close()
+        finally:
+            shutil.rmtree(self.version_dir, ignore_errors=True)
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
