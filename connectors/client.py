@@ -1,0 +1,67 @@
+"""The coordinator's transport to node servers (Arrow Flight)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from genofed.engine import protocol as P
+from genofed.engine.errors import AuthError, DisclosureError, NodeError
+
+
+class FlightTransport:
+    """Talks to one node. Implements the engine's ``Transport`` interface.
+
+    Parameters
+    ----------
+    name
+        The node's name in the federation (used in every error).
+    location
+        ``grpc://host:port`` (or ``grpc+tls://``).
+    token
+        The researcher's bearer token for this node.
+    """
+
+    def __init__(self, name: str, location: str, token: str, connect_timeout: float = 5.0):
+        self.name = name
+        self.location = location
+        self._headers = [(P.AUTH_HEADER.encode(), (P.BEARER + token).encode())]
+        self._client = flight.FlightClient(location)
+
+    def _options(self, timeout: float | None) -> flight.FlightCallOptions:
+        return flight.FlightCallOptions(headers=self._headers, timeout=timeout)
+
+    def catalog(self, timeout: float = 10.0) -> dict[str, Any]:
+        try:
+            results = list(self._client.do_action(flight.Action(P.ACTION_CATALOG, b""), self._options(timeout)))
+            return json.loads(results[0].body.to_pybytes())
+        except flight.FlightError as e:
+            raise self._error(e) from None
+
+    def run_fragment(self, sql: str, query_id: str, timeout: float) -> pa.Table:
+        try:
+            reader = self._client.do_get(flight.Ticket(P.fragment_ticket(sql, query_id)), self._options(timeout))
+            return reader.read_all()
+        except flight.FlightError as e:
+            raise self._error(e) from None
+
+    def _error(self, e: flight.FlightError) -> NodeError:
+        body = P.decode_error(str(e))
+        if isinstance(e, flight.FlightUnauthenticatedError) or (body and body.get("code") == P.CODE_AUTH):
+            return AuthError(self.name, P.CODE_AUTH, body["reason"] if body else "authentication failed")
+        if body is not None:
+            if body.get("code") == P.CODE_DISCLOSURE:
+                err = DisclosureError(f"node {self.name!r} refused: {body.get('reason')}", rule=body.get("rule", "disclosure"))
+                return err  # type: ignore[return-value]
+            return NodeError(self.name, body.get("code", "error"), body.get("reason", ""))
+        if isinstance(e, flight.FlightTimedOutError):
+            return NodeError(self.name, "timeout", "did not answer within the timeout")
+        if isinstance(e, flight.FlightUnavailableError):
+            return NodeError(self.name, "unavailable", f"cannot reach {self.location} (is the node running?)")
+        return NodeError(self.name, "transport", type(e).__name__)
+
+    def close(self) -> None:
+        self._client.close()

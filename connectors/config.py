@@ -1,0 +1,110 @@
+"""Node configuration (``node.toml``), read by ``genofed node serve``.
+
+Example::
+
+    [node]
+    name = "biobank_A"
+    store = "store"            # relative to this file
+    backend = "duckdb"
+
+    [policy]
+    min_count = 5              # groups with 1..min_count-1 samples are suppressed
+    allow_min_max = false
+    max_genotype_cells = 200000000
+
+    [[researchers]]
+    name = "alice"
+    token_sha256 = "<sha256 hex of alice's token>"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from genofed.engine.errors import ConfigError
+from genofed.privacy.disclosure import DEFAULT_MIN_COUNT
+
+
+def hash_token(token: str) -> str:
+    """The form a node stores a researcher token in."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass
+class Researcher:
+    name: str
+    token_sha256: str
+
+
+@dataclass
+class NodeConfig:
+    name: str
+    store: Path
+    backend: str = "duckdb"
+    min_count: int = DEFAULT_MIN_COUNT
+    allow_min_max: bool = False
+    max_genotype_cells: int = 200_000_000
+    researchers: list[Researcher] = field(default_factory=list)
+    path: Path | None = None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> NodeConfig:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"node config {p} does not exist; write one (see docs/stewards.md)") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"node config {p}: invalid TOML: {e}") from None
+        return cls.from_dict(data, base=p.parent, path=p)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base: Path, path: Path | None = None) -> NodeConfig:
+        where = str(path or "node config")
+        node = data.get("node")
+        if not isinstance(node, dict) or "name" not in node:
+            raise ConfigError(f"{where}: a [node] table with name = \"...\" is required")
+        policy = data.get("policy", {})
+        known = {"min_count", "allow_min_max", "max_genotype_cells"}
+        unknown = set(policy) - known
+        if unknown:
+            raise ConfigError(f"{where}: unknown [policy] keys {sorted(unknown)}; known: {sorted(known)}")
+        min_count = policy.get("min_count", DEFAULT_MIN_COUNT)
+        if not isinstance(min_count, int) or min_count < 1:
+            raise ConfigError(f"{where}: [policy] min_count must be an integer ≥ 1, got {min_count!r}")
+        researchers = []
+        for i, r in enumerate(data.get("researchers", [])):
+            if "name" not in r or "token_sha256" not in r:
+                raise ConfigError(f"{where}: [[researchers]] entry {i + 1} needs name and token_sha256")
+            researchers.append(Researcher(r["name"], r["token_sha256"].lower()))
+        if not researchers:
+            raise ConfigError(f"{where}: no [[researchers]]: nobody could query this node; add one with a token_sha256")
+        store = Path(node.get("store", "store"))
+        if not store.is_absolute():
+            store = base / store
+        return cls(
+            name=node["name"],
+            store=store,
+            backend=node.get("backend", "duckdb"),
+            min_count=min_count,
+            allow_min_max=bool(policy.get("allow_min_max", False)),
+            max_genotype_cells=int(policy.get("max_genotype_cells", 200_000_000)),
+            researchers=researchers,
+            path=path,
+        )
+
+    def to_toml(self) -> dict[str, Any]:
+        return {
+            "node": {"name": self.name, "store": str(self.store), "backend": self.backend},
+            "policy": {
+                "min_count": self.min_count,
+                "allow_min_max": self.allow_min_max,
+                "max_genotype_cells": self.max_genotype_cells,
+            },
+            "researchers": [{"name": r.name, "token_sha256": r.token_sha256} for r in self.researchers],
+        }

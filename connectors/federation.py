@@ -1,0 +1,255 @@
+"""Local federations: a researcher's sandbox and the tests' harness.
+
+``init`` splits one cohort over several node stores and writes ``DIR/federation.toml``; ``up``
+starts one node server process per node on free loopback ports; ``down`` stops them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import tomli_w
+
+from genofed.engine.errors import ConfigError, GenofedError, NodeError
+from genofed.privacy.disclosure import DEFAULT_MIN_COUNT
+
+from .config import NodeConfig, Researcher, hash_token
+from .ingest import _read_table, ingest, normalise_name, read_clinical, read_sample_sheet
+
+FEDERATION_FILE = "federation.toml"
+
+
+@dataclass
+class NodeEntry:
+    name: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    token: str = ""
+    config: str = ""  # node.toml path, relative to the federation dir (local federations)
+    tls: bool = False
+
+    def location(self, root: Path) -> str:
+        port = self.port or _read_port(root, self.name)
+        scheme = "grpc+tls" if self.tls else "grpc"
+        return f"{scheme}://{self.host}:{port}"
+
+
+@dataclass
+class FederationConfig:
+    root: Path
+    name: str
+    nodes: list[NodeEntry]
+    min_count: int = DEFAULT_MIN_COUNT
+    combine: str = "plain"
+    timeout_s: float = 60.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> FederationConfig:
+        p = Path(path)
+        f = p / FEDERATION_FILE if p.is_dir() else p
+        if not f.exists():
+            raise ConfigError(f"{f} does not exist: give a federation directory made by 'genofed federation init' or a federation.toml")
+        try:
+            data = tomllib.loads(f.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{f}: invalid TOML: {e}") from None
+        fed = data.get("federation", {})
+        nodes = []
+        for i, n in enumerate(data.get("nodes", [])):
+            if "name" not in n or "token" not in n:
+                raise ConfigError(f"{f}: [[nodes]] entry {i + 1} needs name and token")
+            nodes.append(NodeEntry(n["name"], n.get("host", "127.0.0.1"), int(n.get("port", 0)), n["token"], n.get("config", ""), bool(n.get("tls", False))))
+        if not nodes:
+            raise ConfigError(f"{f}: no [[nodes]]; a federation needs at least one node")
+        combine = fed.get("combine", "plain")
+        if combine not in ("plain", "mpc", "he"):
+            raise ConfigError(f"{f}: [federation] combine must be plain, mpc or he, got {combine!r}")
+        return cls(f.parent, fed.get("name", f.parent.name), nodes, int(fed.get("min_count", DEFAULT_MIN_COUNT)), combine, float(fed.get("timeout_s", 60.0)))
+
+    def save(self) -> Path:
+        data = {
+            "federation": {"name": self.name, "min_count": self.min_count, "combine": self.combine, "timeout_s": self.timeout_s},
+            "nodes": [
+                {k: v for k, v in {"name": n.name, "host": n.host, "port": n.port, "token": n.token, "config": n.config, "tls": n.tls}.items() if v not in ("",)}
+                for n in self.nodes
+            ],
+        }
+        path = self.root / FEDERATION_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(tomli_w.dumps(data))
+        os.replace(tmp, path)
+        return path
+
+
+def _read_port(root: Path, node: str) -> int:
+    f = root / node / "node.port"
+    try:
+        return int(f.read_text().strip())
+    except (OSError, ValueError):
+        raise NodeError(node, "unavailable", f"not running (no port in {f}); start it with 'genofed federation up {root}'") from None
+
+
+def init_federation(
+    root: str | os.PathLike[str],
+    vcf: str | os.PathLike[str],
+    samples: str | os.PathLike[str],
+    split: str | os.PathLike[str] | None = None,
+    *,
+    n_nodes: int = 3,
+    clinical: dict[str, str | os.PathLike[str]] | None = None,
+    min_count: int = DEFAULT_MIN_COUNT,
+    node_min_count: int | None = None,
+    allow_min_max: bool = False,
+    progress: bool = False,
+) -> FederationConfig:
+    """Split a cohort over node stores and write ``ROOT/federation.toml``.
+
+    Parameters
+    ----------
+    split
+        TSV/CSV whose first column is the sample id and which has a ``node`` column. Without it,
+        samples are dealt round-robin over ``n_nodes`` nodes named ``node_1..``.
+    min_count
+        Federation-wide minimum count, also each node's own unless ``node_min_count`` is given.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    sheet = read_sample_sheet(samples)
+    ids = sheet.column("sample_id")
+    if split is not None:
+        st = _read_table(Path(split), "split file")
+        names = [normalise_name(c) for c in st.column_names]
+        if "node" not in names:
+            raise ConfigError(f"split file {split} needs a 'node' column (first column: sample id)")
+        sid = st.column(0).cast(pa.string())
+        node_col = st.column(names.index("node")).cast(pa.string())
+        assign = dict(zip(sid.to_pylist(), node_col.to_pylist()))
+        unknown = [s for s in assign if s not in set(ids.to_pylist())]
+        if unknown:
+            raise ConfigError(f"split file {split}: {len(unknown)} sample ids are not in the sample sheet")
+    else:
+        assign = {s: f"node_{i % n_nodes + 1}" for i, s in enumerate(ids.to_pylist())}
+    node_names = sorted({v for v in assign.values() if v})
+    clin_tables = {normalise_name(k): read_clinical(v) for k, v in (clinical or {}).items()}
+    token = secrets.token_urlsafe(24)
+    entries = []
+    for name in node_names:
+        members = pa.array([s for s, n in assign.items() if n == name], pa.string())
+        node_sheet = sheet.filter(pc.is_in(ids, value_set=members))
+        ndir = root / name
+        ndir.mkdir(exist_ok=True)
+        ingest(ndir / "store", vcf, node_sheet, dict(clin_tables), progress=progress)
+        cfg = NodeConfig(
+            name=name,
+            store=Path("store"),
+            min_count=node_min_count if node_min_count is not None else min_count,
+            allow_min_max=allow_min_max,
+            researchers=[Researcher("researcher", hash_token(token))],
+        )
+        (ndir / "node.toml").write_text(tomli_w.dumps(cfg.to_toml()))
+        entries.append(NodeEntry(name, token=token, config=f"{name}/node.toml"))
+    fed = FederationConfig(root, root.name, entries, min_count=min_count)
+    fed.save()
+    return fed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def up(root: str | os.PathLike[str], timeout: float = 60.0) -> dict[str, int]:
+    """Start one node server per node on free loopback ports; return ``{node: port}`` once all answer."""
+    from .client import FlightTransport
+
+    fed = FederationConfig.load(root)
+    root = fed.root
+    procs: dict[str, subprocess.Popen] = {}
+    for n in fed.nodes:
+        ndir = root / n.name
+        pidf = ndir / "node.pid"
+        if pidf.exists() and _alive(int(pidf.read_text() or 0)):
+            continue
+        for stale in ("node.port", "node.pid"):
+            (ndir / stale).unlink(missing_ok=True)
+        if not n.config:
+            raise ConfigError(f"node {n.name!r} has no local config; 'up' starts local federations only")
+        log = open(ndir / "node.log", "ab")  # noqa: SIM115
+        procs[n.name] = subprocess.Popen(
+            [sys.executable, "-m", "genofed.cli", "node", "serve", "--config", str(root / n.config),
+             "--host", n.host, "--port", str(n.port), "--port-file", str(ndir / "node.port")],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        pidf.write_text(str(procs[n.name].pid))
+    deadline = time.monotonic() + timeout
+    ports: dict[str, int] = {}
+    for n in fed.nodes:
+        while True:
+            p = procs.get(n.name)
+            if p is not None and p.poll() is not None:
+                down(root)
+                raise NodeError(n.name, "start_failed", f"node server exited with code {p.returncode}; see {root / n.name / 'node.log'}")
+            try:
+                t = FlightTransport(n.name, n.location(root), n.token)
+                t.catalog(timeout=2.0)
+                t.close()
+                ports[n.name] = _read_port(root, n.name) if not n.port else n.port
+                break
+            except GenofedError:
+                if time.monotonic() > deadline:
+                    down(root)
+                    raise NodeError(n.name, "start_failed", f"did not answer within {timeout:g} s; see {root / n.name / 'node.log'}") from None
+                time.sleep(0.1)
+    return ports
+
+
+def down(root: str | os.PathLike[str], timeout: float = 10.0) -> list[str]:
+    """Stop the node servers ``up`` started. Returns the nodes stopped."""
+    fed = FederationConfig.load(root)
+    stopped = []
+    for n in fed.nodes:
+        ndir = fed.root / n.name
+        pidf = ndir / "node.pid"
+        if not pidf.exists():
+            continue
+        try:
+            pid = int(pidf.read_text().strip())
+        except ValueError:
+            pid = 0
+        if pid and _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _alive(pid) and time.monotonic() < deadline:
+                _reap(pid)
+                time.sleep(0.05)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+            _reap(pid)
+            stopped.append(n.name)
+        pidf.unlink(missing_ok=True)
+        (ndir / "node.port").unlink(missing_ok=True)
+    return stopped
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass

@@ -1,0 +1,150 @@
+"""The node server: an Arrow Flight service a biobank runs next to its store.
+
+Every call must carry a researcher's bearer token. Fragments are re-validated here against the
+node's own catalog and policy, executed by the node's backend, passed through the node's
+minimum-count rule, and streamed back as Arrow. Errors cross the wire as a code and a reason
+(``GENOFED:{json}``), never a traceback, sample ID or cell value.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from genofed.engine import protocol as P
+from genofed.engine.backends.base import Backend
+from genofed.engine.errors import DisclosureError, FragmentError, GenofedError
+from genofed.engine.fragment import validate_fragment
+from genofed.engine.schema import Catalog
+from genofed.genomics.store import NodeStore
+from genofed.privacy.disclosure import apply_min_count
+
+from .config import NodeConfig, hash_token
+
+log = logging.getLogger("genofed.node")
+
+
+class _AuthMiddleware(flight.ServerMiddleware):
+    def __init__(self, researcher: str):
+        self.researcher = researcher
+
+
+class _AuthFactory(flight.ServerMiddlewareFactory):
+    def __init__(self, config: NodeConfig):
+        self.tokens = {r.token_sha256: r.name for r in config.researchers}
+
+    def start_call(self, info, headers):
+        values = headers.get(P.AUTH_HEADER) or headers.get(P.AUTH_HEADER.title()) or []
+        token = values[0] if values else ""
+        if not token.startswith(P.BEARER):
+            raise flight.FlightUnauthenticatedError(P.encode_error(P.CODE_AUTH, "no bearer token; send 'authorization: Bearer <token>'"))
+        digest = hash_token(token[len(P.BEARER):])
+        for known, name in self.tokens.items():
+            if hmac.compare_digest(known, digest):
+                return _AuthMiddleware(name)
+        raise flight.FlightUnauthenticatedError(P.encode_error(P.CODE_AUTH, "token not recognised by this node"))
+
+
+def make_backend(config: NodeConfig) -> Backend:
+    """The execution backend named in the node config."""
+    store = NodeStore(config.store)
+    if config.backend == "duckdb":
+        from genofed.engine.backends.duckdb import DuckDBBackend
+
+        return DuckDBBackend(store, max_genotype_cells=config.max_genotype_cells)
+    raise GenofedError(f"unknown backend {config.backend!r} in node config; available: duckdb")
+
+
+class NodeServer(flight.FlightServerBase):
+    """Arrow Flight server for one node.
+
+    Parameters
+    ----------
+    config
+        The node configuration (store, policy, researchers).
+    location
+        ``grpc://host:port``; port 0 picks a free port (see :attr:`port`).
+    """
+
+    def __init__(self, config: NodeConfig, location: str = "grpc://127.0.0.1:0", backend: Backend | None = None):
+        super().__init__(location, middleware={"auth": _AuthFactory(config)})
+        self.config = config
+        self.backend = backend or make_backend(config)
+        self.catalog = Catalog.merge({config.name: self.backend.catalog()})
+
+    def _researcher(self, context) -> str:
+        mw = context.get_middleware("auth")
+        return mw.researcher if mw else "?"
+
+    # -- actions ---------------------------------------------------------------------------
+    def list_actions(self, context):
+        return [(P.ACTION_CATALOG, "tables and columns this node exposes"), (P.ACTION_PING, "liveness")]
+
+    def do_action(self, context, action):
+        kind = action.type
+        if kind == P.ACTION_PING:
+            yield flight.Result(b"ok")
+        elif kind == P.ACTION_CATALOG:
+            body = dict(self.backend.catalog())
+            body["node"] = self.config.name
+            body["min_count"] = self.config.min_count
+            yield flight.Result(json.dumps(body).encode())
+        else:
+            raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, f"unknown action {kind!r}"))
+
+    # -- fragments -------------------------------------------------------------------------
+    def do_get(self, context, ticket):
+        researcher = self._researcher(context)
+        try:
+            req = json.loads(ticket.ticket.decode())
+            if not isinstance(req, dict) or req.get(P.KEY_KIND) != P.TICKET_KIND_FRAGMENT or not isinstance(req.get(P.KEY_SQL), str):
+                raise ValueError("not a fragment request")
+            if req.get(P.KEY_VERSION) != P.PROTOCOL_VERSION:
+                raise ValueError(f"protocol version {req.get(P.KEY_VERSION)} not supported (this node speaks {P.PROTOCOL_VERSION})")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, f"malformed ticket: {e}")) from None
+        try:
+            frag = validate_fragment(req[P.KEY_SQL], self.catalog, allow_min_max=self.config.allow_min_max)
+            table = self.backend.execute(frag)
+            table, n_suppressed = apply_min_count(table, self.config.min_count, frag.partials)
+        except DisclosureError as e:
+            log.info("refused query %s for %s: %s", req.get(P.KEY_QUERY_ID), researcher, e.rule)
+            raise flight.FlightServerError(P.encode_error(P.CODE_DISCLOSURE, str(e), e.rule)) from None
+        except (FragmentError, GenofedError) as e:
+            raise flight.FlightServerError(P.encode_error(P.CODE_FRAGMENT, str(e))) from None
+        except Exception:
+            log.exception("internal error on query %s", req.get(P.KEY_QUERY_ID))
+            raise flight.FlightServerError(P.encode_error(P.CODE_INTERNAL, "internal error at the node; the steward can see it in the node log")) from None
+        meta = {
+            P.META_NODE: self.config.name.encode(),
+            P.META_SUPPRESSED: str(n_suppressed).encode(),
+            P.META_MIN_COUNT: str(self.config.min_count).encode(),
+        }
+        table = table.replace_schema_metadata(meta)
+        log.info("query %s for %s: %d groups, %d suppressed", req.get(P.KEY_QUERY_ID), researcher, table.num_rows, n_suppressed)
+        return flight.RecordBatchStream(table)
+
+
+def serve(config: NodeConfig, host: str = "127.0.0.1", port: int = 0, ready: Any = None) -> None:
+    """Run a node server in the foreground until SIGTERM/SIGINT."""
+    server = NodeServer(config, f"grpc://{host}:{port}")
+    if ready is not None:
+        ready(server.port)
+    stop = threading.Event()
+
+    def _stop(*_):
+        stop.set()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    print(f"genofed node {config.name!r} serving {config.store} on grpc://{host}:{server.port}", file=sys.stderr, flush=True)
+    server.serve()

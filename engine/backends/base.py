@@ -1,0 +1,41 @@
+"""The backend interface a node executes fragments with."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import pyarrow as pa
+
+from ..fragment import Fragment
+
+N_COLUMN = "_n"  # distinct samples behind a group, appended by the node
+
+
+class Backend(ABC):
+    """Executes validated fragments over one node store.
+
+    ``compile`` turns a fragment into the backend's own plan; ``execute`` runs it and returns an
+    Arrow table with the fragment's key and partial columns plus ``_n``.
+    """
+
+    name: str = "backend"
+
+    @abstractmethod
+    def catalog(self) -> dict[str, Any]:
+        """``{"tables": {table: {column: type}}, "variants_digest": str}`` of this store."""
+
+    @abstractmethod
+    def compile(self, fragment: Fragment) -> Any:
+        """The backend's executable form of a fragment."""
+
+    @abstractmethod
+    def execute(self, fragment: Fragment) -> pa.Table:
+        """Run a fragment; returns keys, partials and ``_n``."""
+
+    def has_operation(self, fragment: Fragment) -> bool:  # noqa: ARG002
+        """Whether this backend can run the fragment (the planner asks before shipping)."""
+        return True
+
+    def close(self) -> None:  # noqa: B027
+        """Release resources."""

@@ -1,0 +1,222 @@
+"""The embedded default backend: DuckDB over the node store, plus numpy genotype kernels.
+
+Queries over ``samples``, ``variants`` and clinical tables run in DuckDB directly. Queries over
+``genotypes`` are first offered to the count kernel (:mod:`.genokernel`), which answers genomic
+aggregates grouped by sample and variant attributes from bit-packed planes without building a
+row per genotype. Anything else gets the genotype rows of the variants its WHERE clause selects,
+unpacked into Arrow and joined in DuckDB, bounded by ``max_genotype_cells``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlglot import exp
+
+from ...genomics.kernels import genotype_rows
+from ...genomics.store import NodeStore
+from ..errors import FragmentError, GenofedError
+from ..fragment import Fragment
+from ..schema import CORE_TABLES, GENOTYPE_VARIANT_COLUMNS
+from ..sqlcheck import DIALECT
+from .base import N_COLUMN, Backend
+
+_GENOMIC_SQL = {
+    "allele_count": lambda d, p: exp.Coalesce(this=exp.Sum(this=d), expressions=[exp.Literal.number(0)]),
+    "allele_number": lambda d, p: exp.Coalesce(this=exp.Sum(this=p), expressions=[exp.Literal.number(0)]),
+    "het_count": lambda d, p: exp.CountIf(this=exp.and_(exp.EQ(this=p, expression=exp.Literal.number(2)),
+                                                        exp.EQ(this=d.copy(), expression=exp.Literal.number(1)))),
+    "hom_alt_count": lambda d, p: exp.CountIf(this=exp.and_(exp.EQ(this=d, expression=p),
+                                                            exp.GT(this=d.copy(), expression=exp.Literal.number(0)))),
+}
+
+GENOTYPES_VIEW = (
+    "CREATE OR REPLACE TEMP VIEW genotypes AS SELECT s.sample_id, v.variant_id, v.chrom, v.pos, "
+    "v.ref, v.alt, g.dosage, g.phased, g.ploidy FROM _g AS g JOIN _sidx AS s ON g.sidx = s.sidx "
+    "JOIN _variants AS v ON g.vidx = v.vidx"
+)
+
+
+class DuckDBBackend(Backend):
+    """DuckDB + numpy execution over a :class:`NodeStore`.
+
+    Parameters
+    ----------
+    store
+        The node store.
+    max_genotype_cells
+        Upper bound on samples × variants a row-wise genotype query may touch (the count kernel
+        has no such bound: it streams).
+    """
+
+    name = "duckdb"
+
+    def __init__(self, store: NodeStore, max_genotype_cells: int = 200_000_000):
+        self.store = store
+        self.max_genotype_cells = max_genotype_cells
+        self._lock = threading.Lock()
+        con = duckdb.connect(":memory:")
+        samples = pq.read_table(store.samples_path)
+        sidx = pa.table({
+            "sidx": pa.array(np.arange(samples.num_rows, dtype=np.int32)),
+            "sample_id": samples.column("sample_id"),
+        })
+        variants = pq.read_table(store.variants_path)
+        con.register("_samples_arrow", samples)
+        con.execute("CREATE TABLE samples AS SELECT * FROM _samples_arrow")
+        con.unregister("_samples_arrow")
+        con.register("_sidx_arrow", sidx)
+        con.execute("CREATE TABLE _sidx AS SELECT * FROM _sidx_arrow")
+        con.unregister("_sidx_arrow")
+        con.register("_variants_arrow", variants)
+        con.execute("CREATE TABLE _variants AS SELECT * FROM _variants_arrow")
+        con.unregister("_variants_arrow")
+        cols = ", ".join(CORE_TABLES["variants"])
+        con.execute(f"CREATE VIEW variants AS SELECT {cols} FROM _variants")
+        for name in store.manifest.clinical:
+            con.register("_clin_arrow", pq.read_table(store.clinical_path(name)))
+            con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM _clin_arrow')
+            con.unregister("_clin_arrow")
+        self.con = con
+        self._digest = hashlib.sha256("\n".join(variants.column("variant_id").to_pylist()).encode()).hexdigest()
+        self._catalog = self._build_catalog()
+
+    def _build_catalog(self) -> dict[str, Any]:
+        tables: dict[str, dict[str, str]] = {}
+        for t in ["samples", "variants", *self.store.manifest.clinical]:
+            rows = self.con.execute(f'DESCRIBE "{t}"').fetchall()
+            tables[t] = {r[0]: str(r[1]) for r in rows}
+        tables["genotypes"] = dict(CORE_TABLES["genotypes"])
+        return {"tables": tables, "variants_digest": self._digest}
+
+    def catalog(self) -> dict[str, Any]:
+        return self._catalog
+
+    # -- compile ---------------------------------------------------------------------------
+    def compile(self, fragment: Fragment) -> str:
+        sel = fragment.select.copy()
+
+        def rewrite(node: exp.Expression) -> exp.Expression:
+            if isinstance(node, exp.Anonymous) and node.name.lower() in _GENOMIC_SQL:
+                d = node.expressions[0]
+                p = exp.column("ploidy", table=d.table) if d.table else exp.column("ploidy")
+                return _GENOMIC_SQL[node.name.lower()](d.copy(), p)
+            return node
+
+        sel = sel.transform(rewrite)
+        n_expr: exp.Expression
+        if fragment.sample_id is not None:
+            n_expr = exp.Count(this=exp.Distinct(expressions=[fragment.sample_id.copy()]))
+        else:
+            n_expr = exp.cast(exp.Null(), "BIGINT")
+        sel = sel.select(exp.alias_(n_expr, N_COLUMN), append=True)
+        return sel.sql(DIALECT)
+
+    # -- execute ---------------------------------------------------------------------------
+    def execute(self, fragment: Fragment) -> pa.Table:
+        from .genokernel import try_kernel
+
+        if "genotypes" in fragment.tables:
+            result = try_kernel(self, fragment)
+            if result is not None:
+                return result
+        sql = self.compile(fragment)
+        cur = self.con.cursor()
+        try:
+            if "genotypes" in fragment.tables:
+                vidx = self.variant_selection(fragment, cur)
+                cells = len(vidx) * self.store.manifest.n_samples
+                if cells > self.max_genotype_cells:
+                    raise FragmentError(
+                        f"the query would read {cells:,} genotypes row by row (this node's limit is "
+                        f"{self.max_genotype_cells:,}); restrict the variants with a WHERE on chrom, pos "
+                        "or variant_id, or use genomic aggregates grouped by sample and variant columns"
+                    )
+                cur.register("_g", genotype_rows(self.store.planes, vidx, self.store.manifest.n_samples))
+                cur.execute(GENOTYPES_VIEW)
+            return cur.sql(sql).to_arrow_table()
+        except duckdb.ConversionException:
+            raise FragmentError("a value could not be converted by a CAST or comparison; check the types in the query") from None
+        except duckdb.Error as e:
+            raise FragmentError(f"the node could not run the fragment: {_first_line(e)}") from None
+        finally:
+            cur.close()
+
+    def variant_selection(self, fragment: Fragment, cur: duckdb.DuckDBPyConnection | None = None) -> np.ndarray:
+        """Variant rows (vidx) the fragment's genotype references can touch, from its WHERE clauses."""
+        conds = variant_conditions(fragment.select)
+        n = self.store.manifest.n_variants
+        if conds is None:
+            return np.arange(n, dtype=np.int64)
+        where = exp.or_(*conds) if len(conds) > 1 else conds[0]
+        q = exp.select("vidx").from_(exp.to_table("_variants").as_("_v")).where(where).order_by("vidx")
+        con = cur or self.con.cursor()
+        tbl = con.sql(q.sql(DIALECT)).to_arrow_table()
+        return tbl.column("vidx").to_numpy().astype(np.int64)
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0][:300]
+
+
+def variant_conditions(select: exp.Select) -> list[exp.Expression] | None:
+    """For each reference to ``genotypes``, the conjunction of its variant-only WHERE conditions
+    (qualified by ``_v``); None when some reference is unrestricted."""
+    conds: list[exp.Expression] = []
+    for table in select.find_all(exp.Table):
+        if table.name != "genotypes":
+            continue
+        sel = table.find_ancestor(exp.Select)
+        if sel is None:
+            return None
+        aliases = {table.alias_or_name}
+        for j in sel.args.get("joins") or []:
+            if isinstance(j.this, exp.Table) and j.this.name == "variants" and (j.args.get("kind") or "") == "":
+                aliases.add(j.this.alias_or_name)
+        frm = sel.args.get("from_") or sel.args.get("from")
+        if frm is not None and isinstance(frm.this, exp.Table) and frm.this.name == "variants":
+            aliases.add(frm.this.alias_or_name)
+        where = sel.args.get("where")
+        picked = []
+        if where is not None:
+            for c in _conjuncts(where.this):
+                if _variant_only(c, aliases):
+                    picked.append(_requalify(c))
+        if not picked:
+            return None
+        conds.append(exp.and_(*picked) if len(picked) > 1 else picked[0])
+    return conds or None
+
+
+def _conjuncts(e: exp.Expression) -> list[exp.Expression]:
+    if isinstance(e, exp.And):
+        return _conjuncts(e.this) + _conjuncts(e.expression)
+    if isinstance(e, exp.Paren):
+        return _conjuncts(e.this)
+    return [e]
+
+
+def _variant_only(e: exp.Expression, aliases: set[str]) -> bool:
+    if any(isinstance(n, (exp.Select, exp.Subquery)) for n in e.walk()):
+        return False
+    cols = list(e.find_all(exp.Column))
+    return bool(cols) and all(c.table in aliases and c.name in GENOTYPE_VARIANT_COLUMNS for c in cols)
+
+
+def _requalify(e: exp.Expression) -> exp.Expression:
+    e = e.copy()
+    for c in e.find_all(exp.Column):
+        c.set("table", exp.to_identifier("_v"))
+    return e
+
+
+__all__ = ["DuckDBBackend", "GenofedError"]

@@ -1,0 +1,182 @@
+"""The coordinator: plan, dispatch to every node concurrently, combine, check, finalize."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .combine import Combiner, get_combiner
+from .errors import GenofedError, NodeError, PlanningError
+from .planner import COMBINED, Plan, plan_query
+from .protocol import N_COLUMN, SUPPRESSED_COLUMN
+from .schema import Catalog
+from .sqlcheck import parse
+
+
+class Transport(Protocol):
+    """How the coordinator reaches one node."""
+
+    name: str
+
+    def catalog(self, timeout: float = ...) -> dict[str, Any]: ...
+
+    def run_fragment(self, sql: str, query_id: str, timeout: float) -> pa.Table: ...
+
+
+@dataclass
+class Provenance:
+    """What a result is made of: which nodes answered, how partials were combined, what was held back."""
+
+    query_id: str
+    nodes: list[str]
+    combine: str
+    min_count: int
+    suppressed: list[dict[str, Any]] = field(default_factory=list)
+    suppression_rule: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    fragment_sql: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class QueryResult:
+    table: pa.Table
+    provenance: Provenance
+
+
+class Coordinator:
+    """Runs federated queries over a set of transports.
+
+    Parameters
+    ----------
+    transports
+        One per node.
+    min_count
+        Federation-wide minimum count: combined groups with 1..min_count-1 samples are suppressed.
+    timeout
+        Seconds each node has to answer a fragment.
+    """
+
+    def __init__(self, transports: list[Transport], min_count: int = 5, timeout: float = 60.0, combine: str = "plain"):
+        if not transports:
+            raise GenofedError("a federation needs at least one node")
+        self.transports = transports
+        self.min_count = min_count
+        self.timeout = timeout
+        self.default_combine = combine
+        self._catalog: Catalog | None = None
+        self._pool = cf.ThreadPoolExecutor(max_workers=max(4, len(transports)))
+
+    def catalog(self, refresh: bool = False) -> Catalog:
+        if self._catalog is None or refresh:
+            per_node = self._fan_out(lambda t: t.catalog(timeout=self.timeout))
+            self._catalog = Catalog.merge(per_node)
+        return self._catalog
+
+    def plan(self, sql: str) -> Plan:
+        return plan_query(parse(sql), self.catalog())
+
+    def _fan_out(self, fn, transports: list[Transport] | None = None) -> dict[str, Any]:
+        ts = transports or self.transports
+        futures = {self._pool.submit(fn, t): t for t in ts}
+        results: dict[str, Any] = {}
+        deadline = time.monotonic() + self.timeout + 2.0
+        try:
+            for fut in cf.as_completed(futures, timeout=max(0.1, deadline - time.monotonic())):
+                t = futures[fut]
+                results[t.name] = fut.result()  # raises the node's error, naming it
+        except cf.TimeoutError:
+            slow = [t.name for f, t in futures.items() if not f.done()]
+            raise NodeError(slow[0], "timeout", f"did not answer within {self.timeout:g} s") from None
+        finally:
+            for f in futures:
+                f.cancel()
+        return {t.name: results[t.name] for t in ts}
+
+    def query(self, sql: str, combine: str | None = None) -> QueryResult:
+        """Plan, dispatch, combine, apply disclosure control and finalize one query."""
+        t0 = time.perf_counter()
+        plan = self.plan(sql)
+        t1 = time.perf_counter()
+        combiner: Combiner = get_combiner(combine or self.default_combine)
+        qid = uuid.uuid4().hex[:16]
+        targets = self.transports
+        if plan.variants_only:
+            digests = set(self.catalog().variants_digest.values())
+            if len(digests) > 1:
+                raise PlanningError(
+                    "queries over `variants` alone need the same variant list at every node, and these "
+                    "nodes differ; join genotypes to count variants per node's data"
+                )
+            targets = self.transports[:1]
+        sql_frag = plan.fragment_sql
+        parts = self._fan_out(lambda t: t.run_fragment(sql_frag, qid, self.timeout), targets)
+        t2 = time.perf_counter()
+        combined = combiner.combine(parts, plan.keys, plan.partials)
+        released, suppressed = self._disclosure(combined, plan)
+        table = finalize(plan, released)
+        t3 = time.perf_counter()
+        prov = Provenance(
+            query_id=qid,
+            nodes=list(parts),
+            combine=combiner.mode,
+            min_count=self.min_count,
+            suppressed=suppressed,
+            suppression_rule=(
+                f"groups with 1 to {self.min_count - 1} samples in the federation, or below a node's own "
+                "minimum count at any node, are suppressed"
+            ) if suppressed else "",
+            timings={"plan_s": t1 - t0, "nodes_s": t2 - t1, "combine_finalize_s": t3 - t2},
+            fragment_sql=sql_frag,
+        )
+        return QueryResult(table, prov)
+
+    def _disclosure(self, combined: pa.Table, plan: Plan) -> tuple[pa.Table, list[dict[str, Any]]]:
+        if combined.num_rows == 0:
+            return combined, []
+        n = pc.fill_null(combined.column(N_COLUMN), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        flagged = pc.fill_null(combined.column(SUPPRESSED_COLUMN), False).to_numpy(zero_copy_only=False)
+        if plan.variants_only:
+            small = np.zeros(len(n), bool)
+        else:
+            small = (n > 0) & (n < self.min_count)
+        drop = small | flagged.astype(bool)
+        if not drop.any():
+            return combined, []
+        keys = combined.select(plan.keys).filter(pa.array(drop)).to_pylist() if plan.keys else [{}]
+        return combined.filter(pa.array(~drop)), keys
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def finalize(plan: Plan, combined: pa.Table) -> pa.Table:
+    """Evaluate the plan's finalize SELECT over the combined partials."""
+    con = duckdb.connect()
+    try:
+        con.register(COMBINED, combined)
+        out = con.sql(plan.final_sql).to_arrow_table()
+    finally:
+        con.close()
+    return _narrow_integers(out)
+
+
+def _narrow_integers(t: pa.Table) -> pa.Table:
+    """HUGEINT sums arrive as decimal128(38, 0); give users int64 where the values fit."""
+    for i, f in enumerate(t.schema):
+        if pa.types.is_decimal(f.type) and f.type.scale == 0:
+            try:
+                t = t.set_column(i, f.name, pc.cast(t.column(i), pa.int64()))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass
+    return t

@@ -1,0 +1,42 @@
+"""genofed: federated SQL over genotypes and clinical tables held by several biobanks."""
+
+from __future__ import annotations
+
+from genofed.engine.errors import (
+    AuthError,
+    CombineError,
+    ConfigError,
+    DisclosureError,
+    FragmentError,
+    GenofedError,
+    IngestError,
+    NodeError,
+    ParseError,
+    PlanningError,
+    UnsupportedError,
+)
+
+__version__ = "0.1.0"
+
+
+def connect(path, timeout=None):  # noqa: ANN001
+    """Connect to a federation directory (see :func:`genofed.api.connect`)."""
+    from genofed.api import connect as _connect
+
+    return _connect(path, timeout=timeout)
+
+
+__all__ = [
+    "AuthError",
+    "CombineError",
+    "ConfigError",
+    "DisclosureError",
+    "FragmentError",
+    "GenofedError",
+    "IngestError",
+    "NodeError",
+    "ParseError",
+    "PlanningError",
+    "UnsupportedError",
+    "connect",
+]

@@ -1,0 +1,234 @@
+"""The ``genofed`` command line. Thin: each command calls one API function."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from genofed.engine.errors import GenofedError
+
+
+def _kv(values: tuple[str, ...], what: str) -> dict[str, str]:
+    out = {}
+    for v in values:
+        if "=" not in v:
+            raise click.BadParameter(f"{what} must be NAME=VALUE, got {v!r}")
+        k, val = v.split("=", 1)
+        out[k] = val
+    return out
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except GenofedError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="genofed")
+def main() -> None:
+    """genofed: federated SQL over genotypes and clinical data held by several biobanks."""
+
+
+@main.command()
+@click.option("--store", required=True, type=click.Path(path_type=Path), help="node store directory")
+@click.option("--vcf", required=True, type=click.Path(path_type=Path), help="VCF or bgzipped VCF")
+@click.option("--samples", type=click.Path(path_type=Path), help="sample sheet (TSV/CSV, first column the sample id)")
+@click.option("--clinical", multiple=True, metavar="NAME=FILE", help="clinical table (CSV/Parquet with a sample id column)")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def ingest(store: Path, vcf: Path, samples: Path | None, clinical: tuple[str, ...], quiet: bool) -> None:
+    """Ingest a VCF, a sample sheet and clinical tables into a node store (atomically)."""
+    from genofed.connectors.ingest import ingest as run
+
+    r = run(store, vcf, samples, _kv(clinical, "--clinical"), progress=not quiet and sys.stderr.isatty())
+    click.echo(f"ingested {r.n_samples} samples × {r.n_variants} variant rows ({r.n_records} VCF records) into {store}")
+    for name, n in r.clinical.items():
+        click.echo(f"  clinical table {name}: {n} rows")
+    for note in r.notes:
+        click.echo(f"  note: {note}")
+
+
+@main.group()
+def node() -> None:
+    """Run a biobank's node server."""
+
+
+@node.command("serve")
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="node.toml")
+@click.option("--store", type=click.Path(path_type=Path), help="override the store in node.toml")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=0, show_default=True, help="0 picks a free port")
+@click.option("--port-file", type=click.Path(path_type=Path), help="write the bound port here once serving")
+def node_serve(config_path: Path, store: Path | None, host: str, port: int, port_file: Path | None) -> None:
+    """Serve a node store over Arrow Flight."""
+    import logging
+
+    from genofed.connectors.config import NodeConfig
+    from genofed.connectors.node import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = NodeConfig.load(config_path)
+    if store is not None:
+        cfg.store = store
+
+    def ready(bound: int) -> None:
+        if port_file is not None:
+            tmp = port_file.with_suffix(".tmp")
+            tmp.write_text(str(bound))
+            tmp.replace(port_file)
+
+    serve(cfg, host=host, port=port, ready=ready)
+
+
+@main.group()
+def federation() -> None:
+    """Create, start and stop a local federation."""
+
+
+@federation.command("init")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--vcf", required=True, type=click.Path(path_type=Path))
+@click.option("--samples", required=True, type=click.Path(path_type=Path))
+@click.option("--split", type=click.Path(path_type=Path), help="TSV: sample id + 'node' column")
+@click.option("--nodes", "n_nodes", default=3, show_default=True, help="without --split: deal samples over N nodes")
+@click.option("--clinical", multiple=True, metavar="NAME=FILE")
+@click.option("--min-count", default=5, show_default=True, help="minimum samples per released group")
+def federation_init(directory: Path, vcf: Path, samples: Path, split: Path | None, n_nodes: int, clinical: tuple[str, ...], min_count: int) -> None:
+    """Split a cohort over node stores and write DIRECTORY/federation.toml."""
+    from genofed.connectors.federation import init_federation
+
+    fed = init_federation(directory, vcf, samples, split, n_nodes=n_nodes, clinical=_kv(clinical, "--clinical"), min_count=min_count, progress=sys.stderr.isatty())
+    click.echo(f"federation {fed.name!r}: nodes {', '.join(n.name for n in fed.nodes)} in {directory}")
+
+
+@federation.command("up")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--timeout", default=60.0, show_default=True)
+def federation_up(directory: Path, timeout: float) -> None:
+    """Start one node server per node on free loopback ports."""
+    from genofed.connectors.federation import up
+
+    for name, port in up(directory, timeout=timeout).items():
+        click.echo(f"{name}: grpc://127.0.0.1:{port}")
+
+
+@federation.command("down")
+@click.argument("directory", type=click.Path(path_type=Path))
+def federation_down(directory: Path) -> None:
+    """Stop the node servers of a local federation."""
+    from genofed.connectors.federation import down
+
+    stopped = down(directory)
+    click.echo(f"stopped {', '.join(stopped) if stopped else 'nothing (no node was running)'}")
+
+
+@main.command()
+@click.argument("sql", required=False)
+@click.option("--federation", "fed_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--name", "name", help="run a named query from queries/ instead of SQL")
+@click.option("--param", multiple=True, metavar="NAME=VALUE", help="named query parameter")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table", show_default=True)
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="write here (required for parquet)")
+@click.option("--combine", type=click.Choice(["plain", "mpc", "he"]), help="override federation.toml")
+@click.option("--explain", is_flag=True, help="print the node fragment and finalize step, run nothing")
+def query(sql: str | None, fed_dir: Path, name: str | None, param: tuple[str, ...], fmt: str, output: Path | None, combine: str | None, explain: bool) -> None:
+    """Run federated SQL (or a named query) and print the released result."""
+    import genofed
+
+    if (sql is None) == (name is None):
+        raise click.UsageError("give SQL or --name QUERY (one of them)")
+    if name is not None:
+        from genofed.named import get_query
+
+        sql = get_query(name).render(**_kv(param, "--param"))
+    assert sql is not None
+    with genofed.connect(fed_dir) as fed:
+        if explain:
+            click.echo(json.dumps(fed.explain(sql), indent=2))
+            return
+        res = fed.sql(sql, combine=combine)
+    table = res.to_arrow()
+    if fmt == "parquet":
+        if output is None:
+            raise click.UsageError("--format parquet needs --output FILE")
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, output)
+    elif fmt == "csv":
+        text = table.to_pandas().to_csv(index=False)
+        output.write_text(text) if output else click.echo(text, nl=False)
+    elif fmt == "json":
+        text = json.dumps({"rows": table.to_pylist(), "provenance": res.provenance.to_dict()}, default=str, indent=2)
+        output.write_text(text) if output else click.echo(text)
+    else:
+        _print_table(table)
+        prov = res.provenance
+        click.echo(f"{table.num_rows} rows · nodes {', '.join(prov.nodes)} · combine {prov.combine}", err=True)
+        if prov.suppressed:
+            click.echo(f"{len(prov.suppressed)} group(s) suppressed: {prov.suppression_rule}", err=True)
+
+
+def _print_table(table) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(show_header=True, header_style="bold")
+    for c in table.column_names:
+        t.add_column(c)
+    for row in table.to_pylist():
+        t.add_row(*[_fmt(v) for v in row.values()])
+    Console().print(t)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "NULL"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+@main.group()
+def queries() -> None:
+    """List and show the named queries."""
+
+
+@queries.command("list")
+def queries_list() -> None:
+    from genofed.named import list_queries
+
+    for q in list_queries().values():
+        click.echo(f"{q.name:32s} {q.title}")
+
+
+@queries.command("show")
+@click.argument("name")
+def queries_show(name: str) -> None:
+    from genofed.named import get_query
+
+    q = get_query(name)
+    click.echo(f"{q.title}\n\n{q.description}\n")
+    for p in q.params:
+        click.echo(f"  --param {p.name}=<{p.type}> (default {p.default!r}) {p.doc}")
+    click.echo(f"\n{q.sql}")
+
+
+@main.command()
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("demo-federation"), show_default=True)
+@click.option("--n-samples", default=3000, show_default=True)
+@click.option("--keep-running", is_flag=True, help="leave the nodes up afterwards")
+def demo(directory: Path, n_samples: int, keep_running: bool) -> None:
+    """Simulate a cohort, split it over three nodes, run the named queries, stop the nodes."""
+    from genofed.demo import run_demo
+
+    run_demo(directory, n_samples=n_samples, keep_running=keep_running)
+
+
+if __name__ == "__main__":
+    main()

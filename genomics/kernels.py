@@ -1,0 +1,82 @@
+"""Genotype kernels over bit-packed planes (see :mod:`genofed.genomics.store`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from .store import ALT1, ALT2, CALLED, DIPLOID, PHASED
+
+
+def genotype_rows(planes: np.ndarray, vidx: np.ndarray, n_samples: int) -> pa.Table:
+    """Unpack the selected variant rows into a long Arrow table (vidx, sidx, dosage, ploidy, phased).
+
+    Rows are ordered variant-major. Used only for queries the count kernels cannot answer, on a
+    variant set the node has already bounded.
+    """
+    vidx = np.asarray(vidx, dtype=np.int64)
+    nv = len(vidx)
+    if nv == 0:
+        return pa.table({
+            "vidx": pa.array([], pa.int32()), "sidx": pa.array([], pa.int32()),
+            "dosage": pa.array([], pa.int8()), "ploidy": pa.array([], pa.int8()),
+            "phased": pa.array([], pa.bool_()),
+        })
+    block = np.asarray(planes[vidx])
+    bits = np.unpackbits(block, axis=2, bitorder="little")[:, :, :n_samples]
+    called = bits[:, CALLED].astype(bool).ravel()
+    dosage = (bits[:, ALT1] + bits[:, ALT2]).astype(np.int8).ravel()
+    ploidy = (bits[:, CALLED] + bits[:, DIPLOID]).astype(np.int8).ravel()
+    phased = bits[:, PHASED].astype(bool).ravel()
+    return pa.table({
+        "vidx": pa.array(np.repeat(vidx.astype(np.int32), n_samples)),
+        "sidx": pa.array(np.tile(np.arange(n_samples, dtype=np.int32), nv)),
+        "dosage": pa.array(dosage, mask=~called),
+        "ploidy": pa.array(ploidy),
+        "phased": pa.array(phased),
+    })
+
+
+# counts the kernel can produce per (variant, sample group)
+COUNTS = ("alt1", "alt2", "called", "diploid", "het", "hap_alt")
+
+
+def group_counts(planes: np.ndarray, vidx: np.ndarray, masks: np.ndarray, chunk: int = 4096) -> dict[str, np.ndarray]:
+    """Per-variant, per-sample-group call counts.
+
+    Parameters
+    ----------
+    planes
+        uint8 [n_variants, N_PLANES, width] (memory-mapped).
+    vidx
+        sorted variant rows to count.
+    masks
+        uint64 [n_groups, width // 8] sample masks.
+
+    Returns
+    -------
+    dict of int64 arrays [len(vidx), n_groups]: ``alt1`` (calls with ≥1 ALT copy), ``alt2``
+    (2 copies), ``called`` (≥1 allele called), ``diploid`` (2 alleles called), ``het`` (diploid,
+    one copy), ``hap_alt`` (one allele called and it is ALT).
+    """
+    vidx = np.asarray(vidx, dtype=np.int64)
+    ng = masks.shape[0]
+    out = {k: np.zeros((len(vidx), ng), dtype=np.int64) for k in COUNTS}
+    contiguous = len(vidx) > 0 and vidx[-1] - vidx[0] + 1 == len(vidx)
+    for start in range(0, len(vidx), chunk):
+        sel = vidx[start : start + chunk]
+        block = planes[sel[0] : sel[-1] + 1] if contiguous else planes[sel]
+        words = np.asarray(block).view(np.uint64)  # [nv, planes, words]
+        a1, a2, c, d = words[:, ALT1], words[:, ALT2], words[:, CALLED], words[:, DIPLOID]
+        het = a1 & ~a2 & d
+        hap = a1 & ~d
+        stop = start + len(sel)
+        for gi in range(ng):
+            m = masks[gi]
+            out["alt1"][start:stop, gi] = np.bitwise_count(a1 & m).sum(axis=1, dtype=np.int64)
+            out["alt2"][start:stop, gi] = np.bitwise_count(a2 & m).sum(axis=1, dtype=np.int64)
+            out["called"][start:stop, gi] = np.bitwise_count(c & m).sum(axis=1, dtype=np.int64)
+            out["diploid"][start:stop, gi] = np.bitwise_count(d & m).sum(axis=1, dtype=np.int64)
+            out["het"][start:stop, gi] = np.bitwise_count(het & m).sum(axis=1, dtype=np.int64)
+            out["hap_alt"][start:stop, gi] = np.bitwise_count(hap & m).sum(axis=1, dtype=np.int64)
+    return out
