@@ -62,6 +62,11 @@ def plan_query(select: exp.Select, catalog: Catalog) -> Plan:
         the query would release row-level data.
     """
     output_names = [_output_name(p) for p in select.expressions]
+    group_all = select.args.get("group")
+    if group_all is not None and group_all.args.get("all"):
+        select = select.copy()
+        keys_all = [p.unalias() for p in select.expressions if not any(is_aggregate(n) for n in p.walk())]
+        select.set("group", exp.Group(expressions=[k.copy() for k in keys_all]) if keys_all else None)
     q = qualify_query(select, catalog)
     tables = {t.name for t in q.find_all(exp.Table)}
     _check_structure(q)
@@ -170,7 +175,7 @@ def _output_name(p: exp.Expression) -> str:
         return p.alias
     if isinstance(p, exp.Column):
         return p.name
-    return p.sql(DIALECT)
+    return p.sql(DIALECT, normalize_functions="lower")
 
 
 def _check_structure(q: exp.Select) -> None:

@@ -16,7 +16,7 @@ Phenotypes (``phenotypes.csv``; ``sex`` is 0 = male, 1 = female):
 - ``t2d`` (0/1, ~20% prevalence) ~ logistic in age, bmi and ``n_causal_t2d`` causal variants
   (beta^2 * 2pq = 0.25 on the logit scale each, detectable at n = 3000).
 
-About 1% of ``bmi`` and ``ldl`` values are empty (NULL). Causal variants have MAF >= 0.05, are
+About 1% of ``bmi`` and ``ldl`` values are empty (NULL). Causal variants have MAF >= 0.1, are
 distinct between traits, spaced apart (100 kb by default) and in linkage equilibrium with
 each other (r^2 < 0.01); ``truth.json`` records them as
 ``22:pos:ref:alt`` with their effects. Effects are computed from the true (unmasked) genotypes.
@@ -76,7 +76,9 @@ class _BgzfWriter:
     def _block(self, data: bytes) -> None:
         c = zlib.compressobj(self._level, zlib.DEFLATED, -15)
         payload = c.compress(data) + c.flush()
-        header = struct.pack("<4BI2BH2BHH", 31, 139, 8, 4, 0, 0, 255, 6, 66, 67, 2, len(payload) + 25)
+        header = struct.pack(
+            "<4BI2BH2BHH", 31, 139, 8, 4, 0, 0, 255, 6, 66, 67, 2, len(payload) + 25
+        )
         self._f.write(header + payload + struct.pack("<2I", zlib.crc32(data), len(data)))
 
     def close(self) -> None:
@@ -86,9 +88,16 @@ class _BgzfWriter:
         self._f.close()
 
 
-def _pick_causal(ts: tskit.TreeSequence, hap_index: np.ndarray, k: int, rng: np.random.Generator,
-                 min_spacing: int = 100_000, max_r2: float = 0.01) -> dict[int, np.ndarray]:
-    """Pick ``k`` sites with MAF >= 0.05, ``min_spacing`` bp apart and with pairwise r^2 below
+def _pick_causal(
+    ts: tskit.TreeSequence,
+    hap_index: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    min_spacing: int = 100_000,
+    max_r2: float = 0.01,
+    min_maf: float = 0.1,
+) -> dict[int, np.ndarray]:
+    """Pick ``k`` sites with MAF >= ``min_maf``, ``min_spacing`` bp apart and with pairwise r^2 below
     ``max_r2``; return their true diploid ALT dosages (samples in ``hap_index`` order)."""
     import tskit
 
@@ -99,7 +108,7 @@ def _pick_causal(ts: tskit.TreeSequence, hap_index: np.ndarray, k: int, rng: np.
     pos = ts.tables.sites.position
     var = tskit.Variant(ts)
     chosen: dict[int, np.ndarray] = {}
-    for i in rng.permutation(np.flatnonzero((freq >= 0.05) & (freq <= 0.95))):
+    for i in rng.permutation(np.flatnonzero((freq >= min_maf) & (freq <= 1 - min_maf))):
         if any(abs(pos[i] - pos[j]) < min_spacing for j in chosen):
             continue
         var.decode(int(i))
@@ -154,19 +163,27 @@ def simulate_cohort(
         import msprime  # noqa: F401
         import stdpopsim
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("simulate_cohort needs msprime and stdpopsim: install genofed[sim]") from exc
+        raise ImportError(
+            "simulate_cohort needs msprime and stdpopsim: install genofed[sim]"
+        ) from exc
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = CohortPaths(out / "cohort.vcf.gz", out / "samples.tsv", out / "phenotypes.csv",
-                        out / "split.tsv", out / "truth.json")
+    paths = CohortPaths(
+        out / "cohort.vcf.gz",
+        out / "samples.tsv",
+        out / "phenotypes.csv",
+        out / "split.tsv",
+        out / "truth.json",
+    )
     rng = np.random.default_rng(seed)
 
     # -- genotypes -------------------------------------------------------------------------
     species = stdpopsim.get_species("HomSap")
     model = species.get_demographic_model("OutOfAfrica_3G09")
-    contig = species.get_contig("chr22", left=start_bp, right=start_bp + length_bp,
-                                mutation_rate=model.mutation_rate)
+    contig = species.get_contig(
+        "chr22", left=start_bp, right=start_bp + length_bp, mutation_rate=model.mutation_rate
+    )
     per_pop = {p: n_samples // 3 + (1 if i < n_samples % 3 else 0) for i, p in enumerate(POPS)}
     ts = stdpopsim.get_engine("msprime").simulate(model, contig, per_pop, seed=seed)
     ts = ts.delete_sites([s.id for s in ts.sites() if len(s.mutations) != 1])
@@ -180,18 +197,25 @@ def simulate_cohort(
     names = [f"DEMO{i + 1:06d}" for i in range(n_samples)]
 
     pos = ts.tables.sites.position.astype(np.int64)
-    causal_dosage = _pick_causal(ts, hap_index, n_causal_ldl + n_causal_t2d, rng,
-                                 min_spacing=min(100_000, length_bp // (4 * (n_causal_ldl + n_causal_t2d))))
+    causal_dosage = _pick_causal(
+        ts,
+        hap_index,
+        n_causal_ldl + n_causal_t2d,
+        rng,
+        min_spacing=min(100_000, length_bp // (4 * (n_causal_ldl + n_causal_t2d))),
+    )
     causal = list(rng.permutation(list(causal_dosage)))  # random trait assignment
     ldl_ids, t2d_ids = sorted(causal[:n_causal_ldl]), sorted(causal[n_causal_ldl:])
     variant_id: dict[int, str] = {}
 
     unphased = rng.random(ts.num_sites) < unphased_site_rate
-    header = ("##fileformat=VCFv4.2\n##source=genofed.genomics.simulate (stdpopsim OutOfAfrica_3G09)\n"
-              f"##contig=<ID=22,length={CHR22_LENGTH}>\n"
-              '##FILTER=<ID=PASS,Description="All filters passed">\n'
-              '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n'
-              "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\t" + "\t".join(names) + "\n")
+    header = (
+        "##fileformat=VCFv4.2\n##source=genofed.genomics.simulate (stdpopsim OutOfAfrica_3G09)\n"
+        f"##contig=<ID=22,length={CHR22_LENGTH}>\n"
+        '##FILTER=<ID=PASS,Description="All filters passed">\n'
+        '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n'
+        "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\t" + "\t".join(names) + "\n"
+    )
     vcf = _BgzfWriter(paths.vcf)
     vcf.write(header.encode())
     cell = np.empty((n_samples, 4), dtype=np.uint8)
@@ -210,8 +234,10 @@ def simulate_cohort(
         cell[miss, 0] = cell[miss, 2] = ord(".")
         cell[miss, 1] = ord("/")
         cell[-1, 3] = 10  # newline
-        vcf.write(f"22\t{pos[sid]}\t.\t{var.alleles[0]}\t{var.alleles[1]}\t.\tPASS\t.\tGT\t".encode()
-                  + cell.tobytes())
+        vcf.write(
+            f"22\t{pos[sid]}\t.\t{var.alleles[0]}\t{var.alleles[1]}\t.\tPASS\t.\tGT\t".encode()
+            + cell.tobytes()
+        )
     vcf.close()
 
     # -- sample sheet and split ----------------------------------------------------------------
@@ -242,8 +268,9 @@ def simulate_cohort(
             p = x.mean() / 2
             beta = float(rng.choice([-1, 1]) * np.sqrt(scale2 / (2 * p * (1 - p))))
             total += beta * (x - 2 * p)
-            rows.append({"variant_id": variant_id[sid], "beta": round(beta, 4),
-                         "alt_freq": round(p, 4)})
+            rows.append(
+                {"variant_id": variant_id[sid], "beta": round(beta, 4), "alt_freq": round(p, 4)}
+            )
         return total, rows
 
     ldl_g, ldl_truth = genetic(ldl_ids, 0.03 * 35.0**2)
@@ -264,16 +291,26 @@ def simulate_cohort(
             f.write(",".join(map(str, row)) + "\n")
 
     truth = {
-        "seed": seed, "n_samples": n_samples, "n_variants": ts.num_sites,
+        "seed": seed,
+        "n_samples": n_samples,
+        "n_variants": ts.num_sites,
         "region": {"chrom": "22", "start": start_bp, "stop": start_bp + length_bp - 1},
-        "model": "HomSap/OutOfAfrica_3G09 (msprime)", "sex_coding": "0 = male, 1 = female",
-        "ldl": {"model": "130 + 0.8*(age-60) + 4*sex + sum(beta*(dosage-2p)) + N(0, 31^2)",
-                "causal": ldl_truth},
+        "model": "HomSap/OutOfAfrica_3G09 (msprime)",
+        "sex_coding": "0 = male, 1 = female",
+        "ldl": {
+            "model": "130 + 0.8*(age-60) + 4*sex + sum(beta*(dosage-2p)) + N(0, 31^2)",
+            "causal": ldl_truth,
+        },
         "bmi": {"model": "27 + 0.06*(age-60) + N(0, 4.5^2), clipped to [16, 55]"},
-        "t2d": {"model": "logit P = b0 + 0.06*(age-60) + 0.12*(bmi-27) + sum(beta*(dosage-2p))",
-                "intercept": round(lo, 4), "prevalence": float(t2d.mean()), "causal": t2d_truth},
+        "t2d": {
+            "model": "logit P = b0 + 0.06*(age-60) + 0.12*(bmi-27) + sum(beta*(dosage-2p))",
+            "intercept": round(lo, 4),
+            "prevalence": float(t2d.mean()),
+            "causal": t2d_truth,
+        },
         "nodes": {nd: int((node == nd).sum()) for nd in NODES},
-        "missing_rate": missing_rate, "unphased_sites": int(unphased.sum()),
+        "missing_rate": missing_rate,
+        "unphased_sites": int(unphased.sum()),
     }
     paths.truth.write_text(json.dumps(truth, indent=2) + "\n")
     return paths
@@ -290,8 +327,10 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     paths = simulate_cohort(args.out_dir, args.n_samples, args.length_bp, args.seed)
     truth = json.loads(paths.truth.read_text())
-    print(f"simulated {truth['n_samples']} samples x {truth['n_variants']} variants "
-          f"in {time.perf_counter() - t0:.1f}s; nodes {truth['nodes']}")
+    print(
+        f"simulated {truth['n_samples']} samples x {truth['n_variants']} variants "
+        f"in {time.perf_counter() - t0:.1f}s; nodes {truth['nodes']}"
+    )
     for key, path in asdict(paths).items():
         print(f"  {key:<10} {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
