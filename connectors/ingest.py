@@ -301,11 +301,13 @@ def ingest(
                 raise IngestError(_diagnose(vcf, n_records, len(vcf_samples))) from e
             if g.shape[1] < 3:  # haploid-only records come back with 2 columns
                 g = np.concatenate([g[:, :1], np.full((n, 1), -2, np.int16), g[:, 1:]], axis=1)
+            alts = rec.ALT or []
+            if g.shape[0] and int(g[:, :2].max()) > len(alts):
+                raise IngestError(_diagnose(vcf, n_records, len(vcf_samples)))
             gts[k, :, 0] = g[:, 0]
             gts[k, :, 1] = g[:, 1]
             phase[k] = g[:, 2] == 1
             chrom, pos, ref = rec.CHROM, rec.POS, rec.REF
-            alts = rec.ALT or []
             rid = rec.ID
             qual = rec.QUAL
             filt = rec.FILTER

@@ -26,7 +26,10 @@ _NULL_RATE = 0.02
 
 
 def _dataset_dir() -> Path:
-    from reftools import shared_data_path  # type: ignore[import-not-found]
+    try:
+        from reftools import shared_data_path  # type: ignore[import-not-found]
+    except ImportError:  # tests/ imported as a package
+        from .reftools import shared_data_path  # type: ignore[no-redef]
 
     return shared_data_path() / "1kg_phase3_subset_1126"
 

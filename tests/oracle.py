@@ -472,12 +472,16 @@ def _cast_double(e: exp.Expression) -> exp.Expression:
     return exp.Cast(this=e, to=exp.DataType.build("DOUBLE"))
 
 
+def _bigint(e: exp.Expression) -> exp.Expression:
+    return exp.Cast(this=e, to=exp.DataType.build("BIGINT"))
+
+
 def _ac(d: exp.Expression) -> exp.Expression:
-    return exp.func("coalesce", exp.Sum(this=d.copy()), exp.Literal.number(0))
+    return _bigint(exp.func("coalesce", exp.Sum(this=d.copy()), exp.Literal.number(0)))
 
 
 def _an(d: exp.Expression) -> exp.Expression:
-    return exp.func("coalesce", exp.Sum(this=_dosage_to_ploidy(d)), exp.Literal.number(0))
+    return _bigint(exp.func("coalesce", exp.Sum(this=_dosage_to_ploidy(d)), exp.Literal.number(0)))
 
 
 def _af(d: exp.Expression) -> exp.Expression:
@@ -511,8 +515,8 @@ def _call_rate(d: exp.Expression) -> exp.Expression:
 
 
 #: genofed's genomic aggregate -> function building its plain-SQL definition from the argument.
-#: allele_count(d)  = coalesce(sum(d), 0)
-#: allele_number(d) = coalesce(sum(ploidy), 0)
+#: allele_count(d)  = coalesce(sum(d), 0)        (cast to BIGINT: DuckDB's sum gives HUGEINT)
+#: allele_number(d) = coalesce(sum(ploidy), 0)   (BIGINT)
 #: allele_freq(d)   = allele_count / allele_number, NULL if allele_number = 0
 #: het_count(d)     = count_if(ploidy = 2 AND d = 1)
 #: hom_alt_count(d) = count_if(d = ploidy AND d > 0)
@@ -560,10 +564,24 @@ def to_pooled_sql(sql: str, dialect: str = "duckdb") -> str:
     """Rewrite genofed's genomic aggregates into plain DuckDB SQL over the pooled tables.
 
     Uses sqlglot AST transforms; e.g. ``allele_number(g.dosage)`` becomes
-    ``(COALESCE(SUM(g.ploidy), 0))``.  ``agg(...) FILTER (WHERE c)`` is supported (the filter
-    is attached to every inner aggregate).  Other SQL is passed through unchanged.
+    ``(CAST(COALESCE(SUM(g.ploidy), 0) AS BIGINT))``.  ``agg(...) FILTER (WHERE c)`` is supported (the filter
+    is attached to every inner aggregate).  An unaliased projection containing a genomic
+    aggregate is aliased with its original text (e.g. ``"allele_count(dosage)"``).  Other SQL
+    is passed through unchanged.
     """
     tree = sqlglot.parse_one(sql, read=dialect)
+
+    # keep the output name of unaliased projections that contain a genomic aggregate
+    for select in list(tree.find_all(exp.Select)):
+        projections = []
+        for e in select.expressions:
+            if not isinstance(e, exp.Alias) and any(
+                _genomic_name(n) is not None for n in e.walk()
+            ):
+                name = e.sql(dialect=dialect, normalize_functions="lower")
+                e = exp.alias_(e.copy(), name, quoted=True)
+            projections.append(e)
+        select.set("expressions", projections)
 
     def rewrite(node: exp.Expression) -> exp.Expression:
         if isinstance(node, exp.Filter) and _genomic_name(node.this) is not None:
@@ -583,7 +601,10 @@ def to_pooled_sql(sql: str, dialect: str = "duckdb") -> str:
 
 
 def _default_1126() -> tuple[Path, Path]:
-    from reftools import shared_data_path  # type: ignore[import-not-found]
+    try:
+        from reftools import shared_data_path  # type: ignore[import-not-found]
+    except ImportError:  # tests/ imported as a package
+        from .reftools import shared_data_path  # type: ignore[no-redef]
 
     d = shared_data_path() / "1kg_phase3_subset_1126"
     return d / "1kg_phase3_subset_1126.vcf.gz", d / "samples_1126.tsv"

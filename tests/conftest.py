@@ -1,0 +1,130 @@
+"""Shared fixtures: real node servers on loopback over real 1000 Genomes data.
+
+Real data is read from ../shared/data (override with GENOFED_SHARED_DATA). Locally a missing
+file skips the test with a message; with GENOFED_REQUIRE_REAL=1 (CI) it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import genofed  # noqa: E402
+from genofed.connectors.federation import FederationConfig, down, init_federation, up  # noqa: E402
+
+REQUIRE_REAL = os.environ.get("GENOFED_REQUIRE_REAL") == "1"
+
+
+def shared_data() -> Path:
+    env = os.environ.get("GENOFED_SHARED_DATA")
+    return Path(env) if env else (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
+
+
+def need(path: Path) -> Path:
+    """A real-data file: skip locally when missing, fail in CI."""
+    if not path.exists():
+        msg = f"real data {path} is missing (set GENOFED_SHARED_DATA or provide ../shared/data)"
+        if REQUIRE_REAL:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+def need_tool(tool: str) -> str:
+    found = shutil.which(tool)
+    if found is None:
+        msg = f"reference tool {tool} is not installed (apt-get install {tool})"
+        if REQUIRE_REAL:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return found
+
+
+P1126 = "1kg_phase3_subset_1126"
+
+
+@pytest.fixture(scope="session")
+def data_1126() -> dict[str, Path]:
+    d = shared_data() / P1126
+    return {
+        "vcf": need(d / f"{P1126}.vcf.gz"),
+        "samples": need(d / "samples_1126.tsv"),
+        "split": need(d / "suggested_3node_split.tsv"),
+    }
+
+
+@pytest.fixture(scope="session")
+def phenotypes_1126(tmp_path_factory, data_1126) -> Path:
+    from fixtures_data import make_phenotypes_1126
+
+    return make_phenotypes_1126(tmp_path_factory.mktemp("pheno") / "phenotypes.csv")
+
+
+class LocalFederation:
+    """A started local federation; ``fed`` is a connected :class:`genofed.api.Federation`."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        up(root)
+        self.fed = genofed.connect(root, timeout=60)
+
+    def close(self) -> None:
+        self.fed.close()
+        down(self.root)
+
+
+def clone_federation(src: Path, dst: Path, *, min_count: int, node_min_count: int | None = None, **policy) -> Path:
+    """A second federation over the same stores with another policy (no re-ingest)."""
+    cfg = FederationConfig.load(src)
+    dst.mkdir(parents=True, exist_ok=True)
+    import tomllib
+
+    for n in cfg.nodes:
+        (dst / n.name).mkdir(exist_ok=True)
+        node = tomllib.loads((src / n.config).read_text())
+        node["node"]["store"] = str((src / n.name / node["node"]["store"]).resolve())
+        node["policy"]["min_count"] = node_min_count if node_min_count is not None else min_count
+        node["policy"].update(policy)
+        (dst / n.config).write_text(tomli_w.dumps(node))
+    new = FederationConfig(dst, dst.name, cfg.nodes, min_count=min_count)
+    for n in new.nodes:
+        n.port = 0
+    new.save()
+    return dst
+
+
+@pytest.fixture(scope="session")
+def fed_dir_1126(tmp_path_factory, data_1126, phenotypes_1126) -> Path:
+    root = tmp_path_factory.mktemp("fed1126")
+    init_federation(root, data_1126["vcf"], data_1126["samples"], data_1126["split"],
+                    clinical={"phenotypes": phenotypes_1126}, min_count=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def fed1126(fed_dir_1126):
+    lf = LocalFederation(fed_dir_1126)
+    yield lf.fed
+    lf.close()
+
+
+@pytest.fixture(scope="session")
+def fed1126_k5(fed_dir_1126, tmp_path_factory):
+    root = clone_federation(fed_dir_1126, tmp_path_factory.mktemp("fed1126_k5"), min_count=5)
+    lf = LocalFederation(root)
+    yield lf.fed
+    lf.close()
+
+
+@pytest.fixture(scope="session")
+def pooled1126(data_1126, phenotypes_1126):
+    from oracle import build_pooled
+
+    return build_pooled(None, data_1126["vcf"], data_1126["samples"], {"phenotypes": phenotypes_1126})
