@@ -100,6 +100,10 @@ def qualify_query(select: exp.Select, catalog: Catalog) -> exp.Select:
     """Check table names, qualify every column and annotate types."""
     cte_names = {c.alias_or_name for c in select.find_all(exp.CTE)}
     for t in select.find_all(exp.Table):
+        if not isinstance(t.this, exp.Identifier):
+            raise UnsupportedError(
+                f"table functions such as {t.this.sql(DIALECT)[:40]!r} are not supported; query the federated tables ({_tables(catalog)})"
+            )
         if t.name in cte_names and not t.db:
             continue
         if t.db or t.catalog:
