@@ -153,7 +153,7 @@ class Coordinator:
         drop = small | flagged.astype(bool)
         if not drop.any():
             return combined, []
-        keys = combined.select(plan.keys).filter(pa.array(drop)).to_pylist() if plan.keys else [{}]
+        keys = combined.select(plan.keys).rename_columns(plan.key_labels).filter(pa.array(drop)).to_pylist() if plan.keys else [{}]
         return combined.filter(pa.array(~drop)), keys
 
     def close(self) -> None:

@@ -41,6 +41,7 @@ class Plan:
     tables: set[str] = field(default_factory=set)
     uses_min_max: bool = False
     variants_only: bool = False
+    key_labels: list[str] = field(default_factory=list)
 
     @property
     def fragment_sql(self) -> str:
@@ -165,9 +166,13 @@ def plan_query(select: exp.Select, catalog: Catalog) -> Plan:
     fragment.set("expressions", frag_cols)
     fragment.set("group", exp.Group(expressions=[g.copy() for g in group]) if group else None)
 
+    labels = []
+    for g in group:
+        match = [n for p, n in zip(q.expressions, output_names) if p.unalias().sql(DIALECT) == g.sql(DIALECT)]
+        labels.append(match[0] if match else g.sql(DIALECT))
     sample_tables = catalog.sample_tables()
     variants_only = not (tables & sample_tables)
-    return Plan(fragment, keys, partials, final, output_names, tables, uses_min_max, variants_only)
+    return Plan(fragment, keys, partials, final, output_names, tables, uses_min_max, variants_only, labels)
 
 
 def _output_name(p: exp.Expression) -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import struct
+import sys
 import time
 import zlib
 from dataclasses import asdict, dataclass
@@ -97,8 +98,9 @@ def _pick_causal(
     max_r2: float = 0.01,
     min_maf: float = 0.1,
 ) -> dict[int, np.ndarray]:
-    """Pick ``k`` sites with MAF >= ``min_maf``, ``min_spacing`` bp apart and with pairwise r^2 below
-    ``max_r2``; return their true diploid ALT dosages (samples in ``hap_index`` order)."""
+    """Pick ``k`` sites with MAF >= ``min_maf``, ``min_spacing`` bp apart and with pairwise r^2
+    below ``max_r2`` (relaxed in steps when the window is too small to satisfy them); return
+    their true diploid ALT dosages (samples in ``hap_index`` order), sorted by site."""
     import tskit
 
     freq = np.zeros(ts.num_sites)
@@ -108,16 +110,17 @@ def _pick_causal(
     pos = ts.tables.sites.position
     var = tskit.Variant(ts)
     chosen: dict[int, np.ndarray] = {}
-    for i in rng.permutation(np.flatnonzero((freq >= min_maf) & (freq <= 1 - min_maf))):
-        if any(abs(pos[i] - pos[j]) < min_spacing for j in chosen):
-            continue
-        var.decode(int(i))
-        x = var.genotypes[hap_index].reshape(-1, 2).sum(axis=1).astype(float)
-        if all(np.corrcoef(x, y)[0, 1] ** 2 < max_r2 for y in chosen.values()):
-            chosen[int(i)] = x
-            if len(chosen) == k:
-                return dict(sorted(chosen.items()))
-    raise ValueError(f"only {len(chosen)} suitable causal variants found; increase length_bp")
+    for spacing, r2, maf in [(min_spacing, max_r2, min_maf), (0, 0.5, min_maf), (0, 1.0, 0.05)]:
+        for i in rng.permutation(np.flatnonzero((freq >= maf) & (freq <= 1 - maf))):
+            if int(i) in chosen or any(abs(pos[i] - pos[j]) < spacing for j in chosen):
+                continue
+            var.decode(int(i))
+            x = var.genotypes[hap_index].reshape(-1, 2).sum(axis=1).astype(float)
+            if all(np.corrcoef(x, y)[0, 1] ** 2 < r2 for y in chosen.values()):
+                chosen[int(i)] = x
+                if len(chosen) == k:
+                    return dict(sorted(chosen.items()))
+    raise ValueError(f"only {len(chosen)} causal variants with MAF >= 0.05; increase length_bp")
 
 
 def simulate_cohort(
@@ -131,6 +134,7 @@ def simulate_cohort(
     n_causal_t2d: int = 4,
     missing_rate: float = 0.005,
     unphased_site_rate: float = 0.01,
+    verbose: bool = False,
 ) -> CohortPaths:
     """Simulate a three-population demo cohort and write it to ``out_dir``.
 
@@ -152,6 +156,8 @@ def simulate_cohort(
         Fraction of genotype calls written as ``./.``.
     unphased_site_rate : float
         Fraction of sites whose genotypes are written unphased.
+    verbose : bool
+        Print the time taken by each step to stderr.
 
     Returns
     -------
@@ -177,6 +183,11 @@ def simulate_cohort(
         out / "truth.json",
     )
     rng = np.random.default_rng(seed)
+    t0 = time.perf_counter()
+
+    def step(what: str) -> None:
+        if verbose:
+            print(f"  {what}: {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
 
     # -- genotypes -------------------------------------------------------------------------
     species = stdpopsim.get_species("HomSap")
@@ -187,13 +198,16 @@ def simulate_cohort(
     per_pop = {p: n_samples // 3 + (1 if i < n_samples % 3 else 0) for i, p in enumerate(POPS)}
     ts = stdpopsim.get_engine("msprime").simulate(model, contig, per_pop, seed=seed)
     ts = ts.delete_sites([s.id for s in ts.sites() if len(s.mutations) != 1])
+    step(f"msprime simulated {ts.num_individuals} x {ts.num_sites} bi-allelic sites")
 
     # Sample columns are a random permutation of the individuals, so names do not reveal ancestry.
     order = rng.permutation(ts.num_individuals)
     ind_nodes = np.array([ts.individual(int(i)).nodes for i in order])  # (n, 2)
     node_pop = ts.tables.nodes.population
     pops = [ts.population(int(node_pop[a])).metadata["name"] for a, _ in ind_nodes]
-    hap_index = ind_nodes.ravel()  # sample node ids are 0..2n-1 = genotype columns
+    column = np.zeros(ts.num_nodes, dtype=np.int64)
+    column[ts.samples()] = np.arange(ts.num_samples)  # genotype column of each sample node
+    hap_index = column[ind_nodes.ravel()]
     names = [f"DEMO{i + 1:06d}" for i in range(n_samples)]
 
     pos = ts.tables.sites.position.astype(np.int64)
@@ -239,6 +253,7 @@ def simulate_cohort(
             + cell.tobytes()
         )
     vcf.close()
+    step(f"wrote {paths.vcf}")
 
     # -- sample sheet and split ----------------------------------------------------------------
     sex = rng.integers(0, 2, n_samples)  # 1 = female
@@ -325,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    paths = simulate_cohort(args.out_dir, args.n_samples, args.length_bp, args.seed)
+    paths = simulate_cohort(args.out_dir, args.n_samples, args.length_bp, args.seed, verbose=True)
     truth = json.loads(paths.truth.read_text())
     print(
         f"simulated {truth['n_samples']} samples x {truth['n_variants']} variants "

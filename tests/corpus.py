@@ -517,11 +517,17 @@ CORPUS_REFUSED: list[tuple[str, str, str]] = [
         "WHERE chrom = '22' GROUP BY variant_id) SELECT avg(af) FROM v",
         "PlanningError",
     ),
-    ("r_count_distinct_population", "SELECT count(DISTINCT population) FROM samples",
-     "UnsupportedError"),
+    (
+        "r_count_distinct_population",
+        "SELECT count(DISTINCT population) FROM samples",
+        "UnsupportedError",
+    ),
     ("r_min", "SELECT min(outcome) FROM samples", "DisclosureError"),
-    ("r_max_grouped", "SELECT sex, max(age) FROM phenotypes p JOIN samples s USING (sample_id) "
-     "GROUP BY sex", "DisclosureError"),
+    (
+        "r_max_grouped",
+        "SELECT sex, max(age) FROM phenotypes p JOIN samples s USING (sample_id) GROUP BY sex",
+        "DisclosureError",
+    ),
     ("r_syntax", "SELEC count(*) FROM samples", "ParseError"),
 ]
 

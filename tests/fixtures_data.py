@@ -20,7 +20,15 @@ __all__ = ["PHENOTYPE_COLUMNS", "make_phenotypes_1126", "samples_1126_path", "sp
 StrPath = str | PathLike[str]
 
 #: Column order of the phenotypes CSV.
-PHENOTYPE_COLUMNS: tuple[str, ...] = ("sample_id", "age", "bmi", "ldl", "smoker", "outcome", "status")
+PHENOTYPE_COLUMNS: tuple[str, ...] = (
+    "sample_id",
+    "age",
+    "bmi",
+    "ldl",
+    "smoker",
+    "outcome",
+    "status",
+)
 
 _NULL_RATE = 0.02
 
@@ -104,4 +112,5 @@ if __name__ == "__main__":
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     p = make_phenotypes_1126(sys.argv[1] if len(sys.argv) > 1 else "phenotypes_1126.csv")
-    print(p, sum(1 for _ in open(p)) - 1, "rows")
+    with open(p) as fh:
+        print(p, sum(1 for _ in fh) - 1, "rows")

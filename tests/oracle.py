@@ -203,7 +203,9 @@ def _read_calls(vcf: StrPath, keep: Sequence[str]) -> _Calls:
         numbers={"calldata/GT": 1},
     )
     if raw is None:  # no records
-        return _Calls(list(keep), np.zeros((0, len(keep), 2), np.int8), np.zeros((0, len(keep)), bool))
+        return _Calls(
+            list(keep), np.zeros((0, len(keep), 2), np.int8), np.zeros((0, len(keep)), bool)
+        )
     samples = [str(s) for s in raw["samples"]]
     strings = raw["calldata/GT"]
     del raw
@@ -244,8 +246,11 @@ def _check_sites_against_allel(vcf: StrPath, sites: VcfSites) -> None:
     """Cross-check the text pass against scikit-allel's CHROM/POS/REF/numalt."""
     import allel
 
-    d = allel.read_vcf(str(vcf), fields=["variants/CHROM", "variants/POS", "variants/REF",
-                                          "variants/numalt"], alt_number=1)
+    d = allel.read_vcf(
+        str(vcf),
+        fields=["variants/CHROM", "variants/POS", "variants/REF", "variants/numalt"],
+        alt_number=1,
+    )
     n = 0 if d is None else len(d["variants/POS"])
     if n != len(sites.chrom):
         raise AssertionError(f"record count: text pass {len(sites.chrom)}, scikit-allel {n}")
@@ -472,7 +477,16 @@ def _cast_double(e: exp.Expression) -> exp.Expression:
     return exp.Cast(this=e, to=exp.DataType.build("DOUBLE"))
 
 
-def _bigint(e: exp.Expression) -> exp.Expression:
+def _count_when(cond: exp.Expression | exp.Condition) -> exp.Expression:
+    """``count(CASE WHEN cond THEN 1 END)``: BIGINT, 0 on no rows.
+
+    (DuckDB's own ``count_if`` is a HUGEINT sum that is NULL on an empty input.)
+    """
+    case = exp.Case(ifs=[exp.If(this=cond, true=exp.Literal.number(1))])
+    return exp.Count(this=case)
+
+
+def _bigint(e: exp.Expression | exp.Func) -> exp.Expression:
     return exp.Cast(this=e, to=exp.DataType.build("BIGINT"))
 
 
@@ -496,7 +510,7 @@ def _het(d: exp.Expression) -> exp.Expression:
         exp.EQ(this=_p(_dosage_to_ploidy(d)), expression=exp.Literal.number(2)),
         exp.EQ(this=_p(d.copy()), expression=exp.Literal.number(1)),
     )
-    return exp.CountIf(this=cond)
+    return _count_when(cond)
 
 
 def _hom_alt(d: exp.Expression) -> exp.Expression:
@@ -504,7 +518,7 @@ def _hom_alt(d: exp.Expression) -> exp.Expression:
         exp.EQ(this=_p(d.copy()), expression=_p(_dosage_to_ploidy(d))),
         exp.GT(this=_p(d.copy()), expression=exp.Literal.number(0)),
     )
-    return exp.CountIf(this=cond)
+    return _count_when(cond)
 
 
 def _call_rate(d: exp.Expression) -> exp.Expression:
@@ -518,8 +532,8 @@ def _call_rate(d: exp.Expression) -> exp.Expression:
 #: allele_count(d)  = coalesce(sum(d), 0)        (cast to BIGINT: DuckDB's sum gives HUGEINT)
 #: allele_number(d) = coalesce(sum(ploidy), 0)   (BIGINT)
 #: allele_freq(d)   = allele_count / allele_number, NULL if allele_number = 0
-#: het_count(d)     = count_if(ploidy = 2 AND d = 1)
-#: hom_alt_count(d) = count_if(d = ploidy AND d > 0)
+#: het_count(d)     = count_if(ploidy = 2 AND d = 1)    (as a BIGINT count: 0, not NULL, on no rows)
+#: hom_alt_count(d) = count_if(d = ploidy AND d > 0)    (idem)
 #: call_rate(d)     = count(d) / count(*)
 #: When the argument is an expression (e.g. ``CASE WHEN ... THEN g.dosage END``), ``ploidy`` is
 #: the same expression with each ``dosage`` column replaced by ``ploidy`` of the same table.
@@ -575,9 +589,7 @@ def to_pooled_sql(sql: str, dialect: str = "duckdb") -> str:
     for select in list(tree.find_all(exp.Select)):
         projections = []
         for e in select.expressions:
-            if not isinstance(e, exp.Alias) and any(
-                _genomic_name(n) is not None for n in e.walk()
-            ):
+            if not isinstance(e, exp.Alias) and any(_genomic_name(n) is not None for n in e.walk()):
                 name = e.sql(dialect=dialect, normalize_functions="lower")
                 e = exp.alias_(e.copy(), name, quoted=True)
             projections.append(e)
@@ -637,9 +649,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(q)
     print(con.execute(q).df().to_string(index=False))
     print(
-        con.execute(
-            "SELECT ploidy, count(*) AS n FROM genotypes GROUP BY ploidy ORDER BY ploidy"
-        ).df().to_string(index=False)
+        con.execute("SELECT ploidy, count(*) AS n FROM genotypes GROUP BY ploidy ORDER BY ploidy")
+        .df()
+        .to_string(index=False)
     )
     return 0
 

@@ -135,7 +135,12 @@ def require_shared_data(*parts: str) -> Path:
 def _run(cmd: Sequence[str] | str, *, shell: bool = False, cwd: StrPath | None = None) -> str:
     """Run a command, returning stdout; raise with stderr on failure."""
     res = subprocess.run(
-        cmd, shell=shell, cwd=cwd, capture_output=True, text=True, check=False,
+        cmd,
+        shell=shell,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
         executable="/bin/bash" if shell else None,
     )
     if res.returncode != 0:
@@ -194,8 +199,13 @@ def bcftools_fill_tags(
         )
         out = _run(cmd, shell=True)
     df = pd.read_csv(
-        io.StringIO(out), sep="\t", header=None, names=["variant_id", *_NUMERIC],
-        dtype={"variant_id": str}, na_values=["."], keep_default_na=False,
+        io.StringIO(out),
+        sep="\t",
+        header=None,
+        names=["variant_id", *_NUMERIC],
+        dtype={"variant_id": str},
+        na_values=["."],
+        keep_default_na=False,
     )
     df["AC"] = df["AC"].astype("int64")
     df["AN"] = df["AN"].astype("int64")
@@ -225,8 +235,12 @@ def bcftools_genotypes(
         )
         out = _run(cmd, shell=True)
     df = pd.read_csv(
-        io.StringIO(out), sep="\t", header=None, names=["variant_id", "sample_id", "gt"],
-        dtype=str, keep_default_na=False,
+        io.StringIO(out),
+        sep="\t",
+        header=None,
+        names=["variant_id", "sample_id", "gt"],
+        dtype=str,
+        keep_default_na=False,
     )
     if variant_ids is not None:
         df = df[df["variant_id"].isin(set(variant_ids))]
@@ -290,10 +304,24 @@ def plink2_freq(
         split = tmp / "split.vcf.gz"
         _run(f"{_split_view(vcf, None, regions)} -Oz -o {shlex.quote(str(split))}", shell=True)
         cmd = [
-            "plink2", "--vcf", str(split), "--vcf-half-call", half_call,
-            "--set-all-var-ids", "@:#:$r:$a", "--new-id-max-allele-len", "10000",
-            "--allow-extra-chr", "--threads", "2", "--memory", "2000",
-            "--freq", "counts", "--out", str(tmp / "out"),
+            "plink2",
+            "--vcf",
+            str(split),
+            "--vcf-half-call",
+            half_call,
+            "--set-all-var-ids",
+            "@:#:$r:$a",
+            "--new-id-max-allele-len",
+            "10000",
+            "--allow-extra-chr",
+            "--threads",
+            "2",
+            "--memory",
+            "2000",
+            "--freq",
+            "counts",
+            "--out",
+            str(tmp / "out"),
         ]
         if split_par:
             cmd += ["--split-par", split_par]
@@ -314,7 +342,7 @@ def plink2_freq(
             df = df.rename(columns={"ID": "variant_id", "#CHROM": "plink_chrom"})
             if loop_cats_file is not None:
                 # out.<category>.acount
-                df.insert(0, "category", f.name[len("out."):-len(".acount")])
+                df.insert(0, "category", f.name[len("out.") : -len(".acount")])
             frames.append(df)
     if not frames:
         raise RuntimeError("plink2 produced no .acount file")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -48,8 +49,10 @@ X	300	rs3	G	<CN0>	10.5	q10;lowDP	.	GT	.|1	1/.	0|0	./0	0|1
 """
 
 # sample sheet: S5 is in the VCF but not the sheet, S6 is in the sheet but not the VCF
-_SHEET = "ID\tSex\tPopulation.Description\tBMI (kg/m2)\nS1\tM\tA b\t20.5\nS2\tF\tA b\t21\n" \
-         "S3\tF\tC\t22\nS4\tM\tC\t23\nS6\tF\tC\t24\n"
+_SHEET = (
+    "ID\tSex\tPopulation.Description\tBMI (kg/m2)\nS1\tM\tA b\t20.5\nS2\tF\tA b\t21\n"
+    "S3\tF\tC\t22\nS4\tM\tC\t23\nS6\tF\tC\t24\n"
+)
 
 # (variant_id, sample_id) -> (dosage, ploidy, phased)
 _EXPECTED_GT: dict[tuple[str, str], tuple[int | None, int, bool]] = {
@@ -121,7 +124,11 @@ def test_samples_and_clinical_tables(small: duckdb.DuckDBPyConnection) -> None:
         ("S1", 40, 3.1),
         ("S2", 50, None),
     ]
-    assert [r[0] for r in small.execute("DESCRIBE labs").fetchall()] == ["sample_id", "age", "ldl_c"]
+    assert [r[0] for r in small.execute("DESCRIBE labs").fetchall()] == [
+        "sample_id",
+        "age",
+        "ldl_c",
+    ]
     assert small.execute("SELECT * FROM extra").fetchall() == [("S2", 1.5, "a")]
     assert [r[0] for r in small.execute("DESCRIBE extra").fetchall()] == ["sample_id", "x", "y_z"]
     assert small.execute("SELECT * FROM noid ORDER BY sample_id").fetchall() == [
@@ -140,18 +147,34 @@ def test_variants_table(small: duckdb.DuckDBPyConnection) -> None:
         ("1:400:C:T", "1", 400, "C", "T", None, 0.0, "undeclaredF"),
         ("X:300:G:<CN0>", "X", 300, "G", "<CN0>", "rs3", 10.5, "q10;lowDP"),
     ]
-    types = dict(small.execute("SELECT column_name, column_type FROM (DESCRIBE variants)").fetchall())
+    types = dict(
+        small.execute("SELECT column_name, column_type FROM (DESCRIBE variants)").fetchall()
+    )
     assert types == {
-        "variant_id": "VARCHAR", "chrom": "VARCHAR", "pos": "BIGINT", "ref": "VARCHAR",
-        "alt": "VARCHAR", "rsid": "VARCHAR", "qual": "DOUBLE", "filter": "VARCHAR",
+        "variant_id": "VARCHAR",
+        "chrom": "VARCHAR",
+        "pos": "BIGINT",
+        "ref": "VARCHAR",
+        "alt": "VARCHAR",
+        "rsid": "VARCHAR",
+        "qual": "DOUBLE",
+        "filter": "VARCHAR",
     }
 
 
 def test_genotypes_table(small: duckdb.DuckDBPyConnection) -> None:
-    types = dict(small.execute("SELECT column_name, column_type FROM (DESCRIBE genotypes)").fetchall())
+    types = dict(
+        small.execute("SELECT column_name, column_type FROM (DESCRIBE genotypes)").fetchall()
+    )
     assert types == {
-        "sample_id": "VARCHAR", "variant_id": "VARCHAR", "chrom": "VARCHAR", "pos": "BIGINT",
-        "ref": "VARCHAR", "alt": "VARCHAR", "dosage": "TINYINT", "phased": "BOOLEAN",
+        "sample_id": "VARCHAR",
+        "variant_id": "VARCHAR",
+        "chrom": "VARCHAR",
+        "pos": "BIGINT",
+        "ref": "VARCHAR",
+        "alt": "VARCHAR",
+        "dosage": "TINYINT",
+        "phased": "BOOLEAN",
         "ploidy": "TINYINT",
     }
     got = {
@@ -201,7 +224,7 @@ def test_rewrite_qualifier_filter_and_empty(small: duckdb.DuckDBPyConnection) ->
         "allele_count(dosage) FILTER (WHERE pos = 100) AS ac FROM genotypes"
     )
     cr, ac = small.execute(sql).fetchone()  # type: ignore[misc]
-    assert cr == pytest.approx(13 / 16) and ac == 5
+    assert cr == pytest.approx(16 / 20) and ac == 5
     # empty selection: AC = AN = 0, AF and call rate NULL
     sql = to_pooled_sql(
         "SELECT allele_count(dosage), allele_number(dosage), allele_freq(dosage), "
@@ -220,25 +243,47 @@ def test_rewrite_qualifier_filter_and_empty(small: duckdb.DuckDBPyConnection) ->
 
 _REGIONS = "16,22,X"
 # multi-allelic (22), symbolic multi-allelic <CN2>,<CN3> (16), chrX PAR1 and non-PAR
-_SPOT_POSITIONS = [("22", 22085620), ("22", 48980315), ("16", 16742149), ("16", 254375),
-                   ("X", 430365), ("X", 100064504)]
+_SPOT_POSITIONS = [
+    ("22", 22085620),
+    ("22", 48980315),
+    ("16", 16742149),
+    ("16", 254375),
+    ("X", 430365),
+    ("X", 100064504),
+]
+
+
+@dataclass(frozen=True)
+class _Real:
+    con: duckdb.DuckDBPyConnection
+    vcf: Path
+    dir: Path
+    split: Path
 
 
 @pytest.fixture(scope="module")
-def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Real]:
     base = require_shared_data("1kg_phase3_subset_1126")
     require_tool("bcftools", "bcftools+fill-tags")
     d = tmp_path_factory.mktemp("oracle_1126")
     vcf = d / "subset.vcf.gz"
     subprocess.run(
-        ["bcftools", "view", "-r", _REGIONS, "-Oz", "-o", str(vcf),
-         str(base / "1kg_phase3_subset_1126.vcf.gz")],
+        [
+            "bcftools",
+            "view",
+            "-r",
+            _REGIONS,
+            "-Oz",
+            "-o",
+            str(vcf),
+            str(base / "1kg_phase3_subset_1126.vcf.gz"),
+        ],
         check=True,
     )
     subprocess.run(["bcftools", "index", "-t", str(vcf)], check=True)
     sheet = base / "samples_1126.tsv"
     con = build_pooled(d / "pooled.duckdb", vcf, sheet)
-    yield {"con": con, "vcf": vcf, "dir": d, "split": base / "suggested_3node_split.tsv"}
+    yield _Real(con=con, vcf=vcf, dir=d, split=base / "suggested_3node_split.tsv")
     con.close()
 
 
@@ -253,10 +298,9 @@ def _oracle_counts(con: duckdb.DuckDBPyConnection, where: str = "TRUE") -> pd.Da
 
 @pytest.mark.realdata
 @pytest.mark.reftool
-def test_oracle_matches_bcftools_fill_tags(real: dict[str, object]) -> None:
-    con = real["con"]
-    assert isinstance(con, duckdb.DuckDBPyConnection)
-    ref = bcftools_fill_tags(real["vcf"])  # type: ignore[arg-type]
+def test_oracle_matches_bcftools_fill_tags(real: _Real) -> None:
+    con = real.con
+    ref = bcftools_fill_tags(real.vcf)
     got = _oracle_counts(con)
     assert len(ref) > 3000 and ref.index.is_unique
     assert set(ref.index) == set(got.index)
@@ -274,12 +318,11 @@ def test_oracle_matches_bcftools_fill_tags(real: dict[str, object]) -> None:
 
 @pytest.mark.realdata
 @pytest.mark.reftool
-def test_oracle_matches_bcftools_on_one_node(real: dict[str, object]) -> None:
-    con = real["con"]
-    assert isinstance(con, duckdb.DuckDBPyConnection)
-    split = pd.read_csv(real["split"], sep="\t", dtype=str)  # type: ignore[call-overload]
+def test_oracle_matches_bcftools_on_one_node(real: _Real) -> None:
+    con = real.con
+    split = pd.read_csv(real.split, sep="\t", dtype=str)
     node_a = split.loc[split["node"] == "biobank_A", "sample.id"].tolist()
-    ref = bcftools_fill_tags(real["vcf"], node_a)  # type: ignore[arg-type]
+    ref = bcftools_fill_tags(real.vcf, node_a)
     ids = ", ".join(f"'{s}'" for s in node_a)
     got = _oracle_counts(con, f"g.sample_id IN ({ids})")
     j = ref.join(got, how="outer")
@@ -289,11 +332,10 @@ def test_oracle_matches_bcftools_on_one_node(real: dict[str, object]) -> None:
 
 @pytest.mark.realdata
 @pytest.mark.reftool
-def test_oracle_genotypes_match_bcftools_query(real: dict[str, object]) -> None:
-    con = real["con"]
-    assert isinstance(con, duckdb.DuckDBPyConnection)
+def test_oracle_genotypes_match_bcftools_query(real: _Real) -> None:
+    con = real.con
     regions = ",".join(f"{c}:{p}-{p}" for c, p in _SPOT_POSITIONS)
-    ref = bcftools_genotypes(real["vcf"], regions=regions)  # type: ignore[arg-type]
+    ref = bcftools_genotypes(real.vcf, regions=regions)
     vids = sorted(set(ref["variant_id"]))
     assert len(vids) >= 10  # split multi-allelics
     in_list = ", ".join(f"'{v}'" for v in vids)
@@ -301,8 +343,9 @@ def test_oracle_genotypes_match_bcftools_query(real: dict[str, object]) -> None:
         "SELECT variant_id, sample_id, dosage, ploidy, phased FROM genotypes "
         f"WHERE variant_id IN ({in_list})"
     ).df()
-    m = ref.merge(got, on=["variant_id", "sample_id"], how="outer", suffixes=("_ref", ""),
-                  indicator=True)
+    m = ref.merge(
+        got, on=["variant_id", "sample_id"], how="outer", suffixes=("_ref", ""), indicator=True
+    )
     assert (m["_merge"] == "both").all()
     assert (m["ploidy_ref"].astype(int) == m["ploidy"].astype(int)).all()
     assert (m["dosage_ref"].astype("Int64") == m["dosage"].astype("Int64")).all()
@@ -313,12 +356,10 @@ def test_oracle_genotypes_match_bcftools_query(real: dict[str, object]) -> None:
 
 @pytest.mark.realdata
 @pytest.mark.reftool
-def test_oracle_matches_plink2_freq(real: dict[str, object]) -> None:
+def test_oracle_matches_plink2_freq(real: _Real) -> None:
     require_tool("plink2")
-    con = real["con"]
-    assert isinstance(con, duckdb.DuckDBPyConnection)
-    d = real["dir"]
-    assert isinstance(d, Path)
+    con = real.con
+    d = real.dir
     sex = con.execute(
         "SELECT sample_id AS \"#IID\", CASE sex WHEN 'M' THEN 1 WHEN 'F' THEN 2 END AS SEX "
         "FROM samples"
@@ -330,14 +371,14 @@ def test_oracle_matches_plink2_freq(real: dict[str, object]) -> None:
     )
 
     # with sex and PAR split, plink2 agrees everywhere (0/. on male chrX = haploid)
-    ref = plink2_freq(real["vcf"], sex_file=d / "sex.tsv", split_par="b37")  # type: ignore[arg-type]
+    ref = plink2_freq(real.vcf, sex_file=d / "sex.tsv", split_par="b37")
     j = ref.join(got, how="inner")
     assert len(j) == len(got) == len(ref)
     assert (j["ALT_CTS"] == j["ac"]).all() and (j["OBS_CT"] == j["an"]).all()
 
     # documented discrepancy: without sex, plink2 counts chrX half-calls of males twice
     n_m = con.execute("SELECT count(*) FROM samples WHERE sex = 'M'").fetchone()[0]  # type: ignore[index]
-    ref = plink2_freq(real["vcf"], regions="X")  # type: ignore[arg-type]
+    ref = plink2_freq(real.vcf, regions="X")
     j = ref.join(got, how="inner")
     nonpar = j[~j["par"]]
     assert ((nonpar["OBS_CT"] - nonpar["an"]) == n_m).all()
@@ -346,21 +387,29 @@ def test_oracle_matches_plink2_freq(real: dict[str, object]) -> None:
 
 @pytest.mark.realdata
 @pytest.mark.reftool
-def test_oracle_matches_plink2_loop_cats(real: dict[str, object]) -> None:
+def test_oracle_matches_plink2_loop_cats(real: _Real) -> None:
     require_tool("plink2")
-    con = real["con"]
-    assert isinstance(con, duckdb.DuckDBPyConnection)
-    d = real["dir"]
-    assert isinstance(d, Path)
+    con = real.con
+    d = real.dir
     pops = con.execute('SELECT sample_id AS "#IID", population FROM samples').df()
     pops.to_csv(d / "pops.tsv", sep="\t", index=False)
-    ref = plink2_freq(real["vcf"], loop_cats_file=d / "pops.tsv",  # type: ignore[arg-type]
-                      loop_cats_column="population", regions="22")
-    got = con.execute(to_pooled_sql(
-        "SELECT s.population AS category, g.variant_id, allele_count(g.dosage) AS ac, "
-        "allele_number(g.dosage) AS an FROM genotypes g JOIN samples s USING (sample_id) "
-        "WHERE g.chrom = '22' GROUP BY s.population, g.variant_id"
-    )).df().set_index(["category", "variant_id"])
+    ref = plink2_freq(
+        real.vcf,
+        loop_cats_file=d / "pops.tsv",
+        loop_cats_column="population",
+        regions="22",
+    )
+    got = (
+        con.execute(
+            to_pooled_sql(
+                "SELECT s.population AS category, g.variant_id, allele_count(g.dosage) AS ac, "
+                "allele_number(g.dosage) AS an FROM genotypes g JOIN samples s USING (sample_id) "
+                "WHERE g.chrom = '22' GROUP BY s.population, g.variant_id"
+            )
+        )
+        .df()
+        .set_index(["category", "variant_id"])
+    )
     j = ref.join(got, how="outer")
     assert len(j) == len(got) and not j[["ALT_CTS", "ac"]].isna().any().any()
     assert (j["ALT_CTS"] == j["ac"]).all() and (j["OBS_CT"] == j["an"]).all()
@@ -386,6 +435,8 @@ def test_corpus_runs_on_full_pooled_oracle(tmp_path: Path) -> None:
         {"phenotypes": pheno},
     )
     assert con.execute("SELECT count(*) FROM genotypes").fetchone() == (1126 * 26250,)
-    assert con.execute("SELECT count(*), count(bmi), count(ldl) FROM phenotypes").fetchone()[0] == 1126  # type: ignore[index]
+    assert (
+        con.execute("SELECT count(*), count(bmi), count(ldl) FROM phenotypes").fetchone()[0] == 1126
+    )  # type: ignore[index]
     counts = check_corpus(con)
     assert len(counts) == len(CORPUS) >= 45
