@@ -173,7 +173,7 @@ def _bivariate(node: exp.Expression, add: AddPartial) -> exp.Expression:
     c["sxx"] = sxx
     cxx = f"(CAST(CAST(:n AS {t}) * CAST(:sxx AS {t}) - CAST(:sx AS {t}) * CAST(:sx AS {t}) AS DOUBLE))"
     if name == "regr_slope":
-        return tmpl(f"CASE WHEN :n > 0 AND {cxx} <> 0 THEN {cxy} / {cxx} END", **c)
+        return tmpl(f"CASE WHEN :n > 0 THEN (CASE WHEN {cxx} <> 0 THEN {cxy} / {cxx} ELSE CAST('NaN' AS DOUBLE) END) END", **c)
     if name == "regr_intercept":
         return tmpl(
             f"CASE WHEN :n > 0 AND {cxx} <> 0 THEN (CAST(:sy AS DOUBLE) - {cxy} / {cxx} * CAST(:sx AS DOUBLE)) / :n END",
@@ -183,7 +183,12 @@ def _bivariate(node: exp.Expression, add: AddPartial) -> exp.Expression:
     c["syy"] = syy
     cyy = f"(CAST(CAST(:n AS {t}) * CAST(:syy AS {t}) - CAST(:sy AS {t}) * CAST(:sy AS {t}) AS DOUBLE))"
     if name == "corr":
-        return tmpl(f"CASE WHEN :n > 0 AND {cxx} > 0 AND {cyy} > 0 THEN {cxy} / SQRT({cxx} * {cyy}) END", **c)
+        # DuckDB: NaN when either variance is zero, NULL without rows
+        return tmpl(
+            f"CASE WHEN :n > 0 THEN (CASE WHEN {cxx} > 0 AND {cyy} > 0 THEN {cxy} / SQRT({cxx} * {cyy}) "
+            "ELSE CAST('NaN' AS DOUBLE) END) END",
+            **c,
+        )
     # regr_r2: NULL if var_pop(x) = 0, 1 if var_pop(y) = 0, else corr^2 (DuckDB's definition)
     return tmpl(
         f"CASE WHEN :n = 0 OR {cxx} = 0 THEN NULL WHEN {cyy} = 0 THEN 1.0 "

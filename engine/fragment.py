@@ -18,7 +18,7 @@ from .aggregates import is_partial_aggregate
 from .errors import DisclosureError, FragmentError, GenofedError
 from .planner import _check_structure
 from .schema import SAMPLE_ID, Catalog
-from .sqlcheck import DIALECT, is_aggregate, parse, qualify_query
+from .sqlcheck import DIALECT, is_aggregate, parse, qualify_query, reveals_sample_id
 
 _KEY = re.compile(r"^_k\d+$")
 _PARTIAL = re.compile(r"^_p\d+$")
@@ -63,6 +63,8 @@ def validate_fragment(sql: str, catalog: Catalog, *, allow_min_max: bool = False
         name = p.alias_or_name
         body = p.unalias()
         if _KEY.match(name):
+            if reveals_sample_id(body):
+                raise DisclosureError("grouping by sample_id releases per-person rows; refused by the node", rule="row_level")
             if body.sql(DIALECT) not in group:
                 raise FragmentError(f"fragment refused: key {name} is not a GROUP BY expression")
             keys.append(name)

@@ -16,7 +16,7 @@ from sqlglot import exp
 from .aggregates import decompose
 from .errors import DisclosureError, PlanningError, UnsupportedError
 from .schema import Catalog
-from .sqlcheck import DIALECT, check_joins, check_node_local, is_aggregate, qualify_query
+from .sqlcheck import DIALECT, check_joins, check_node_local, is_aggregate, qualify_query, reveals_sample_id
 
 COMBINED = "_combined"
 
@@ -62,7 +62,7 @@ def plan_query(select: exp.Select, catalog: Catalog) -> Plan:
     DisclosureError
         the query would release row-level data.
     """
-    output_names = [_output_name(p) for p in select.expressions]
+    output_names = _dedupe([_output_name(p) for p in select.expressions])
     group_all = select.args.get("group")
     if group_all is not None and group_all.args.get("all"):
         select = select.copy()
@@ -86,6 +86,13 @@ def plan_query(select: exp.Select, catalog: Catalog) -> Plan:
             rule="row_level",
         )
 
+    for g in group:
+        if reveals_sample_id(g):
+            raise DisclosureError(
+                "grouping by sample_id releases one row per person (and their identifiers); "
+                "group by sample attributes instead, or aggregate per sample in a CTE and summarise it",
+                rule="row_level",
+            )
     keys = [f"_k{i}" for i in range(len(group))]
     key_sql = {g.sql(DIALECT): k for g, k in zip(group, keys)}
     partial_exprs: list[exp.Expression] = []
@@ -173,6 +180,19 @@ def plan_query(select: exp.Select, catalog: Catalog) -> Plan:
     sample_tables = catalog.sample_tables()
     variants_only = not (tables & sample_tables)
     return Plan(fragment, keys, partials, final, output_names, tables, uses_min_max, variants_only, labels)
+
+
+def _dedupe(names: list[str]) -> list[str]:
+    """Unique column names: a repeated name gets ``_1``, ``_2``... as DuckDB does."""
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        if n in seen:
+            seen[n] += 1
+            n = f"{n}_{seen[n]}"
+        seen.setdefault(n, 0)
+        out.append(n)
+    return out
 
 
 def _output_name(p: exp.Expression) -> str:

@@ -200,3 +200,26 @@ def _own_nodes(select: exp.Select):
                 continue
             yield child
             stack.append(child)
+
+
+def reveals_sample_id(key: exp.Expression) -> bool:
+    """True when a group key's value can carry a sample identifier.
+
+    ``sample_id`` inside a comparison or predicate (``family_id = sample_id``) or under LENGTH
+    yields no identifier; anywhere else (the column itself, SUBSTRING, CONCAT...) it might.
+    """
+    for col in key.find_all(exp.Column):
+        if col.name != SAMPLE_ID:
+            continue
+        node: exp.Expression | None = col
+        safe = False
+        while node is not None and node is not key.parent:
+            if isinstance(node, (exp.Predicate, exp.Length)):
+                safe = True
+                break
+            if node is key:
+                break
+            node = node.parent
+        if not safe:
+            return True
+    return False

@@ -419,6 +419,11 @@ def build_pooled(
         Cross-check the fixed columns against scikit-allel (costs ~1 s on 25k records).
 
     Tables created: ``samples``, ``variants``, ``genotypes`` and one per clinical entry.
+    Sheet samples absent from the VCF stay in ``samples`` (with no genotype rows); VCF samples
+    absent from the sheet are ignored.
+
+    Cost on the 1126 x 25,709 set (29.6M genotype rows): ~17-21 s; peak RSS ~2.1 GiB
+    in memory, ~0.9 GiB with a database file (compressed to ~120 MB), ~20-30 s.
     """
     con = _connect(con_or_path)
     sheet_ids = _create_samples(con, Path(samples_sheet))

@@ -10,20 +10,30 @@ calling test locally but FAIL it when the environment variable ``GENOFED_REQUIRE
 
 Semantics of the reference tools compared with genofed's definitions
 (``allele_count = sum(dosage)``, ``allele_number = sum(ploidy)`` with ploidy = number of called
-alleles), as observed with bcftools 1.x and PLINK v2.00a3.5 on the 1000 Genomes 1126 set:
+alleles), as observed with bcftools/htslib 1.16 and PLINK v2.00a3.5 (tests/test_oracle.py pins them):
 
+* ``bcftools norm -m-`` splits ``1/2`` into ``1/0`` and ``0/1`` and ``2/.`` into ``0/.`` and
+  ``1/.``: the same as counting "called alleles equal to this ALT".  Symbolic ALTs (``<CN0>``,
+  ``<CN2>,<CN3>``, ``<INS:ME:ALU>``) are split and counted like any allele.  A record with
+  ALT ``.`` is kept by bcftools/plink2 (id ``chrom:pos:ref:.``); these helpers drop it, as
+  genofed has no row for it.
 * ``bcftools +fill-tags -t AC,AN,AF``: AN counts called alleles, so a half-call ``0/.`` adds 1
-  to AN, exactly like ``ploidy``; haploid calls add 1; ``./.`` adds 0.  AC is per ALT; after
-  ``norm -m-`` every row is bi-allelic and AC/AN equal genofed's definitions exactly,
-  including chrX (no sex information is used: ploidy is what is written) and symbolic ALTs
-  (``<CN0>``, ``<INS:ME:ALU>`` are ordinary alleles to both).  AF is written with limited
-  precision (``%g``-like, ~6 significant digits), compare with a tolerance.
-* ``plink2 --freq counts``: see :func:`plink2_freq`; equal to the definitions on autosomes
-  (half-calls need ``--vcf-half-call``, and ``haploid`` makes ``0/.`` a homozygous *diploid*
-  ``0/0`` on autosomes: OBS_CT 2 instead of 1); on chrX plink2 uses the sample's SEX, not the
-  written ploidy (males count 1 allele, a male heterozygous call is set missing, unknown-sex
-  samples are counted as females), which differs from genofed in the pseudo-autosomal regions
-  unless ``--split-par`` is used.
+  (like ``ploidy``), a haploid call 1, ``./.`` 0; no sex information is used.  On the 1126 set
+  AC and AN equal the definitions for all 26,250 split variants, chrX and PAR included.  AF is
+  printed with ~6 significant digits (compare with a tolerance).  Differences: a polyploid
+  call (``0/1/1``) is not counted as 3 alleles (AN and AC come out lower); a FILTER not
+  declared in the header makes every bcftools command fail (htslib refuses to write it).
+* ``plink2 --freq counts``: see :func:`plink2_freq`.  Equal to the definitions for diploid
+  calls.  On an autosome a haploid call ``0`` always becomes the homozygous DIPLOID ``0/0``
+  (OBS_CT 2, genofed ploidy 1); a half-call ``0/.`` / ``1/.`` becomes ``0/0`` / ``1/1`` with
+  ``--vcf-half-call haploid``, missing with ``missing``, ``0/0`` / ``0/1`` with
+  ``reference`` (and is an error by default); no mode counts just the called allele.
+  On chrX plink2 uses the sample's SEX, not the written ploidy: without ``--update-sex``
+  every sample is treated as female (male ``0/.`` counted twice, OBS_CT = AN + #males);
+  with sex but without ``--split-par`` males are haploid in the pseudo-autosomal regions too
+  (OBS_CT = AN - #males there, male heterozygous calls set missing); with sex and
+  ``--split-par b37`` all 26,250 split variants of the 1126 set agree exactly.  Polyploid
+  calls are set missing.
 """
 
 from __future__ import annotations
@@ -207,6 +217,8 @@ def bcftools_fill_tags(
         na_values=["."],
         keep_default_na=False,
     )
+    # a record whose ALT is '.' has no ALT allele: no row (as in genofed's variants table)
+    df = df[~df["variant_id"].str.endswith(":.")].copy()
     df["AC"] = df["AC"].astype("int64")
     df["AN"] = df["AN"].astype("int64")
     df["AF"] = df["AF"].astype("float64")
@@ -242,6 +254,7 @@ def bcftools_genotypes(
         dtype=str,
         keep_default_na=False,
     )
+    df = df[~df["variant_id"].str.endswith(":.")]
     if variant_ids is not None:
         df = df[df["variant_id"].isin(set(variant_ids))]
     alleles = df["gt"].str.split(r"[/|]", regex=True)
@@ -347,6 +360,7 @@ def plink2_freq(
     if not frames:
         raise RuntimeError("plink2 produced no .acount file")
     res = pd.concat(frames, ignore_index=True)
+    res = res[res["ALT"] != "."]  # no ALT allele: no row (as in genofed's variants table)
     res["ALT_CTS"] = res["ALT_CTS"].astype("int64")
     res["OBS_CT"] = res["OBS_CT"].astype("int64")
     keys = ["category", "variant_id"] if loop_cats_file is not None else ["variant_id"]

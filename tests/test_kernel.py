@@ -17,7 +17,7 @@ from genofed.genomics.store import NodeStore
 
 QUERIES = [
     "SELECT s.population, g.variant_id, allele_freq(g.dosage), count(DISTINCT s.sample_id), het_count(g.dosage), hom_alt_count(g.dosage), call_rate(g.dosage), sum(g.dosage), avg(g.dosage), var_samp(g.dosage) FROM genotypes g JOIN samples s USING (sample_id) WHERE g.chrom = 'X' GROUP BY 1, 2",
-    "SELECT allele_count(g.dosage), count(*) FROM genotypes g WHERE g.chrom = 'nope'",
+    "SELECT allele_count(g.dosage), het_count(g.dosage), hom_alt_count(g.dosage), count(*) FROM genotypes g WHERE g.chrom = 'nope'",
     "SELECT s.sex, floor(g.pos / 1e7), allele_count(g.dosage), count(*) FROM genotypes g JOIN samples s ON s.sample_id = g.sample_id WHERE g.chrom = '1' AND s.status = 1 GROUP BY 1, 2",
     "SELECT g.chrom, allele_freq(g.dosage), call_rate(g.dosage) FROM genotypes g GROUP BY 1",
     "SELECT v.filter, s.population, allele_number(g.dosage) FROM genotypes g JOIN variants v USING (variant_id) JOIN samples s USING (sample_id) WHERE v.chrom IN ('21', '22') AND s.sex = 'F' GROUP BY ALL",

@@ -435,8 +435,9 @@ def test_corpus_runs_on_full_pooled_oracle(tmp_path: Path) -> None:
         {"phenotypes": pheno},
     )
     assert con.execute("SELECT count(*) FROM genotypes").fetchone() == (1126 * 26250,)
-    assert (
-        con.execute("SELECT count(*), count(bmi), count(ldl) FROM phenotypes").fetchone()[0] == 1126
-    )  # type: ignore[index]
+    assert con.execute("SELECT count(*), count(ldl) > 1000 FROM phenotypes").fetchone() == (
+        1126,
+        True,
+    )
     counts = check_corpus(con)
     assert len(counts) == len(CORPUS) >= 45

@@ -27,13 +27,18 @@ from ..schema import CORE_TABLES, GENOTYPE_VARIANT_COLUMNS
 from ..sqlcheck import DIALECT
 from .base import N_COLUMN, Backend
 
+def _zero_if_null(e: exp.Expression) -> exp.Expression:
+    """COUNT_IF over no rows is NULL in DuckDB 2; a count of nothing is 0."""
+    return exp.cast(exp.Coalesce(this=e, expressions=[exp.Literal.number(0)]), "BIGINT")
+
+
 _GENOMIC_SQL = {
     "allele_count": lambda d, p: exp.Coalesce(this=exp.Sum(this=d), expressions=[exp.Literal.number(0)]),
     "allele_number": lambda d, p: exp.Coalesce(this=exp.Sum(this=p), expressions=[exp.Literal.number(0)]),
-    "het_count": lambda d, p: exp.CountIf(this=exp.and_(exp.EQ(this=p, expression=exp.Literal.number(2)),
-                                                        exp.EQ(this=d.copy(), expression=exp.Literal.number(1)))),
-    "hom_alt_count": lambda d, p: exp.CountIf(this=exp.and_(exp.EQ(this=d, expression=p),
-                                                            exp.GT(this=d.copy(), expression=exp.Literal.number(0)))),
+    "het_count": lambda d, p: _zero_if_null(exp.CountIf(this=exp.and_(exp.EQ(this=p, expression=exp.Literal.number(2)),
+                                                        exp.EQ(this=d.copy(), expression=exp.Literal.number(1))))),
+    "hom_alt_count": lambda d, p: _zero_if_null(exp.CountIf(this=exp.and_(exp.EQ(this=d, expression=p),
+                                                            exp.GT(this=d.copy(), expression=exp.Literal.number(0))))),
 }
 
 GENOTYPES_VIEW = (
