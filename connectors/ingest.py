@@ -131,7 +131,9 @@ def _check_bgzf(path: Path) -> None:
 
 def _diagnose(path: Path, record_index: int, n_vcf_samples: int) -> str:
     """Re-read the failing record as text and say which line and field are malformed."""
-    opener = gzip.open if open(path, "rb").read(2) == b"\x1f\x8b" else open
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    opener = gzip.open if magic == b"\x1f\x8b" else open
     seen = -1
     try:
         with opener(path, "rt", errors="replace") as f:  # type: ignore[operator]

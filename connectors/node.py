@@ -16,7 +16,6 @@ import sys
 import threading
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.flight as flight
 
 from genofed.engine import protocol as P

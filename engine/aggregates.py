@@ -14,7 +14,7 @@ arguments use the textbook sums (n, Σx, Σx², Σxy), whose relative error is a
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 
 import sqlglot
 from sqlglot import exp
@@ -42,7 +42,7 @@ def register(*names: str) -> Callable[[Decomposer], Decomposer]:
     return deco
 
 
-@lru_cache(maxsize=None)
+@cache
 def _template(sql: str) -> exp.Expression:
     return sqlglot.parse_one(sql, dialect=DIALECT)
 

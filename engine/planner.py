@@ -16,7 +16,14 @@ from sqlglot import exp
 from .aggregates import decompose
 from .errors import DisclosureError, PlanningError, UnsupportedError
 from .schema import Catalog
-from .sqlcheck import DIALECT, check_joins, check_node_local, is_aggregate, qualify_query, reveals_sample_id
+from .sqlcheck import (
+    DIALECT,
+    check_joins,
+    check_node_local,
+    is_aggregate,
+    qualify_query,
+    reveals_sample_id,
+)
 
 COMBINED = "_combined"
 

@@ -8,7 +8,14 @@ import pytest
 from conftest import LocalFederation, clone_federation
 
 import genofed
-from genofed import AuthError, DisclosureError, NodeError, ParseError, PlanningError, UnsupportedError
+from genofed import (
+    AuthError,
+    DisclosureError,
+    NodeError,
+    ParseError,
+    PlanningError,
+    UnsupportedError,
+)
 from genofed.connectors.federation import FederationConfig
 
 

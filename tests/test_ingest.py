@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import shutil
 from pathlib import Path
 
@@ -142,9 +141,10 @@ def test_1126_counts_match_bcftools(tmp_path):
     vcf = need(shared_data() / P1126 / f"{P1126}.vcf.gz")
     ingest(tmp_path / "st", vcf)
     s = NodeStore(tmp_path / "st")
+    import pyarrow.parquet as pq
+
     from genofed.genomics.kernels import group_counts
     from genofed.genomics.store import pack_mask
-    import pyarrow.parquet as pq
 
     vids = pq.read_table(s.variants_path).column("variant_id").to_pylist()
     c = group_counts(s.planes, np.arange(len(vids)), pack_mask(np.arange(s.manifest.n_samples), s.manifest.n_samples)[None, :])

@@ -27,6 +27,7 @@ from ..schema import CORE_TABLES, GENOTYPE_VARIANT_COLUMNS
 from ..sqlcheck import DIALECT
 from .base import N_COLUMN, Backend
 
+
 def _zero_if_null(e: exp.Expression) -> exp.Expression:
     """COUNT_IF over no rows is NULL in DuckDB 2; a count of nothing is 0."""
     return exp.cast(exp.Coalesce(this=e, expressions=[exp.Literal.number(0)]), "BIGINT")

@@ -98,6 +98,8 @@ def _analyse(fragment: Fragment):
     if any(s is not q for s in q.find_all(exp.Select)) or q.args.get("with"):
         raise _NotKernel
     frm = q.args.get("from_") or q.args.get("from")
+    if frm is None:
+        raise _NotKernel
     sources = [frm.this] + [j.this for j in q.args.get("joins") or []]
     for j in q.args.get("joins") or []:
         if (j.args.get("kind") or "").upper() not in ("", "INNER") or j.args.get("side"):
@@ -125,7 +127,7 @@ def _analyse(fragment: Fragment):
             keys.append((name, _side(body, g, v_aliases, s_aliases), body))
         else:
             partials.append((name, _partial_kind(body, g)))
-    joins = {"s": [], "v": []}
+    joins: dict[str, list[exp.Join]] = {"s": [], "v": []}
     for j in q.args.get("joins") or []:
         joins["v" if j.this.name == "variants" else "s"].append(j)
     return g, conds, keys, partials, joins
