@@ -123,7 +123,7 @@ def qualify_query(select: exp.Select, catalog: Catalog) -> exp.Select:
         )
     except OptimizeError as e:
         msg = str(e)
-        if "could not be resolved" in msg:
+        if "could not be resolved" in msg or "Unknown column" in msg:
             raise PlanningError(f"unknown column: {msg}. Run .catalog() to list the tables and their columns") from None
         raise PlanningError(f"cannot resolve the query: {msg}") from None
     assert isinstance(q, exp.Select)
