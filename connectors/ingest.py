@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from genofed.connectors.vcftext import iter_records, read_header
 from genofed.engine.errors import IngestError
 from genofed.genomics.store import (
     N_PLANES,
@@ -194,6 +195,7 @@ def ingest(
     chunk_records: int = CHUNK_RECORDS,
     progress: bool = False,
     on_chunk: Callable[[int], None] | None = None,
+    reader: str = "auto",
 ) -> IngestReport:
     """Ingest a VCF (and optionally a sample sheet and clinical tables) into a node store.
 
@@ -222,9 +224,14 @@ def ingest(
     _check_bgzf(vcf)
     sheet = samples if isinstance(samples, pa.Table) or samples is None else read_sample_sheet(samples)
 
-    header_reader = _vcf_reader(vcf, None)
-    vcf_samples = list(header_reader.samples)
-    header_reader.close()
+    if vcf.suffix.lower() == ".bcf" or reader == "cyvcf2":
+        header_reader = _vcf_reader(vcf, None)
+        vcf_samples = list(header_reader.samples)
+        header_reader.close()
+    else:
+        vcf_samples = read_header(vcf)[0]
+    if len(set(vcf_samples)) != len(vcf_samples):
+        raise IngestError(f"{vcf}: the header has duplicate sample ids; each sample must appear once")
     notes: list[str] = []
     if sheet is not None:
         wanted = sheet.column("sample_id").to_pylist()
@@ -251,15 +258,25 @@ def ingest(
 
     n = len(chosen)
     width = plane_width(n)
-    reader = _vcf_reader(vcf, chosen if len(chosen) < len(vcf_samples) else None)
-    if list(reader.samples) != chosen:
-        raise IngestError(f"{vcf}: sample subsetting failed; check for duplicate sample ids in the VCF header")
+    if reader == "auto":
+        reader = "cyvcf2" if vcf.suffix.lower() == ".bcf" else "text"
+    subset = chosen if len(chosen) < len(vcf_samples) else None
+    if reader == "text":
+        keep = None
+        if subset is not None:
+            pos_of = {s: i for i, s in enumerate(vcf_samples)}
+            keep = np.array([pos_of[s] for s in chosen], dtype=np.intp)
+        records = iter_records(vcf, keep)
+    elif reader == "cyvcf2":
+        records = _cyvcf2_records(vcf, subset, chosen, len(vcf_samples))
+    else:
+        raise IngestError(f"unknown VCF reader {reader!r}; use auto, text or cyvcf2")
 
     writer = StoreWriter(store)
     cols: dict[str, list] = {k: [] for k in ("variant_id", "chrom", "pos", "ref", "alt", "rsid", "qual", "filter")}
     n_records = 0
     n_rows = 0
-    gts = np.empty((chunk_records, n, 2), dtype=np.int16)
+    gts = np.empty((chunk_records, n, 2), dtype=np.int8)
     phase = np.empty((chunk_records, n), dtype=bool)
     row_src: list[int] = []
     row_alt: list[int] = []
@@ -271,7 +288,7 @@ def ingest(
             k = 0
             return
         src = np.asarray(row_src, dtype=np.intp)
-        alt = np.asarray(row_alt, dtype=np.int16)[:, None]
+        alt = np.asarray(row_alt, dtype=np.int8)[:, None]
         a1 = gts[src, :, 0]
         a2 = gts[src, :, 1]
         c1 = a1 >= 0
@@ -292,28 +309,11 @@ def ingest(
 
     bar = _progress(progress, vcf)
     try:
-        it = iter(reader)
-        while True:
-            try:
-                rec = next(it)
-                g = rec.genotype.array()
-            except StopIteration:
-                break
-            except Exception as e:  # cyvcf2 raises bare Exception on htslib parse errors
-                raise IngestError(_diagnose(vcf, n_records, len(vcf_samples))) from e
-            if g.shape[1] < 3:  # haploid-only records come back with 2 columns
-                g = np.concatenate([g[:, :1], np.full((n, 1), -2, np.int16), g[:, 1:]], axis=1)
-            alts = rec.ALT or []
-            if g.shape[0] and int(g[:, :2].max()) > len(alts):
-                raise IngestError(_diagnose(vcf, n_records, len(vcf_samples)))
-            gts[k, :, 0] = g[:, 0]
-            gts[k, :, 1] = g[:, 1]
-            phase[k] = g[:, 2] == 1
-            chrom, pos, ref = rec.CHROM, rec.POS, rec.REF
-            rid = rec.ID
-            qual = rec.QUAL
-            filt = rec.FILTER
-            filt = "PASS" if filt is None and rec.FILTERS == ["PASS"] else filt
+        for chrom, pos, rid, ref, alts, qual, filt, g, ph in records:
+            if len(alts) > 126:
+                raise IngestError(f"{vcf}: record {chrom}:{pos} has {len(alts)} ALT alleles; at most 126 are supported")
+            gts[k] = g
+            phase[k] = ph
             for j, a in enumerate(alts, start=1):
                 cols["variant_id"].append(f"{chrom}:{pos}:{ref}:{a}")
                 cols["chrom"].append(chrom)
@@ -334,7 +334,6 @@ def ingest(
                 if on_chunk is not None:
                     on_chunk(n_records)
         flush()
-        reader.close()
         variants = pa.table(
             {
                 "vidx": pa.array(np.arange(n_rows, dtype=np.int64)),
@@ -375,6 +374,36 @@ def ingest(
         if bar is not None:
             bar[0].stop()
     return IngestReport(final, n, n_records, n_rows, clin_counts, notes)
+
+
+def _cyvcf2_records(vcf: Path, subset: list[str] | None, chosen: list[str], n_vcf: int):
+    """Records through cyvcf2/htslib (BCF input, and a cross-check of the text reader)."""
+    reader = _vcf_reader(vcf, subset)
+    if list(reader.samples) != chosen:
+        raise IngestError(f"{vcf}: sample subsetting failed; check for duplicate sample ids in the VCF header")
+    n = len(chosen)
+    it = iter(reader)
+    index = 0
+    try:
+        while True:
+            try:
+                rec = next(it)
+                g = rec.genotype.array()
+            except StopIteration:
+                break
+            except Exception as e:  # cyvcf2 raises bare Exception on htslib parse errors
+                raise IngestError(_diagnose(vcf, index, n_vcf)) from e
+            if g.shape[1] < 3:
+                g = np.concatenate([g[:, :1], np.full((n, 1), -2, np.int16), g[:, 1:]], axis=1)
+            alts = rec.ALT or []
+            if g.shape[0] and int(g[:, :2].max()) > len(alts):
+                raise IngestError(_diagnose(vcf, index, n_vcf))
+            filt = rec.FILTER
+            filt = "PASS" if filt is None and rec.FILTERS == ["PASS"] else filt
+            index += 1
+            yield rec.CHROM, rec.POS, rec.ID, rec.REF, alts, rec.QUAL, filt, g[:, :2], g[:, 2] == 1
+    finally:
+        reader.close()
 
 
 def _progress(enabled: bool, vcf: Path):

@@ -63,9 +63,10 @@ def test_multiallelic_haploid_halfcalls(tmp_path):
         ("1\t100\t.\tA\n", r"a\.vcf:8: record has 4 tab-separated columns"),
     ],
 )
-def test_malformed_record_names_file_line_position(tmp_path, body, match):
+@pytest.mark.parametrize("reader", ["text", "cyvcf2"])
+def test_malformed_record_names_file_line_position(tmp_path, body, match, reader):
     with pytest.raises(IngestError, match=match):
-        ingest(tmp_path / "st", write_vcf(tmp_path / "a.vcf", GOOD.splitlines(True)[0] + body))
+        ingest(tmp_path / "st", write_vcf(tmp_path / "a.vcf", GOOD.splitlines(True)[0] + body), reader=reader)
 
 
 def test_failed_ingest_leaves_previous_store(tmp_path):
@@ -156,3 +157,29 @@ def test_1126_counts_match_bcftools(tmp_path):
     assert (ref["AC"].to_numpy() == ac).all()
     assert (ref["AN"].to_numpy() == an).all()
     shutil.rmtree(tmp_path / "st")
+
+
+@pytest.mark.parametrize(
+    "rel",
+    [
+        f"{P1126}/{P1126}.vcf.gz",
+        "extras/va_chr22_5samples.vcf.gz",
+        "extras/CEU_Exon.vcf.gz",
+        "1kg_2504_aisnps/kidd.aisnp.1kg.vcf.gz",
+    ],
+)
+def test_text_reader_equals_htslib_reader(tmp_path, rel):
+    """The numpy text reader and cyvcf2/htslib write identical stores (planes and variants)."""
+    import pyarrow.parquet as pq
+
+    vcf = need(shared_data() / rel)
+    ingest(tmp_path / "text", vcf, reader="text")
+    ingest(tmp_path / "hts", vcf, reader="cyvcf2")
+    a, b = NodeStore(tmp_path / "text"), NodeStore(tmp_path / "hts")
+    assert a.manifest.n_variants == b.manifest.n_variants > 0
+    assert np.array_equal(np.asarray(a.planes), np.asarray(b.planes))
+    va, vb = pq.read_table(a.variants_path), pq.read_table(b.variants_path)
+    for c in ["variant_id", "chrom", "pos", "ref", "alt", "rsid", "filter"]:
+        assert va.column(c).to_pylist() == vb.column(c).to_pylist(), c
+    qa, qb = va.column("qual").to_pylist(), vb.column("qual").to_pylist()
+    assert all((x is None and y is None) or abs(x - y) < 1e-4 * max(1, abs(x)) for x, y in zip(qa, qb))
