@@ -262,11 +262,11 @@ def ingest(
         reader = "cyvcf2" if vcf.suffix.lower() == ".bcf" else "text"
     subset = chosen if len(chosen) < len(vcf_samples) else None
     if reader == "text":
-        keep = None
+        columns: np.ndarray | None = None
         if subset is not None:
             pos_of = {s: i for i, s in enumerate(vcf_samples)}
-            keep = np.array([pos_of[s] for s in chosen], dtype=np.intp)
-        records = iter_records(vcf, keep)
+            columns = np.array([pos_of[s] for s in chosen], dtype=np.intp)
+        records = iter_records(vcf, columns)
     elif reader == "cyvcf2":
         records = _cyvcf2_records(vcf, subset, chosen, len(vcf_samples))
     else:
