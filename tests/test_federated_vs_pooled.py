@@ -144,3 +144,18 @@ def test_result_formats(fed1126):
     assert r.provenance.nodes == ["biobank_A", "biobank_B", "biobank_C"]
     assert r.provenance.combine == "plain"
     assert isinstance(genofed.GenofedError, type)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT chrom, count(*) AS n, count(rsid) AS with_rsid FROM variants GROUP BY chrom ORDER BY chrom",
+        "SELECT length(alt) > length(ref) AS insertion, count(*) FROM variants WHERE chrom = '22' GROUP BY 1 ORDER BY 1",
+        "SELECT count(*) AS multiallelic_rows FROM variants v WHERE v.pos IN (22085620, 23016531, 38398934, 48980315)",
+    ],
+)
+def test_variants_only_queries_count_each_site_once(fed1126, pooled1126, sql):
+    """Every node holds the same site list (checked by digest), so the federation's `variants` is that list, once."""
+    fed_rows, pooled_rows = run_both(fed1126, pooled1126, sql)
+    assert_same(fed_rows, pooled_rows, True, sql)
+    assert len(set(fed1126.catalog().variants_digest.values())) == 1
