@@ -1,0 +1,69 @@
+"""A researcher who bypasses the coordinator and calls a node directly gets no more than through it."""
+
+from __future__ import annotations
+
+import pyarrow.flight as flight
+import pytest
+
+from genofed import DisclosureError, NodeError
+from genofed.connectors.client import FlightTransport
+from genofed.connectors.federation import FederationConfig
+from genofed.engine import protocol as P
+
+
+@pytest.fixture(scope="module")
+def node_a(fed_dir_1126, fed1126_k5):
+    # the k5 federation's nodes run with min_count = 5
+    cfg = FederationConfig.load(fed1126_k5.config.root)
+    n = cfg.nodes[0]
+    t = FlightTransport(n.name, n.location(cfg.root), n.token)
+    yield t
+    t.close()
+
+
+@pytest.mark.parametrize(
+    "sql, match",
+    [
+        ("SELECT samples.sample_id AS _k0, COUNT(*) AS _p0 FROM samples GROUP BY samples.sample_id", "per-person rows"),
+        ("SELECT samples.outcome AS _p0 FROM samples", "must be a partial aggregate"),
+        ("SELECT samples.population AS x, COUNT(*) AS _p0 FROM samples GROUP BY samples.population", "neither a key"),
+        ("SELECT COUNT(*) AS _p0 FROM samples HAVING COUNT(*) > 1", "HAVING is applied by the coordinator"),
+        ("SELECT COUNT(*) AS _p0 FROM read_parquet('/etc/passwd')", "table functions"),
+        ("DROP TABLE samples", "only SELECT queries are supported"),
+        ("SELECT MAX(samples.outcome) AS _p0 FROM samples", "MIN/MAX"),
+    ],
+)
+def test_node_refuses_hand_made_fragments(node_a, sql, match):
+    with pytest.raises((NodeError, DisclosureError), match=match):
+        node_a.run_fragment(sql, "direct", timeout=10)
+
+
+def test_node_applies_its_own_minimum_count(node_a):
+    t = node_a.run_fragment(
+        "SELECT samples.population AS _k0, samples.sex AS _k1, samples.status AS _k2, COUNT(*) AS _p0 "
+        "FROM samples GROUP BY samples.population, samples.sex, samples.status", "direct", timeout=10)
+    rows = t.to_pylist()
+    small = [r for r in rows if r[P.SUPPRESSED_COLUMN]]
+    assert small, "some cells at one node are below 5"
+    assert all(r["_p0"] is None and r[P.N_COLUMN] is None for r in small)
+    assert all(r["_p0"] >= 5 for r in rows if not r[P.SUPPRESSED_COLUMN])
+    assert t.schema.metadata[P.META_MIN_COUNT] == b"5"
+
+
+@pytest.mark.parametrize("ticket", [b"not json", b'{"kind": "fragment"}', b'{"v": 99, "kind": "fragment", "sql": "SELECT 1"}', b"[1, 2]"])
+def test_malformed_tickets(node_a, ticket):
+    client = flight.FlightClient(node_a.location)
+    opts = flight.FlightCallOptions(headers=node_a._headers, timeout=10)
+    with pytest.raises(flight.FlightServerError) as e:
+        client.do_get(flight.Ticket(ticket), opts).read_all()
+    body = P.decode_error(str(e.value))
+    assert body is not None and body["code"] == P.CODE_BAD_REQUEST
+    assert "Traceback" not in str(e.value)
+    client.close()
+
+
+def test_no_token(node_a):
+    client = flight.FlightClient(node_a.location)
+    with pytest.raises(flight.FlightUnauthenticatedError, match="no bearer token"):
+        list(client.do_action(flight.Action(P.ACTION_CATALOG, b""), flight.FlightCallOptions(timeout=10)))
+    client.close()
