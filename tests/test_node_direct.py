@@ -67,3 +67,21 @@ def test_no_token(node_a):
     with pytest.raises(flight.FlightUnauthenticatedError, match="no bearer token"):
         list(client.do_action(flight.Action(P.ACTION_CATALOG, b""), flight.FlightCallOptions(timeout=10)))
     client.close()
+
+
+def test_concurrent_queries_are_isolated(fed1126):
+    """Row-wise genotype queries register per-request tables; parallel queries must not see each other's."""
+    import concurrent.futures as cf
+
+    queries = {
+        "SELECT g.dosage, count(*) AS n FROM genotypes g WHERE g.chrom = '22' AND g.pos < 17000000 GROUP BY 1 ORDER BY 1": None,
+        "SELECT g.dosage, count(*) AS n FROM genotypes g WHERE g.chrom = '21' GROUP BY 1 ORDER BY 1": None,
+        "SELECT population, count(*) AS n FROM samples GROUP BY 1 ORDER BY 1": None,
+        "SELECT s.sex, allele_freq(g.dosage) AS af FROM genotypes g JOIN samples s USING (sample_id) WHERE g.chrom = 'X' GROUP BY 1 ORDER BY 1": None,
+    }
+    for q in queries:
+        queries[q] = fed1126.sql(q).to_arrow().to_pylist()
+    with cf.ThreadPoolExecutor(8) as pool:
+        futures = [(q, pool.submit(lambda q=q: fed1126.sql(q).to_arrow().to_pylist())) for q in list(queries) * 4]
+        for q, f in futures:
+            assert f.result(timeout=120) == queries[q]
