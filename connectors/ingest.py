@@ -26,7 +26,6 @@ from genofed.genomics.store import (
     NodeStore,
     StoreManifest,
     StoreWriter,
-    pack_rows,
     plane_width,
 )
 
@@ -287,22 +286,25 @@ def ingest(
         if not row_src:
             k = 0
             return
-        src = np.asarray(row_src, dtype=np.intp)
-        alt = np.asarray(row_alt, dtype=np.int8)[:, None]
-        a1 = gts[src, :, 0]
-        a2 = gts[src, :, 1]
+        rows = len(row_src)
+        if rows == k and all(a == 1 for a in row_alt):  # bi-allelic chunk: views, no gather
+            a1, a2, ph = gts[:k, :, 0], gts[:k, :, 1], phase[:k]
+            alt: np.ndarray | int = 1
+        else:
+            src = np.asarray(row_src, dtype=np.intp)
+            a1, a2, ph = gts[src, :, 0], gts[src, :, 1], phase[src]
+            alt = np.asarray(row_alt, dtype=np.int8)[:, None]
+        e1 = a1 == alt
+        e2 = a2 == alt
         c1 = a1 >= 0
         c2 = a2 >= 0
-        dos = (a1 == alt).astype(np.int8) + (a2 == alt).astype(np.int8)
-        planes = np.empty((len(src), N_PLANES, width), dtype=np.uint8)
-        planes[:, 0] = pack_rows(dos >= 1, width)
-        planes[:, 1] = pack_rows(dos == 2, width)
-        planes[:, 2] = pack_rows(c1 | c2, width)
         dip = c1 & c2
-        planes[:, 3] = pack_rows(dip, width)
-        planes[:, 4] = pack_rows(phase[src] & dip, width)
+        planes = np.zeros((rows, N_PLANES, width), dtype=np.uint8)
+        nb = (n + 7) // 8
+        for i, bits in enumerate((e1 | e2, e1 & e2, c1 | c2, dip, ph & dip)):
+            planes[:, i, :nb] = np.packbits(bits, axis=1, bitorder="little")
         writer.write_planes(planes)
-        n_rows += len(src)
+        n_rows += rows
         row_src.clear()
         row_alt.clear()
         k = 0
