@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from sqlglot import exp
 
 from ...genomics.kernels import group_counts
@@ -144,14 +145,28 @@ def _side_query(base: str, idx: str, g: str, conds, keys, joins) -> str:
     return q.sql(DIALECT)
 
 
-def _groups(table: pa.Table, key_names: list[str]) -> tuple[pa.Table, list[np.ndarray]]:
-    """Distinct key rows and, for each, the sorted indices belonging to it."""
-    idx = table.column("_idx").to_numpy().astype(np.int64)
+def _group_ids(table: pa.Table, key_names: list[str]) -> tuple[pa.Table, np.ndarray, int]:
+    """Distinct key rows, each row's group id, and the number of groups (NULL is a key value)."""
+    n = table.num_rows
     if not key_names:
-        return pa.table({}), [np.sort(idx)]
-    grouped = table.group_by(key_names, use_threads=False).aggregate([("_idx", "list")])
-    members = [np.sort(np.asarray(m, dtype=np.int64)) for m in grouped.column("_idx_list").to_pylist()]
-    return grouped.select(key_names), members
+        return pa.table({}), np.zeros(n, np.int64), 1
+    codes = []
+    for k in key_names:
+        enc = pc.dictionary_encode(table.column(k).combine_chunks(), null_encoding="encode")
+        codes.append(enc.indices.to_numpy(zero_copy_only=False).astype(np.int64))
+    combined = codes[0] if len(codes) == 1 else np.stack(codes, axis=1)
+    if n == 0:
+        return table.select(key_names).slice(0, 0), np.zeros(0, np.int64), 0
+    _, first, gid = np.unique(combined, axis=0 if combined.ndim > 1 else None, return_index=True, return_inverse=True)
+    return table.select(key_names).take(pa.array(first)), gid.reshape(-1).astype(np.int64), len(first)
+
+
+_NEEDS = {
+    "count_star": (), "count_samples": (), "count_dosage": ("called",),
+    "sum_dosage": ("alt1", "alt2", "called"), "sum_dosage_sq": ("alt1", "alt2", "called"),
+    "allele_count": ("alt1", "alt2"), "allele_number": ("called", "diploid"),
+    "het_count": ("het",), "hom_alt_count": ("alt2", "hap_alt"),
+}
 
 
 def _run(backend: DuckDBBackend, fragment: Fragment, g, conds, keys, partials, joins) -> pa.Table | None:
@@ -163,57 +178,36 @@ def _run(backend: DuckDBBackend, fragment: Fragment, g, conds, keys, partials, j
         v_tab = cur.sql(_side_query("_variants", "vidx", g, conds["v"], v_keys, joins["v"])).to_arrow_table()
     finally:
         cur.close()
-    s_idx = s_tab.column("_idx").to_numpy()
-    if len(np.unique(s_idx)) != len(s_idx):
-        return None  # a clinical table with several rows per sample: row-wise path keeps SQL semantics
-    v_idx = v_tab.column("_idx").to_numpy()
-    if len(np.unique(v_idx)) != len(v_idx):
-        return None
-    s_groups, s_members = _groups(s_tab, [k[0] for k in s_keys])
-    v_groups, v_members = _groups(v_tab, [k[0] for k in v_keys])
+    s_idx = s_tab.column("_idx").to_numpy().astype(np.int64)
+    v_idx = v_tab.column("_idx").to_numpy().astype(np.int64)
+    if len(np.unique(s_idx)) != len(s_idx) or len(np.unique(v_idx)) != len(v_idx):
+        return None  # a joined table with several rows per sample/variant: row-wise path keeps SQL semantics
+    s_groups, s_gid, ns = _group_ids(s_tab, [k[0] for k in s_keys])
+    v_groups, v_gid, nvg = _group_ids(v_tab, [k[0] for k in v_keys])
     n_samples = backend.store.manifest.n_samples
-    ns = len(s_members)
-    nvg = len(v_members)
-    masks = np.stack([pack_mask(m, n_samples) for m in s_members]) if ns else np.zeros((0, 1), np.uint64)
-    all_v = np.sort(v_idx.astype(np.int64))
-    counts = group_counts(backend.store.planes, all_v, masks) if ns and len(all_v) else None
-    # reduce per-variant counts into variant groups
-    pos = np.searchsorted(all_v, np.concatenate(v_members)) if v_members and len(all_v) else np.zeros(0, np.int64)
-    bounds = np.cumsum([0] + [len(m) for m in v_members])
-    agg: dict[str, np.ndarray] = {}
-    if counts is not None:
-        for k, arr in counts.items():
-            ordered = arr[pos]
-            starts = bounds[:-1]
-            nonempty = starts < len(ordered)
-            out = np.zeros((nvg, ns), dtype=np.int64)
-            if nonempty.any():
-                red = np.add.reduceat(ordered, starts[nonempty], axis=0)
-                sizes = np.diff(bounds)[nonempty]
-                red[sizes == 0] = 0
-                out[nonempty] = red
-            agg[k] = out
-    else:
-        agg = {k: np.zeros((nvg, ns), dtype=np.int64) for k in ("alt1", "alt2", "called", "diploid", "het", "hap_alt")}
-    v_sizes = np.array([len(m) for m in v_members], dtype=np.int64)
-    s_sizes = np.array([len(m) for m in s_members], dtype=np.int64)
-    grouped = bool(keys)
-    if grouped:
+    needed = tuple(sorted({c for _, kind in partials for c in _NEEDS[kind]}))
+    masks = (np.stack([pack_mask(s_idx[s_gid == i], n_samples) for i in range(ns)])
+             if ns and len(s_idx) else np.zeros((0, 1), np.uint64))
+    order = np.argsort(v_idx, kind="stable")
+    all_v, gid_sorted = v_idx[order], v_gid[order]
+    counts = group_counts(backend.store.planes, all_v, masks, needed) if len(masks) and len(all_v) else {}
+    agg = {k: _reduce(counts.get(k), gid_sorted, nvg, ns) for k in needed}
+    v_sizes = np.bincount(v_gid, minlength=nvg).astype(np.int64)
+    s_sizes = np.bincount(s_gid, minlength=ns).astype(np.int64) if ns else np.zeros(0, np.int64)
+    if keys:
         vi, si = np.nonzero((v_sizes[:, None] > 0) & (s_sizes[None, :] > 0))
-    else:
+    else:  # a global aggregate: one row, even over nothing
         vi, si = np.zeros(1, np.int64), np.zeros(1, np.int64)
-        if nvg == 0 or ns == 0:
-            agg = {k: np.zeros((1, 1), np.int64) for k in agg}
-            v_sizes = np.zeros(1, np.int64)
-            s_sizes = np.zeros(1, np.int64) if ns == 0 else s_sizes[:1]
+        if nvg == 0 or ns == 0 or not len(s_idx) or not len(v_idx):
+            agg = {k: np.zeros((1, 1), np.int64) for k in needed}
+            v_sizes = np.array([len(v_idx)], np.int64)
+            s_sizes = np.array([len(s_idx) if len(v_idx) else 0], np.int64)
     a = {k: v[vi, si] for k, v in agg.items()}
-    rows_v = v_sizes[vi]
-    rows_s = s_sizes[si]
-    called = a["called"]
+    rows_v, rows_s = v_sizes[vi], s_sizes[si]
+    called = a.get("called")
     cols: dict[str, pa.Array] = {}
-    for name, _side_, _e in keys:
-        src = s_groups if _side_ == "s" else v_groups
-        take = si if _side_ == "s" else vi
+    for name, side, _e in keys:
+        src, take = (s_groups, si) if side == "s" else (v_groups, vi)
         cols[name] = src.column(name).take(pa.array(take))
     for name, kind in partials:
         cols[name] = _partial(kind, a, rows_v, rows_s, called)
@@ -221,11 +215,28 @@ def _run(backend: DuckDBBackend, fragment: Fragment, g, conds, keys, partials, j
     return pa.table(cols)
 
 
-def _partial(kind: str, a: dict[str, np.ndarray], rows_v: np.ndarray, rows_s: np.ndarray, called: np.ndarray) -> pa.Array:
-    nulls = called == 0
+def _reduce(counts: np.ndarray | None, gid_sorted: np.ndarray, n_groups: int, ns: int) -> np.ndarray:
+    """Sum per-variant counts (rows in vidx order) into variant groups."""
+    out = np.zeros((n_groups, ns), dtype=np.int64)
+    if counts is None or not len(gid_sorted):
+        return out
+    if n_groups == len(gid_sorted):  # one variant per group
+        out[gid_sorted] = counts
+        return out
+    by = np.argsort(gid_sorted, kind="stable")
+    sizes = np.bincount(gid_sorted, minlength=n_groups)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    nonempty = sizes > 0
+    out[nonempty] = np.add.reduceat(counts[by], starts[nonempty], axis=0)
+    return out
+
+
+def _partial(kind: str, a: dict[str, np.ndarray], rows_v: np.ndarray, rows_s: np.ndarray, called: np.ndarray | None) -> pa.Array:
+    nulls = called == 0 if called is not None else np.zeros(len(rows_v), bool)
     if kind == "count_star":
         return pa.array((rows_v * rows_s).astype(np.int64))
     if kind == "count_dosage":
+        assert called is not None
         return pa.array(called.astype(np.int64))
     if kind == "count_samples":
         return pa.array(np.where(rows_v > 0, rows_s, 0).astype(np.int64))
