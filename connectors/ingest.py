@@ -303,7 +303,7 @@ def ingest(
         nb = (n + 7) // 8
         for i, bits in enumerate((e1 | e2, e1 & e2, c1 | c2, dip, ph & dip)):
             planes[:, i, :nb] = np.packbits(bits, axis=1, bitorder="little")
-        writer.write_planes(planes)
+        writer.write_planes(planes, dip.all(axis=1))
         n_rows += rows
         row_src.clear()
         row_alt.clear()

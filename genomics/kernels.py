@@ -48,6 +48,7 @@ def group_counts(
     masks: np.ndarray,
     needed: tuple[str, ...] = COUNTS,
     chunk: int | None = None,
+    complete: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-variant, per-sample-group call counts.
 
@@ -63,6 +64,9 @@ def group_counts(
         which counts to compute, among :data:`COUNTS`.
     chunk
         variants per step (default: about 1 MiB of planes, measured fastest here).
+    complete
+        optional per-variant flags (every sample called, diploid): for a step of complete
+        variants, ``called`` and ``diploid`` are the group sizes and their planes are not read.
 
     Returns
     -------
@@ -78,6 +82,10 @@ def group_counts(
     if not len(vidx) or not (base or derived):
         return out
     base_idx = [_BASE[k] for k in base]
+    lean = [k for k in base if k not in ("called", "diploid")]
+    lean_idx = [_BASE[k] for k in lean]
+    sizes = np.bitwise_count(masks).sum(axis=1, dtype=np.int64)
+    shortcut = complete is not None and len(lean) < len(base)
     if chunk is None:  # about 1 MiB of planes per step: the working set stays in cache
         chunk = max(64, (1 << 20) // max(1, planes.shape[2] * (len(base) + len(derived))))
     contiguous = vidx[-1] - vidx[0] + 1 == len(vidx)
@@ -86,7 +94,13 @@ def group_counts(
         block = planes[sel[0] : sel[-1] + 1] if contiguous else planes[sel]
         words = np.asarray(block).view(np.uint64)  # [nv, planes, words]
         stop = start + len(sel)
-        sub = words[:, base_idx] if base_idx else None
+        names, idx = base, base_idx
+        if shortcut and bool(np.all(complete[sel])):  # type: ignore[index]
+            names, idx = lean, lean_idx
+            for k in ("called", "diploid"):
+                if k in out:
+                    out[k][start:stop] = sizes[None, :]
+        sub = words[:, idx] if idx else None
         extra = []
         if "het" in derived:
             extra.append(words[:, ALT1] & ~words[:, ALT2] & words[:, DIPLOID])
@@ -97,7 +111,7 @@ def group_counts(
             m = masks[gi]
             if sub is not None:
                 c = np.bitwise_count(sub & m).sum(axis=2, dtype=np.int64)
-                for j, k in enumerate(base):
+                for j, k in enumerate(names):
                     out[k][start:stop, gi] = c[:, j]
             if ex is not None:
                 c = np.bitwise_count(ex & m).sum(axis=2, dtype=np.int64)

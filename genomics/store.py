@@ -7,6 +7,7 @@ Layout of a store directory ``DIR``::
     DIR/v-<stamp>/samples.parquet   (sample_id + sample-sheet columns; row i = genotype column i)
     DIR/v-<stamp>/variants.parquet  (vidx + the federated `variants` columns)
     DIR/v-<stamp>/genotypes.bin     (uint8 [n_variants, N_PLANES, width]: bit-packed planes)
+    DIR/v-<stamp>/complete.npy      (bool [n_variants]: no missing call, every call diploid)
     DIR/v-<stamp>/clinical/<name>.parquet
 
 Genotypes are stored as bit planes, one bit per sample, little bit order, padded to a multiple
@@ -112,6 +113,14 @@ class NodeStore:
         return self.path / "clinical" / f"{name}.parquet"
 
     @property
+    def complete(self) -> np.ndarray | None:
+        """Per variant row: every sample called with two alleles (None for stores without it)."""
+        f = self.path / "complete.npy"
+        if not hasattr(self, "_complete"):
+            self._complete = np.load(f, mmap_mode="r") if f.exists() else None
+        return self._complete
+
+    @property
     def planes(self) -> np.ndarray:
         """Memory-mapped uint8 [n_variants, N_PLANES, width]."""
         if self._planes is None:
@@ -144,18 +153,23 @@ class StoreWriter:
         self.version_dir.mkdir()
         (self.version_dir / "clinical").mkdir()
         self._geno = open(self.version_dir / "genotypes.bin", "wb")  # noqa: SIM115
+        self._complete: list[np.ndarray] = []
 
     @property
     def dir(self) -> Path:
         return self.version_dir
 
-    def write_planes(self, planes: np.ndarray) -> None:
+    def write_planes(self, planes: np.ndarray, complete: np.ndarray | None = None) -> None:
         self._geno.write(np.ascontiguousarray(planes, dtype=np.uint8).tobytes())
+        if complete is not None:
+            self._complete.append(np.asarray(complete, dtype=bool))
 
     def commit(self, manifest: StoreManifest) -> Path:
         self._geno.flush()
         os.fsync(self._geno.fileno())
         self._geno.close()
+        if self._complete:
+            np.save(self.version_dir / "complete.npy", np.concatenate(self._complete))
         manifest.created = time.time()
         (self.version_dir / "manifest.json").write_text(manifest.to_json())
         os.replace(self.version_dir, self.final_dir)

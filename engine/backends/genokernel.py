@@ -150,15 +150,26 @@ def _group_ids(table: pa.Table, key_names: list[str]) -> tuple[pa.Table, np.ndar
     n = table.num_rows
     if not key_names:
         return pa.table({}), np.zeros(n, np.int64), 1
-    codes = []
-    for k in key_names:
-        enc = pc.dictionary_encode(table.column(k).combine_chunks(), null_encoding="encode")
-        codes.append(enc.indices.to_numpy(zero_copy_only=False).astype(np.int64))
-    combined = codes[0] if len(codes) == 1 else np.stack(codes, axis=1)
-    if n == 0:
-        return table.select(key_names).slice(0, 0), np.zeros(0, np.int64), 0
-    _, first, gid = np.unique(combined, axis=0 if combined.ndim > 1 else None, return_index=True, return_inverse=True)
+    encoded = [pc.dictionary_encode(table.column(k).combine_chunks(), null_encoding="encode") for k in key_names]
+    if len(encoded) == 1:  # the dictionary is the distinct keys, the indices the group ids
+        enc = encoded[0]
+        gid = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        used = np.bincount(gid, minlength=len(enc.dictionary)) > 0
+        if used.all():
+            return pa.table({key_names[0]: enc.dictionary}), gid, len(enc.dictionary)
+    if np.prod([float(len(e.dictionary)) for e in encoded]) > 2.0**62:
+        stacked = np.stack([e.indices.to_numpy(zero_copy_only=False).astype(np.int64) for e in encoded], axis=1)
+        _, first, gid = np.unique(stacked, axis=0, return_index=True, return_inverse=True)
+        return table.select(key_names).take(pa.array(first)), gid.reshape(-1).astype(np.int64), len(first)
+    code = np.zeros(n, np.int64)
+    for enc in encoded:
+        code = code * len(enc.dictionary) + enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    _, first, gid = np.unique(code, return_index=True, return_inverse=True)
     return table.select(key_names).take(pa.array(first)), gid.reshape(-1).astype(np.int64), len(first)
+
+
+def _unique(idx: np.ndarray) -> bool:
+    return not len(idx) or bool(np.bincount(idx).max() <= 1)
 
 
 _NEEDS = {
@@ -180,7 +191,7 @@ def _run(backend: DuckDBBackend, fragment: Fragment, g, conds, keys, partials, j
         cur.close()
     s_idx = s_tab.column("_idx").to_numpy().astype(np.int64)
     v_idx = v_tab.column("_idx").to_numpy().astype(np.int64)
-    if len(np.unique(s_idx)) != len(s_idx) or len(np.unique(v_idx)) != len(v_idx):
+    if not (_unique(s_idx) and _unique(v_idx)):
         return None  # a joined table with several rows per sample/variant: row-wise path keeps SQL semantics
     s_groups, s_gid, ns = _group_ids(s_tab, [k[0] for k in s_keys])
     v_groups, v_gid, nvg = _group_ids(v_tab, [k[0] for k in v_keys])
@@ -190,7 +201,8 @@ def _run(backend: DuckDBBackend, fragment: Fragment, g, conds, keys, partials, j
              if ns and len(s_idx) else np.zeros((0, 1), np.uint64))
     order = np.argsort(v_idx, kind="stable")
     all_v, gid_sorted = v_idx[order], v_gid[order]
-    counts = group_counts(backend.store.planes, all_v, masks, needed) if len(masks) and len(all_v) else {}
+    counts = (group_counts(backend.store.planes, all_v, masks, needed, complete=backend.store.complete)
+              if len(masks) and len(all_v) else {})
     agg = {k: _reduce(counts.get(k), gid_sorted, nvg, ns) for k in needed}
     v_sizes = np.bincount(v_gid, minlength=nvg).astype(np.int64)
     s_sizes = np.bincount(s_gid, minlength=ns).astype(np.int64) if ns else np.zeros(0, np.int64)
