@@ -19,10 +19,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from genofed.connectors.vcftext import iter_records, read_header
+from genofed.connectors.vcftext import iter_batches, read_header
 from genofed.engine.errors import IngestError
+from genofed.genomics.kernels import encode_planes
 from genofed.genomics.store import (
-    N_PLANES,
+    DIPLOID,
     NodeStore,
     StoreManifest,
     StoreWriter,
@@ -265,9 +266,9 @@ def ingest(
         if subset is not None:
             pos_of = {s: i for i, s in enumerate(vcf_samples)}
             columns = np.array([pos_of[s] for s in chosen], dtype=np.intp)
-        records = iter_records(vcf, columns)
+        batches = iter_batches(vcf, columns, width, batch=chunk_records)
     elif reader == "cyvcf2":
-        records = _cyvcf2_records(vcf, subset, chosen, len(vcf_samples))
+        batches = _batched(_cyvcf2_records(vcf, subset, chosen, len(vcf_samples)), n, width, chunk_records)
     else:
         raise IngestError(f"unknown VCF reader {reader!r}; use auto, text or cyvcf2")
 
@@ -275,67 +276,30 @@ def ingest(
     cols: dict[str, list] = {k: [] for k in ("variant_id", "chrom", "pos", "ref", "alt", "rsid", "qual", "filter")}
     n_records = 0
     n_rows = 0
-    gts = np.empty((chunk_records, n, 2), dtype=np.int8)
-    phase = np.empty((chunk_records, n), dtype=bool)
-    row_src: list[int] = []
-    row_alt: list[int] = []
-    k = 0
-
-    def flush() -> None:
-        nonlocal k, n_rows
-        if not row_src:
-            k = 0
-            return
-        rows = len(row_src)
-        if rows == k and all(a == 1 for a in row_alt):  # bi-allelic chunk: views, no gather
-            a1, a2, ph = gts[:k, :, 0], gts[:k, :, 1], phase[:k]
-            alt: np.ndarray | int = 1
-        else:
-            src = np.asarray(row_src, dtype=np.intp)
-            a1, a2, ph = gts[src, :, 0], gts[src, :, 1], phase[src]
-            alt = np.asarray(row_alt, dtype=np.int8)[:, None]
-        e1 = a1 == alt
-        e2 = a2 == alt
-        c1 = a1 >= 0
-        c2 = a2 >= 0
-        dip = c1 & c2
-        planes = np.zeros((rows, N_PLANES, width), dtype=np.uint8)
-        nb = (n + 7) // 8
-        for i, bits in enumerate((e1 | e2, e1 & e2, c1 | c2, dip, ph & dip)):
-            planes[:, i, :nb] = np.packbits(bits, axis=1, bitorder="little")
-        writer.write_planes(planes, dip.all(axis=1))
-        n_rows += rows
-        row_src.clear()
-        row_alt.clear()
-        k = 0
-
     bar = _progress(progress, vcf)
     try:
-        for chrom, pos, rid, ref, alts, qual, filt, g, ph in records:
-            if len(alts) > 126:
-                raise IngestError(f"{vcf}: record {chrom}:{pos} has {len(alts)} ALT alleles; at most 126 are supported")
-            gts[k] = g
-            phase[k] = ph
-            for j, a in enumerate(alts, start=1):
-                cols["variant_id"].append(f"{chrom}:{pos}:{ref}:{a}")
-                cols["chrom"].append(chrom)
-                cols["pos"].append(pos)
-                cols["ref"].append(ref)
-                cols["alt"].append(a)
-                cols["rsid"].append(rid)
-                cols["qual"].append(qual)
-                cols["filter"].append(filt)
-                row_src.append(k)
-                row_alt.append(j)
-            k += 1
-            n_records += 1
-            if k == chunk_records:
-                flush()
-                if bar is not None:
-                    bar[0].update(bar[1], completed=n_records)
-                if on_chunk is not None:
-                    on_chunk(n_records)
-        flush()
+        for metas, planes in batches:
+            for chrom, pos, rid, ref, alts, qual, filt in metas:
+                if len(alts) > 126:
+                    raise IngestError(f"{vcf}: record {chrom}:{pos} has {len(alts)} ALT alleles; at most 126 are supported")
+                for a in alts:
+                    cols["variant_id"].append(f"{chrom}:{pos}:{ref}:{a}")
+                    cols["chrom"].append(chrom)
+                    cols["pos"].append(pos)
+                    cols["ref"].append(ref)
+                    cols["alt"].append(a)
+                    cols["rsid"].append(rid)
+                    cols["qual"].append(qual)
+                    cols["filter"].append(filt)
+            if len(planes):
+                dip = np.unpackbits(planes[:, DIPLOID], axis=1, count=n, bitorder="little")
+                writer.write_planes(planes, dip.all(axis=1))
+            n_rows += len(planes)
+            n_records += len(metas)
+            if bar is not None:
+                bar[0].update(bar[1], completed=n_records)
+            if on_chunk is not None:
+                on_chunk(n_records)
         variants = pa.table(
             {
                 "vidx": pa.array(np.arange(n_rows, dtype=np.int64)),
@@ -376,6 +340,27 @@ def ingest(
         if bar is not None:
             bar[0].stop()
     return IngestReport(final, n, n_records, n_rows, clin_counts, notes)
+
+
+def _batched(records, n: int, width: int, size: int):
+    """Group decoded records into (metadata, planes) batches."""
+    alleles = np.empty((size, n, 2), dtype=np.int8)
+    phased = np.empty((size, n), dtype=bool)
+    metas: list = []
+    src: list[int] = []
+    alt: list[int] = []
+    for chrom, pos, rid, ref, alts, qual, filt, g, ph in records:
+        k = len(metas)
+        alleles[k] = g
+        phased[k] = ph
+        metas.append((chrom, pos, rid, ref, alts, qual, filt))
+        src.extend([k] * len(alts))
+        alt.extend(range(1, len(alts) + 1))
+        if len(metas) == size:
+            yield metas, encode_planes(alleles, phased, np.asarray(src, np.intp), np.asarray(alt), width)
+            metas, src, alt = [], [], []
+    if metas:
+        yield metas, encode_planes(alleles, phased, np.asarray(src, np.intp), np.asarray(alt), width)
 
 
 def _cyvcf2_records(vcf: Path, subset: list[str] | None, chosen: list[str], n_vcf: int):

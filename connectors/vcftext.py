@@ -52,35 +52,75 @@ def read_header(path: Path) -> tuple[list[str], int]:
 Record = tuple[str, int, str | None, str, list[str], float | None, str | None, np.ndarray, np.ndarray]
 
 
-def iter_records(path: Path, keep: np.ndarray | None = None, batch: int = 512) -> Iterator[Record]:
-    """Yield ``(chrom, pos, id, ref, alts, qual, filter, alleles[n, 2] int16, phased[n] bool)``.
+Meta = tuple[str, int, str | None, str, list[str], float | None, str | None]
+Batch = tuple[list[Meta], np.ndarray]  # record metadata, planes [variant rows, N_PLANES, width]
 
-    Alleles use cyvcf2's codes: ``-1`` missing, ``-2`` no second allele (haploid). ``keep``
-    selects sample columns (indices into the header's samples). Records whose calls are all
-    three-byte ``a|b`` cells are decoded ``batch`` at a time in one numpy pass.
+# cells of three bytes read as two little-endian uint16 halves: (allele | sep << 8), (allele | tab << 8)
+_ALT, _MISS, _PH, _INVALID = 1, 2, 4, 128
+_LUT_FIRST = np.full(1 << 16, _INVALID, dtype=np.uint8)
+_LUT_SECOND = np.full(1 << 16, _INVALID, dtype=np.uint8)
+for _ch, _flag in ((ord("0"), 0), (ord("1"), _ALT), (ord("."), _MISS)):
+    _LUT_FIRST[_ch | ord("/") << 8] = _flag
+    _LUT_FIRST[_ch | ord("|") << 8] = _flag | _PH
+    _LUT_SECOND[_ch | 9 << 8] = _flag
+
+
+def iter_batches(path: Path, keep: np.ndarray | None, width: int, batch: int = 512) -> Iterator[Batch]:
+    """Yield batches of (record metadata, bit planes of their variant rows) in file order.
+
+    Bi-allelic records whose calls are all three-byte ``a|b`` cells are encoded straight from
+    the bytes (two lookup-table gathers and bitwise operations); other records are decoded to
+    alleles first (:func:`iter_records`' logic) and encoded with
+    :func:`genofed.genomics.kernels.encode_planes`. ``keep`` selects sample columns.
     """
+    from genofed.genomics.kernels import encode_planes, pack_planes
+    from genofed.genomics.store import N_PLANES
+
     samples, _ = read_header(path)
     n_all = len(samples)
-    width = 4 * n_all
-    mat = np.empty((batch, max(width, 4)), dtype=np.uint8)
-    pending: list[tuple] = []  # (meta, where, row-in-mat or None, decoded or None)
+    row_bytes = 4 * n_all
+    mat = np.empty((batch, max(row_bytes, 4)), dtype=np.uint8)
+    metas: list[Meta] = []
+    kinds: list[tuple] = []  # ("fast", row) | ("slow", alleles, phased) per record
     n_fast = 0
     lineno = 0
 
-    def drain() -> Iterator[Record]:
+    def drain() -> Iterator[Batch]:
         nonlocal n_fast
-        decoded = _decode_batch(mat[:n_fast], n_all) if n_fast else None
-        for meta, where, row, dec, blob, n_alt in pending:
-            if row is not None:
-                a, ph, ok = decoded[0][row], decoded[1][row], decoded[2][row]  # type: ignore[index]
-                if not ok or (a.max(initial=-1) > n_alt):
-                    a, ph = _genotypes_slow(b"GT", blob, n_all, n_alt, where)
-            else:
-                a, ph = dec
+        fast_planes = None
+        bad_rows: set[int] = set()
+        if n_fast:
+            u = mat[:n_fast].view("<u2").reshape(n_fast, n_all, 2)
+            first = np.take(_LUT_FIRST, u[..., 0])
+            second = np.take(_LUT_SECOND, u[..., 1])
             if keep is not None:
-                a, ph = a[keep], ph[keep]
-            yield (*meta, a, ph)
-        pending.clear()
+                first, second = first[:, keep], second[:, keep]
+            either, both = first | second, first & second
+            bad = np.flatnonzero(either.max(axis=1, initial=0) >= _INVALID) if first.size else np.zeros(0, np.intp)
+            bad_rows = set(bad.tolist())
+            dip = (either & _MISS) == 0
+            fast_planes = pack_planes(
+                (either & _ALT, both & _ALT, (both & _MISS) == 0, dip, ((first & _PH) != 0) & dip), width, N_PLANES
+            )
+        out_planes = []
+        for meta, kind in zip(metas, kinds):
+            n_alt = len(meta[4])
+            if kind[0] == "fast" and kind[1] not in bad_rows:
+                out_planes.append(fast_planes[kind[1] : kind[1] + 1])  # type: ignore[index]
+                continue
+            if kind[0] == "fast":  # not in the fast shape after all: decode it exactly (or raise)
+                blob = bytes(mat[kind[1], : row_bytes - 1])
+                a, ph = _genotypes_slow(b"GT", blob, n_all, n_alt, kind[2])
+                if keep is not None:
+                    a, ph = a[keep], ph[keep]
+            else:
+                a, ph = kind[1], kind[2]
+            if n_alt:
+                out_planes.append(encode_planes(a[None], ph[None], np.zeros(n_alt, np.intp), np.arange(1, n_alt + 1), width))
+        planes = np.concatenate(out_planes) if out_planes else np.zeros((0, N_PLANES, width), np.uint8)
+        yield list(metas), planes
+        metas.clear()
+        kinds.clear()
         n_fast = 0
 
     try:
@@ -89,43 +129,68 @@ def iter_records(path: Path, keep: np.ndarray | None = None, batch: int = 512) -
                 lineno += 1
                 if line.startswith(b"#"):
                     continue
-                line = line.rstrip(b"\r\n")
-                if not line:
+                end = len(line)
+                while end and line[end - 1] in (10, 13):
+                    end -= 1
+                if not end:
                     continue
-                parts = line.split(b"\t", 9)
                 where = f"{path}:{lineno}"
-                if len(parts) < 8:
-                    raise IngestError(f"{where}: record has {len(parts)} tab-separated columns, a VCF record needs at least 8 (column {len(parts) + 1} missing; is the line truncated?)")
-                chrom, pos_b, rid, ref, alt_b, qual_b, filt_b = parts[:7]
-                if not pos_b.isdigit():
-                    raise IngestError(f"{where}, column 2 (POS): {pos_b[:40].decode(errors='replace')!r} is not a positive integer")
-                alts = [] if alt_b == b"." else alt_b.decode().split(",")
-                try:
-                    qual = None if qual_b == b"." else float(qual_b)
-                except ValueError:
-                    raise IngestError(f"{where}, column 6 (QUAL): {qual_b[:20].decode(errors='replace')!r} is not a number or '.'") from None
-                meta = (chrom.decode(), int(pos_b), None if rid == b"." else rid.decode(), ref.decode(), alts,
-                        qual, None if filt_b == b"." else filt_b.decode())
+                meta, fmt, start = _parse_fixed(line, end, where)
+                n_alt = len(meta[4])
                 if not n_all:
-                    pending.append((meta, where, None, (np.empty((0, 2), np.int16), np.empty(0, bool)), b"", len(alts)))
-                elif len(parts) < 10:
-                    raise IngestError(f"{where}: {len(parts)} columns, expected {9 + n_all} (9 + {n_all} samples)")
-                elif parts[8] == b"GT" and len(parts[9]) == width - 1:
-                    blob = parts[9]
+                    kinds.append(("slow", np.empty((0, 2), np.int8), np.empty(0, bool)))
+                elif start < 0:
+                    raise IngestError(f"{where}: {-start} columns, expected {9 + n_all} (9 + {n_all} samples)")
+                elif n_alt == 1 and fmt == b"GT" and end - start == row_bytes - 1:
                     row = mat[n_fast]
-                    row[: width - 1] = np.frombuffer(blob, np.uint8)
-                    row[width - 1] = 9
-                    pending.append((meta, where, n_fast, None, blob, len(alts)))
+                    row[: row_bytes - 1] = np.frombuffer(line, np.uint8, count=end - start, offset=start)
+                    row[row_bytes - 1] = 9
+                    kinds.append(("fast", n_fast, where))
                     n_fast += 1
                 else:
-                    pending.append((meta, where, None, _genotypes(parts[8], parts[9], n_all, len(alts), where), b"", len(alts)))
-                if len(pending) >= batch:
+                    a, ph = _genotypes(fmt, line[start:end], n_all, n_alt, where)
+                    if keep is not None:
+                        a, ph = a[keep], ph[keep]
+                    kinds.append(("slow", a, ph))
+                metas.append(meta)
+                if len(metas) >= batch:
                     yield from drain()
-            yield from drain()
+            if metas:
+                yield from drain()
     except (EOFError, OSError, gzip.BadGzipFile) as e:
         raise IngestError(
             f"{path}: compressed data is truncated or corrupt after line {lineno} ({e}); copy the file again"
         ) from None
+
+
+def _parse_fixed(line: bytes, end: int, where: str) -> tuple[Meta, bytes, int]:
+    """The eight fixed columns, FORMAT, and the offset of the first sample column.
+
+    The offset is negative (minus the column count) when the record has no sample columns.
+    """
+    tabs = []
+    pos = -1
+    for _ in range(9):
+        pos = line.find(b"\t", pos + 1, end)
+        if pos < 0:
+            break
+        tabs.append(pos)
+    if len(tabs) < 7:
+        raise IngestError(f"{where}: record has {len(tabs) + 1} tab-separated columns, a VCF record needs at least 8 (column {len(tabs) + 2} missing; is the line truncated?)")
+    head = line[: tabs[6] if len(tabs) == 7 else tabs[7]].split(b"\t")
+    chrom, pos_b, rid, ref, alt_b, qual_b, filt_b = head[:7]
+    if not pos_b.isdigit():
+        raise IngestError(f"{where}, column 2 (POS): {pos_b[:40].decode(errors='replace')!r} is not a positive integer")
+    try:
+        qual = None if qual_b == b"." else float(qual_b)
+    except ValueError:
+        raise IngestError(f"{where}, column 6 (QUAL): {qual_b[:20].decode(errors='replace')!r} is not a number or '.'") from None
+    alts = [] if alt_b == b"." else alt_b.decode().split(",")
+    meta = (chrom.decode(), int(pos_b), None if rid == b"." else rid.decode(), ref.decode(), alts,
+            qual, None if filt_b == b"." else filt_b.decode())
+    if len(tabs) < 9:
+        return meta, b"", -(len(tabs) + 1)
+    return meta, line[tabs[7] + 1 : tabs[8]], tabs[8] + 1
 
 
 _BAD = np.int8(-128)
@@ -149,6 +214,10 @@ def _decode_batch(m: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.nda
 def _genotypes(fmt: bytes, blob: bytes, n: int, n_alt: int, where: str) -> tuple[np.ndarray, np.ndarray]:
     """One record outside the batched three-byte shape: all-haploid fast path, else per cell."""
     size = len(blob)
+    if fmt == b"GT" and size == 4 * n - 1:
+        a, ph, ok = _decode_batch(np.frombuffer(blob + b"\t", np.uint8)[None, :], n)
+        if ok[0] and a.max(initial=-1) <= n_alt:
+            return a[0], ph[0]
     if fmt == b"GT" and size == 2 * n - 1:
         cells = np.frombuffer(blob + b"\t", np.uint8).reshape(n, 2)
         a = np.full((n, 2), -2, np.int8)
