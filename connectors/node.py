@@ -20,6 +20,7 @@ import pyarrow.flight as flight
 
 from genofed.engine import protocol as P
 from genofed.engine.backends.base import Backend
+from genofed.engine.combine import narrow_integers
 from genofed.engine.errors import DisclosureError, FragmentError, GenofedError
 from genofed.engine.fragment import validate_fragment
 from genofed.engine.schema import Catalog
@@ -112,7 +113,7 @@ class NodeServer(flight.FlightServerBase):
             raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, f"malformed ticket: {e}")) from None
         try:
             frag = validate_fragment(req[P.KEY_SQL], self.catalog, allow_min_max=self.config.allow_min_max)
-            table = self.backend.execute(frag)
+            table = narrow_integers(self.backend.execute(frag))
             table, n_suppressed = apply_min_count(table, self.config.min_count, frag.partials)
         except DisclosureError as e:
             log.info("refused query %s for %s: %s", req.get(P.KEY_QUERY_ID), researcher, e.rule)

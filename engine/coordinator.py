@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .combine import Combiner, get_combiner
+from .combine import Combiner, get_combiner, narrow_integers
 from .errors import GenofedError, NodeError, PlanningError
 from .planner import COMBINED, Plan, plan_query
 from .protocol import N_COLUMN, SUPPRESSED_COLUMN
@@ -144,7 +144,7 @@ class Coordinator:
     def _disclosure(self, combined: pa.Table, plan: Plan) -> tuple[pa.Table, list[dict[str, Any]]]:
         if combined.num_rows == 0:
             return combined, []
-        n = pc.fill_null(combined.column(N_COLUMN), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        n = pc.cast(pc.fill_null(combined.column(N_COLUMN), 0), pa.int64()).to_numpy(zero_copy_only=False)
         flagged = pc.fill_null(combined.column(SUPPRESSED_COLUMN), False).to_numpy(zero_copy_only=False)
         if plan.variants_only:
             small = np.zeros(len(n), bool)
@@ -168,15 +168,4 @@ def finalize(plan: Plan, combined: pa.Table) -> pa.Table:
         out = con.sql(plan.final_sql).to_arrow_table()
     finally:
         con.close()
-    return _narrow_integers(out)
-
-
-def _narrow_integers(t: pa.Table) -> pa.Table:
-    """HUGEINT sums arrive as decimal128(38, 0); give users int64 where the values fit."""
-    for i, f in enumerate(t.schema):
-        if pa.types.is_decimal(f.type) and f.type.scale == 0:
-            try:
-                t = t.set_column(i, f.name, pc.cast(t.column(i), pa.int64()))
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                pass
-    return t
+    return narrow_integers(out)

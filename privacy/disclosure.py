@@ -13,7 +13,7 @@ DEFAULT_MIN_COUNT = 5
 
 def small_cells(n: pa.ChunkedArray | pa.Array, min_count: int) -> np.ndarray:
     """Groups with between 1 and ``min_count - 1`` samples (zero cells are not disclosive)."""
-    arr = pc.fill_null(n, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    arr = pc.cast(pc.fill_null(n, 0), pa.int64()).to_numpy(zero_copy_only=False)
     return (arr > 0) & (arr < min_count)
 
 

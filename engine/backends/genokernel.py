@@ -168,6 +168,25 @@ def _group_ids(table: pa.Table, key_names: list[str]) -> tuple[pa.Table, np.ndar
     return table.select(key_names).take(pa.array(first)), gid.reshape(-1).astype(np.int64), len(first)
 
 
+def _canonical(groups: pa.Table, gid: np.ndarray, n: int, by_key: bool = False,
+               first_idx: np.ndarray | None = None) -> tuple[pa.Table, np.ndarray, int]:
+    """Renumber groups in a node-independent order (sample groups by key, variant groups by their
+    first variant row), so nodes with the same groups return them in the same order and the
+    coordinator can add their partials without hashing keys."""
+    if n <= 1 or not groups.num_columns:
+        return groups, gid, n
+    if by_key:
+        keys = [(c, "ascending", "at_start") for c in groups.column_names]
+        order = pc.sort_indices(groups, sort_keys=keys).to_numpy()
+    else:
+        first = np.full(n, np.iinfo(np.int64).max, np.int64)
+        np.minimum.at(first, gid, first_idx)
+        order = np.argsort(first, kind="stable")
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    return groups.take(pa.array(order)), rank[gid], n
+
+
 def _unique(idx: np.ndarray) -> bool:
     return not len(idx) or bool(np.bincount(idx).max() <= 1)
 
@@ -193,8 +212,8 @@ def _run(backend: DuckDBBackend, fragment: Fragment, g, conds, keys, partials, j
     v_idx = v_tab.column("_idx").to_numpy().astype(np.int64)
     if not (_unique(s_idx) and _unique(v_idx)):
         return None  # a joined table with several rows per sample/variant: row-wise path keeps SQL semantics
-    s_groups, s_gid, ns = _group_ids(s_tab, [k[0] for k in s_keys])
-    v_groups, v_gid, nvg = _group_ids(v_tab, [k[0] for k in v_keys])
+    s_groups, s_gid, ns = _canonical(*_group_ids(s_tab, [k[0] for k in s_keys]), by_key=True)
+    v_groups, v_gid, nvg = _canonical(*_group_ids(v_tab, [k[0] for k in v_keys]), first_idx=v_idx)
     n_samples = backend.store.manifest.n_samples
     needed = tuple(sorted({c for _, kind in partials for c in _NEEDS[kind]}))
     masks = (np.stack([pack_mask(s_idx[s_gid == i], n_samples) for i in range(ns)])
