@@ -8,7 +8,7 @@ import pyarrow as pa
 from .store import ALT1, ALT2, CALLED, DIPLOID, PHASED
 
 
-def genotype_rows(planes: np.ndarray, vidx: np.ndarray, n_samples: int) -> pa.Table:
+def genotype_rows(planes, vidx: np.ndarray, n_samples: int) -> pa.Table:
     """Unpack the selected variant rows into a long Arrow table (vidx, sidx, dosage, ploidy, phased).
 
     Rows are ordered variant-major. Used only for queries the count kernels cannot answer, on a
@@ -43,7 +43,7 @@ _BASE = {"alt1": ALT1, "alt2": ALT2, "called": CALLED, "diploid": DIPLOID}
 
 
 def group_counts(
-    planes: np.ndarray,
+    planes,
     vidx: np.ndarray,
     masks: np.ndarray,
     needed: tuple[str, ...] = COUNTS,
@@ -55,7 +55,7 @@ def group_counts(
     Parameters
     ----------
     planes
-        uint8 [n_variants, N_PLANES, width] (memory-mapped).
+        uint8 [n_variants, N_PLANES, width]: an array or a :class:`~genofed.genomics.store.PlaneReader`.
     vidx
         sorted variant rows to count.
     masks
@@ -91,7 +91,7 @@ def group_counts(
     contiguous = vidx[-1] - vidx[0] + 1 == len(vidx)
     for start in range(0, len(vidx), chunk):
         sel = vidx[start : start + chunk]
-        block = planes[sel[0] : sel[-1] + 1] if contiguous else planes[sel]
+        block = planes[int(sel[0]) : int(sel[-1]) + 1] if contiguous else planes[sel]
         words = np.asarray(block).view(np.uint64)  # [nv, planes, words]
         stop = start + len(sel)
         names, idx = base, base_idx

@@ -99,7 +99,7 @@ class NodeStore:
                 f"{FORMAT_VERSION}; re-run ingest"
             )
         self.manifest = StoreManifest(**meta)
-        self._planes: np.ndarray | None = None
+        self._planes: PlaneReader | None = None
 
     @property
     def samples_path(self) -> Path:
@@ -121,20 +121,74 @@ class NodeStore:
         return self._complete
 
     @property
-    def planes(self) -> np.ndarray:
-        """Memory-mapped uint8 [n_variants, N_PLANES, width]."""
+    def planes(self) -> PlaneReader:
+        """The genotype planes, uint8 [n_variants, N_PLANES, width], read on demand."""
         if self._planes is None:
             m = self.manifest
-            if m.n_variants == 0:
-                self._planes = np.zeros((0, N_PLANES, m.width), dtype=np.uint8)
-            else:
-                self._planes = np.memmap(
-                    self.path / "genotypes.bin",
-                    dtype=np.uint8,
-                    mode="r",
-                    shape=(m.n_variants, N_PLANES, m.width),
-                )
+            self._planes = PlaneReader(self.path / "genotypes.bin", m.n_variants, m.width)
         return self._planes
+
+    def close(self) -> None:
+        if self._planes is not None:
+            self._planes.close()
+            self._planes = None
+
+
+class PlaneReader:
+    """Variant rows of ``genotypes.bin`` read with ``pread`` into fresh arrays.
+
+    Unlike a memory map, pages read stay in the page cache and are not charged to the node's
+    resident memory, so a scan over all variants runs in flat memory. Indexing takes a slice
+    (step 1) or an array of row numbers; ``np.asarray(reader)`` reads everything.
+    """
+
+    def __init__(self, path: Path, n_variants: int, width: int):
+        self.shape = (n_variants, N_PLANES, width)
+        self._row = N_PLANES * width
+        self._fd = os.open(path, os.O_RDONLY) if n_variants else -1
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        n = max(0, stop - start)
+        out = np.empty((n, *self.shape[1:]), dtype=np.uint8)
+        view = memoryview(out.data).cast("B")
+        done, offset = 0, start * self._row
+        while done < len(view):
+            got = os.preadv(self._fd, [view[done:]], offset + done)
+            if got <= 0:
+                raise IngestError("genotypes.bin is shorter than its manifest says; the store is damaged: re-run ingest")
+            done += got
+        return out
+
+    def __getitem__(self, idx) -> np.ndarray:
+        if isinstance(idx, slice):
+            start, stop, step = idx.indices(self.shape[0])
+            if step != 1:
+                raise ValueError("PlaneReader slices must have step 1")
+            return self._read(start, stop)
+        rows = np.asarray(idx, dtype=np.int64).reshape(-1)
+        if not len(rows):
+            return np.empty((0, *self.shape[1:]), dtype=np.uint8)
+        if (rows < 0).any() or (rows >= self.shape[0]).any():
+            raise IndexError("variant row out of range")
+        order = np.argsort(rows, kind="stable")
+        srt = rows[order]
+        breaks = np.flatnonzero(np.diff(srt) > 1) + 1
+        runs = np.split(srt, breaks)
+        block = np.concatenate([self._read(int(r[0]), int(r[-1]) + 1) for r in runs])
+        pos = np.searchsorted(np.concatenate([np.arange(r[0], r[-1] + 1) for r in runs]), rows)
+        return block[pos]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self._read(0, self.shape[0])
+        return out if dtype is None else out.astype(dtype)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class StoreWriter:

@@ -168,6 +168,7 @@ class DuckDBBackend(Backend):
 
     def close(self) -> None:
         self.con.close()
+        self.store.close()
 
 
 def _first_line(e: Exception) -> str:
