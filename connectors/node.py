@@ -8,6 +8,7 @@ minimum-count rule, and streamed back as Arrow. Errors cross the wire as a code 
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -79,6 +80,12 @@ class NodeServer(flight.FlightServerBase):
         self.config = config
         self.backend = backend or make_backend(config)
         self.catalog = Catalog.merge({config.name: self.backend.catalog()})
+        # validation depends only on the SQL text, this node's catalog and its policy, all fixed
+        # for the server's lifetime: repeated fragments are validated once
+        self._validate = functools.lru_cache(maxsize=256)(self._validate_uncached)
+
+    def _validate_uncached(self, sql: str):
+        return validate_fragment(sql, self.catalog, allow_min_max=self.config.allow_min_max)
 
     def _researcher(self, context) -> str:
         mw = context.get_middleware("auth")
@@ -112,7 +119,7 @@ class NodeServer(flight.FlightServerBase):
         except (ValueError, UnicodeDecodeError) as e:
             raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, f"malformed ticket: {e}")) from None
         try:
-            frag = validate_fragment(req[P.KEY_SQL], self.catalog, allow_min_max=self.config.allow_min_max)
+            frag = self._validate(req[P.KEY_SQL])
             table = narrow_integers(self.backend.execute(frag))
             table, n_suppressed = apply_min_count(table, self.config.min_count, frag.partials)
         except DisclosureError as e:
