@@ -91,8 +91,6 @@ def group_counts(
     contiguous = vidx[-1] - vidx[0] + 1 == len(vidx)
     for start in range(0, len(vidx), chunk):
         sel = vidx[start : start + chunk]
-        block = planes[int(sel[0]) : int(sel[-1]) + 1] if contiguous else planes[sel]
-        words = np.asarray(block).view(np.uint64)  # [nv, planes, words]
         stop = start + len(sel)
         names, idx = base, base_idx
         if shortcut and bool(np.all(complete[sel])):  # type: ignore[index]
@@ -100,24 +98,31 @@ def group_counts(
             for k in ("called", "diploid"):
                 if k in out:
                     out[k][start:stop] = sizes[None, :]
-        sub = words[:, idx] if idx else None
+        want = sorted(set(idx) | ({ALT1, ALT2, DIPLOID} if derived else set()))
+        got = _read(planes, sel, contiguous, want)  # [len(want), nv, words]
+        plane = {p: got[j] for j, p in enumerate(want)}
         extra = []
         if "het" in derived:
-            extra.append(words[:, ALT1] & ~words[:, ALT2] & words[:, DIPLOID])
+            extra.append(plane[ALT1] & ~plane[ALT2] & plane[DIPLOID])
         if "hap_alt" in derived:
-            extra.append(words[:, ALT1] & ~words[:, DIPLOID])
-        ex = np.stack(extra, axis=1) if extra else None
+            extra.append(plane[ALT1] & ~plane[DIPLOID])
         for gi in range(ng):
             m = masks[gi]
-            if sub is not None:
-                c = np.bitwise_count(sub & m).sum(axis=2, dtype=np.int64)
-                for j, k in enumerate(names):
-                    out[k][start:stop, gi] = c[:, j]
-            if ex is not None:
-                c = np.bitwise_count(ex & m).sum(axis=2, dtype=np.int64)
-                for j, name in enumerate(derived):
-                    out[name][start:stop, gi] = c[:, j]
+            for k, p in zip(names, idx):
+                out[k][start:stop, gi] = np.bitwise_count(plane[p] & m).sum(axis=1, dtype=np.int64)
+            for name, arr in zip(derived, extra):
+                out[name][start:stop, gi] = np.bitwise_count(arr & m).sum(axis=1, dtype=np.int64)
     return out
+
+
+def _read(planes, sel: np.ndarray, contiguous: bool, want: list[int]) -> np.ndarray:
+    """uint64 [len(want), len(sel), words] from a PlaneReader (only those planes) or an array."""
+    if hasattr(planes, "read_planes"):
+        raw = (planes.read_planes(int(sel[0]), int(sel[-1]) + 1, want) if contiguous
+               else planes.read_planes_rows(sel, want))
+        return raw.view(np.uint64)
+    block = np.asarray(planes[int(sel[0]) : int(sel[-1]) + 1] if contiguous else planes[sel])
+    return np.ascontiguousarray(block[:, want].transpose(1, 0, 2)).view(np.uint64)
 
 
 def encode_planes(alleles: np.ndarray, phased: np.ndarray, src: np.ndarray, alt: np.ndarray, width: int) -> np.ndarray:

@@ -6,12 +6,13 @@ Layout of a store directory ``DIR``::
     DIR/v-<stamp>/manifest.json     (format version, counts, plane width, table list)
     DIR/v-<stamp>/samples.parquet   (sample_id + sample-sheet columns; row i = genotype column i)
     DIR/v-<stamp>/variants.parquet  (vidx + the federated `variants` columns)
-    DIR/v-<stamp>/genotypes.bin     (uint8 [n_variants, N_PLANES, width]: bit-packed planes)
+    DIR/v-<stamp>/plane-<name>.bin  (uint8 [n_variants, width] per plane: bit-packed, one file each)
     DIR/v-<stamp>/complete.npy      (bool [n_variants]: no missing call, every call diploid)
     DIR/v-<stamp>/clinical/<name>.parquet
 
 Genotypes are stored as bit planes, one bit per sample, little bit order, padded to a multiple
-of 64 samples so planes can be viewed as uint64 and counted with ``np.bitwise_count``.
+of 64 samples so planes can be viewed as uint64 and counted with ``np.bitwise_count``. Each plane
+is its own file, so a kernel reads only the planes it needs, as one contiguous range.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ import numpy as np
 
 from genofed.engine.errors import IngestError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
-# plane order inside genotypes.bin
+# plane order (index into N_PLANES) and file names
 ALT1, ALT2, CALLED, DIPLOID, PHASED = range(5)
 N_PLANES = 5
 PLANE_NAMES = ("alt_ge1", "alt_eq2", "called", "diploid", "phased")
@@ -125,7 +126,7 @@ class NodeStore:
         """The genotype planes, uint8 [n_variants, N_PLANES, width], read on demand."""
         if self._planes is None:
             m = self.manifest
-            self._planes = PlaneReader(self.path / "genotypes.bin", m.n_variants, m.width)
+            self._planes = PlaneReader(self.path, m.n_variants, m.width)
         return self._planes
 
     def close(self) -> None:
@@ -134,61 +135,79 @@ class NodeStore:
             self._planes = None
 
 
+def plane_file(directory: Path, plane: int) -> Path:
+    return directory / f"plane-{PLANE_NAMES[plane]}.bin"
+
+
 class PlaneReader:
-    """Variant rows of ``genotypes.bin`` read with ``pread`` into fresh arrays.
+    """Variant rows of the plane files read with ``pread`` into fresh arrays.
 
     Unlike a memory map, pages read stay in the page cache and are not charged to the node's
     resident memory, so a scan over all variants runs in flat memory. Indexing takes a slice
-    (step 1) or an array of row numbers; ``np.asarray(reader)`` reads everything.
+    (step 1) or an array of row numbers and returns uint8 [rows, N_PLANES, width];
+    :meth:`read_planes` reads only some planes; ``np.asarray(reader)`` reads everything.
     """
 
-    def __init__(self, path: Path, n_variants: int, width: int):
+    def __init__(self, directory: Path, n_variants: int, width: int):
         self.shape = (n_variants, N_PLANES, width)
-        self._row = N_PLANES * width
-        self._fd = os.open(path, os.O_RDONLY) if n_variants else -1
+        self._width = width
+        self._fds = [os.open(plane_file(directory, i), os.O_RDONLY) for i in range(N_PLANES)] if n_variants else []
 
     def __len__(self) -> int:
         return self.shape[0]
 
-    def _read(self, start: int, stop: int) -> np.ndarray:
-        n = max(0, stop - start)
-        out = np.empty((n, *self.shape[1:]), dtype=np.uint8)
+    def _read_plane(self, plane: int, start: int, stop: int, out: np.ndarray) -> None:
         view = memoryview(out.data).cast("B")
-        done, offset = 0, start * self._row
+        done, offset = 0, start * self._width
         while done < len(view):
-            got = os.preadv(self._fd, [view[done:]], offset + done)
+            got = os.preadv(self._fds[plane], [view[done:]], offset + done)
             if got <= 0:
-                raise IngestError("genotypes.bin is shorter than its manifest says; the store is damaged: re-run ingest")
+                raise IngestError("a plane file is shorter than the store manifest says; the store is damaged: re-run ingest")
             done += got
+
+    def read_planes(self, start: int, stop: int, planes: list[int]) -> np.ndarray:
+        """uint8 [len(planes), stop - start, width]: the given planes for a range of variant rows."""
+        out = np.empty((len(planes), max(0, stop - start), self._width), dtype=np.uint8)
+        for j, p in enumerate(planes):
+            if out.shape[1]:
+                self._read_plane(p, start, stop, out[j])
         return out
+
+    def _runs(self, rows: np.ndarray) -> list[np.ndarray]:
+        srt = np.sort(rows)
+        return np.split(srt, np.flatnonzero(np.diff(srt) > 1) + 1)
+
+    def read_planes_rows(self, rows: np.ndarray, planes: list[int]) -> np.ndarray:
+        """uint8 [len(planes), len(rows), width] for arbitrary (sorted, unique) variant rows."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+            return self.read_planes(int(rows[0]), int(rows[-1]) + 1, planes)
+        parts = [self.read_planes(int(r[0]), int(r[-1]) + 1, planes) for r in self._runs(rows)] if len(rows) else []
+        return np.concatenate(parts, axis=1) if parts else np.empty((len(planes), 0, self._width), np.uint8)
 
     def __getitem__(self, idx) -> np.ndarray:
         if isinstance(idx, slice):
             start, stop, step = idx.indices(self.shape[0])
             if step != 1:
                 raise ValueError("PlaneReader slices must have step 1")
-            return self._read(start, stop)
+            return self.read_planes(start, stop, list(range(N_PLANES))).transpose(1, 0, 2)
         rows = np.asarray(idx, dtype=np.int64).reshape(-1)
         if not len(rows):
             return np.empty((0, *self.shape[1:]), dtype=np.uint8)
         if (rows < 0).any() or (rows >= self.shape[0]).any():
             raise IndexError("variant row out of range")
-        order = np.argsort(rows, kind="stable")
-        srt = rows[order]
-        breaks = np.flatnonzero(np.diff(srt) > 1) + 1
-        runs = np.split(srt, breaks)
-        block = np.concatenate([self._read(int(r[0]), int(r[-1]) + 1) for r in runs])
-        pos = np.searchsorted(np.concatenate([np.arange(r[0], r[-1] + 1) for r in runs]), rows)
-        return block[pos]
+        uniq = np.unique(rows)
+        block = self.read_planes_rows(uniq, list(range(N_PLANES))).transpose(1, 0, 2)
+        return block[np.searchsorted(uniq, rows)]
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        out = self._read(0, self.shape[0])
+        out = np.ascontiguousarray(self[0 : self.shape[0]])
         return out if dtype is None else out.astype(dtype)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
 
 
 class StoreWriter:
@@ -206,7 +225,7 @@ class StoreWriter:
         self.final_dir = self.root / stamp
         self.version_dir.mkdir()
         (self.version_dir / "clinical").mkdir()
-        self._geno = open(self.version_dir / "genotypes.bin", "wb")  # noqa: SIM115
+        self._files = [open(plane_file(self.version_dir, i), "wb") for i in range(N_PLANES)]  # noqa: SIM115
         self._complete: list[np.ndarray] = []
 
     @property
@@ -214,14 +233,16 @@ class StoreWriter:
         return self.version_dir
 
     def write_planes(self, planes: np.ndarray, complete: np.ndarray | None = None) -> None:
-        self._geno.write(np.ascontiguousarray(planes, dtype=np.uint8).tobytes())
+        for i, f in enumerate(self._files):
+            f.write(np.ascontiguousarray(planes[:, i], dtype=np.uint8).tobytes())
         if complete is not None:
             self._complete.append(np.asarray(complete, dtype=bool))
 
     def commit(self, manifest: StoreManifest) -> Path:
-        self._geno.flush()
-        os.fsync(self._geno.fileno())
-        self._geno.close()
+        for f in self._files:
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
         if self._complete:
             np.save(self.version_dir / "complete.npy", np.concatenate(self._complete))
         manifest.created = time.time()
@@ -239,7 +260,8 @@ class StoreWriter:
 
     def abort(self) -> None:
         try:
-            self._geno.close()
+            for f in self._files:
+                f.close()
         finally:
             shutil.rmtree(self.version_dir, ignore_errors=True)
 

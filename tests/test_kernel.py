@@ -23,6 +23,7 @@ QUERIES = [
     "SELECT v.filter, s.population, allele_number(g.dosage) FROM genotypes g JOIN variants v USING (variant_id) JOIN samples s USING (sample_id) WHERE v.chrom IN ('21', '22') AND s.sex = 'F' GROUP BY ALL",
     "SELECT allele_freq(g.dosage) FROM genotypes g JOIN samples s USING (sample_id) WHERE s.population = 'nowhere'",
     "SELECT g.variant_id, allele_count(g.dosage) FROM genotypes g JOIN samples s USING (sample_id) WHERE s.population = 'nowhere' GROUP BY 1",
+    "SELECT s.population, allele_freq(g.dosage), het_count(g.dosage), hom_alt_count(g.dosage) FROM genotypes g JOIN samples s USING (sample_id) WHERE g.pos % 3 = 0 AND g.chrom IN ('2', 'X') GROUP BY 1",
 ]
 
 
@@ -67,3 +68,16 @@ def test_non_kernel_shapes_fall_back(backend):
     ]:
         frag = validate_fragment(plan_query(parse(sql), cat).fragment_sql, cat)
         assert genokernel.try_kernel(backend, frag) is None
+
+
+def test_plane_reader_rows_equal_full_read(backend):
+    import numpy as np
+
+    reader = backend.store.planes
+    full = np.asarray(reader)
+    rng = np.random.default_rng(3)
+    rows = rng.choice(len(reader), size=500, replace=True)
+    assert np.array_equal(reader[rows], full[rows])
+    assert np.array_equal(reader[10:20], full[10:20])
+    some = np.unique(rows)
+    assert np.array_equal(reader.read_planes_rows(some, [0, 3]), full[some][:, [0, 3]].transpose(1, 0, 2))
