@@ -19,9 +19,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from genofed.connectors.vcftext import iter_batches, read_header
+from genofed.connectors.parallel import default_workers, parallel_batches
+from genofed.connectors.vcftext import batches_from_lines, iter_batches, read_header
 from genofed.engine.errors import IngestError
-from genofed.genomics.kernels import encode_planes
+from genofed.genomics.encoding import encode_planes
 from genofed.genomics.store import (
     DIPLOID,
     NodeStore,
@@ -196,6 +197,7 @@ def ingest(
     progress: bool = False,
     on_chunk: Callable[[int], None] | None = None,
     reader: str = "auto",
+    workers: int | None = None,
 ) -> IngestReport:
     """Ingest a VCF (and optionally a sample sheet and clinical tables) into a node store.
 
@@ -212,6 +214,11 @@ def ingest(
     clinical
         ``{name: CSV/Parquet path or Arrow table}``; each needs a sample id column. Rows for
         samples outside the cohort are dropped.
+    reader
+        ``auto`` (the numpy text reader; cyvcf2 for BCF), ``text`` or ``cyvcf2``.
+    workers
+        processes for a bgzipped VCF with the text reader (default: one per core; 1 reads
+        sequentially). Output is identical either way.
 
     Examples
     --------
@@ -276,26 +283,50 @@ def ingest(
     cols: dict[str, list] = {k: [] for k in ("variant_id", "chrom", "pos", "ref", "alt", "rsid", "qual", "filter")}
     n_records = 0
     n_rows = 0
+
+    def add_metas(metas: list) -> None:
+        nonlocal n_records
+        for chrom, pos, rid, ref, alts, qual, filt in metas:
+            if len(alts) > 126:
+                raise IngestError(f"{vcf}: record {chrom}:{pos} has {len(alts)} ALT alleles; at most 126 are supported")
+            for a in alts:
+                cols["variant_id"].append(f"{chrom}:{pos}:{ref}:{a}")
+                cols["chrom"].append(chrom)
+                cols["pos"].append(pos)
+                cols["ref"].append(ref)
+                cols["alt"].append(a)
+                cols["rsid"].append(rid)
+                cols["qual"].append(qual)
+                cols["filter"].append(filt)
+        n_records += len(metas)
+
+    def write_batch(metas: list, planes: np.ndarray) -> None:
+        nonlocal n_rows
+        add_metas(metas)
+        if len(planes):
+            dip = np.unpackbits(planes[:, DIPLOID], axis=1, count=n, bitorder="little")
+            writer.write_planes(planes, dip.all(axis=1))
+        n_rows += len(planes)
+
     bar = _progress(progress, vcf)
     try:
+        parts = None
+        if reader == "text" and workers != 1:
+            parts = _run_parallel(vcf, len(vcf_samples), columns, width, n, writer.dir, workers or default_workers())
+        if parts is not None:
+            for i, part in enumerate(parts):
+                if i > 0:  # the line that straddles the boundary between two ranges
+                    line = parts[i - 1]["tail"] + part["head"]
+                    for metas, planes in batches_from_lines([line], vcf, len(vcf_samples), columns, width):
+                        write_batch(metas, planes)
+                add_metas(part["metas"])
+                writer.append_plane_files(part["files"], part["complete"])
+                n_rows += part["rows"]
+                if on_chunk is not None:
+                    on_chunk(n_records)
+            batches = iter(())
         for metas, planes in batches:
-            for chrom, pos, rid, ref, alts, qual, filt in metas:
-                if len(alts) > 126:
-                    raise IngestError(f"{vcf}: record {chrom}:{pos} has {len(alts)} ALT alleles; at most 126 are supported")
-                for a in alts:
-                    cols["variant_id"].append(f"{chrom}:{pos}:{ref}:{a}")
-                    cols["chrom"].append(chrom)
-                    cols["pos"].append(pos)
-                    cols["ref"].append(ref)
-                    cols["alt"].append(a)
-                    cols["rsid"].append(rid)
-                    cols["qual"].append(qual)
-                    cols["filter"].append(filt)
-            if len(planes):
-                dip = np.unpackbits(planes[:, DIPLOID], axis=1, count=n, bitorder="little")
-                writer.write_planes(planes, dip.all(axis=1))
-            n_rows += len(planes)
-            n_records += len(metas)
+            write_batch(metas, planes)
             if bar is not None:
                 bar[0].update(bar[1], completed=n_records)
             if on_chunk is not None:
@@ -340,6 +371,17 @@ def ingest(
         if bar is not None:
             bar[0].stop()
     return IngestReport(final, n, n_records, n_rows, clin_counts, notes)
+
+
+def _run_parallel(vcf: Path, n_all: int, columns, width: int, n: int, workdir: Path, workers: int):
+    """Worker results in file order, or None to read sequentially (small file, not BGZF, or any
+    worker error: the sequential reader then reports the exact line and column)."""
+    try:
+        return parallel_batches(vcf, n_all, columns, width, n, workdir, workers)
+    except Exception:
+        for leftover in workdir.glob("part*-*.bin"):
+            leftover.unlink()
+        return None
 
 
 def _batched(records, n: int, width: int, size: int):

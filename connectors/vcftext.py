@@ -70,20 +70,28 @@ def iter_batches(path: Path, keep: np.ndarray | None, width: int, batch: int = 5
 
     Bi-allelic records whose calls are all three-byte ``a|b`` cells are encoded straight from
     the bytes (two lookup-table gathers and bitwise operations); other records are decoded to
-    alleles first (:func:`iter_records`' logic) and encoded with
-    :func:`genofed.genomics.kernels.encode_planes`. ``keep`` selects sample columns.
+    alleles first and encoded with
+    :func:`genofed.genomics.encoding.encode_planes`. ``keep`` selects sample columns.
     """
-    from genofed.genomics.kernels import encode_planes, pack_planes
+    samples, _ = read_header(path)
+    with _open(path) as fh:
+        yield from batches_from_lines(fh, path, len(samples), keep, width, batch)
+
+
+def batches_from_lines(
+    lines, path: Path, n_all: int, keep: np.ndarray | None, width: int, batch: int = 512, first_line: int = 1,
+    where_prefix: str | None = None,
+) -> Iterator[Batch]:
+    """:func:`iter_batches` over any iterable of raw lines (bytes, newline included or not)."""
+    from genofed.genomics.encoding import encode_planes, pack_planes
     from genofed.genomics.store import N_PLANES
 
-    samples, _ = read_header(path)
-    n_all = len(samples)
     row_bytes = 4 * n_all
     mat = np.empty((batch, max(row_bytes, 4)), dtype=np.uint8)
     metas: list[Meta] = []
     kinds: list[tuple] = []  # ("fast", row) | ("slow", alleles, phased) per record
     n_fast = 0
-    lineno = 0
+    lineno = first_line - 1
 
     def drain() -> Iterator[Batch]:
         nonlocal n_fast
@@ -124,39 +132,38 @@ def iter_batches(path: Path, keep: np.ndarray | None, width: int, batch: int = 5
         n_fast = 0
 
     try:
-        with _open(path) as fh:
-            for line in fh:
-                lineno += 1
-                if line.startswith(b"#"):
-                    continue
-                end = len(line)
-                while end and line[end - 1] in (10, 13):
-                    end -= 1
-                if not end:
-                    continue
-                where = f"{path}:{lineno}"
-                meta, fmt, start = _parse_fixed(line, end, where)
-                n_alt = len(meta[4])
-                if not n_all:
-                    kinds.append(("slow", np.empty((0, 2), np.int8), np.empty(0, bool)))
-                elif start < 0:
-                    raise IngestError(f"{where}: {-start} columns, expected {9 + n_all} (9 + {n_all} samples)")
-                elif n_alt == 1 and fmt == b"GT" and end - start == row_bytes - 1:
-                    row = mat[n_fast]
-                    row[: row_bytes - 1] = np.frombuffer(line, np.uint8, count=end - start, offset=start)
-                    row[row_bytes - 1] = 9
-                    kinds.append(("fast", n_fast, where))
-                    n_fast += 1
-                else:
-                    a, ph = _genotypes(fmt, line[start:end], n_all, n_alt, where)
-                    if keep is not None:
-                        a, ph = a[keep], ph[keep]
-                    kinds.append(("slow", a, ph))
-                metas.append(meta)
-                if len(metas) >= batch:
-                    yield from drain()
-            if metas:
+        for line in lines:
+            lineno += 1
+            if line.startswith(b"#"):
+                continue
+            end = len(line)
+            while end and line[end - 1] in (10, 13):
+                end -= 1
+            if not end:
+                continue
+            where = f"{where_prefix or path}:{lineno}"
+            meta, fmt, start = _parse_fixed(line, end, where)
+            n_alt = len(meta[4])
+            if not n_all:
+                kinds.append(("slow", np.empty((0, 2), np.int8), np.empty(0, bool)))
+            elif start < 0:
+                raise IngestError(f"{where}: {-start} columns, expected {9 + n_all} (9 + {n_all} samples)")
+            elif n_alt == 1 and fmt == b"GT" and end - start == row_bytes - 1:
+                row = mat[n_fast]
+                row[: row_bytes - 1] = np.frombuffer(line, np.uint8, count=end - start, offset=start)
+                row[row_bytes - 1] = 9
+                kinds.append(("fast", n_fast, where))
+                n_fast += 1
+            else:
+                a, ph = _genotypes(fmt, line[start:end], n_all, n_alt, where)
+                if keep is not None:
+                    a, ph = a[keep], ph[keep]
+                kinds.append(("slow", a, ph))
+            metas.append(meta)
+            if len(metas) >= batch:
                 yield from drain()
+        if metas:
+            yield from drain()
     except (EOFError, OSError, gzip.BadGzipFile) as e:
         raise IngestError(
             f"{path}: compressed data is truncated or corrupt after line {lineno} ({e}); copy the file again"

@@ -238,6 +238,14 @@ class StoreWriter:
         if complete is not None:
             self._complete.append(np.asarray(complete, dtype=bool))
 
+    def append_plane_files(self, files: list[str], complete: np.ndarray) -> None:
+        """Append plane part files (one per plane, as :meth:`write_planes` would have written)."""
+        for f, part in zip(self._files, files):
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, f, 1 << 20)
+            os.unlink(part)
+        self._complete.append(np.asarray(complete, dtype=bool))
+
     def commit(self, manifest: StoreManifest) -> Path:
         for f in self._files:
             f.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import shutil
 from pathlib import Path
 
@@ -183,3 +184,43 @@ def test_text_reader_equals_htslib_reader(tmp_path, rel):
         assert va.column(c).to_pylist() == vb.column(c).to_pylist(), c
     qa, qb = va.column("qual").to_pylist(), vb.column("qual").to_pylist()
     assert all((x is None and y is None) or abs(x - y) < 1e-4 * max(1, abs(x)) for x, y in zip(qa, qb))
+
+
+@pytest.mark.parametrize("rel", [f"{P1126}/{P1126}.vcf.gz", "1kg_2504_peddy/peddy_1kg_2504x23770.vcf.gz"])
+def test_parallel_ingest_equals_sequential(tmp_path, rel, monkeypatch):
+    """Worker processes over BGZF block ranges write the same store as one sequential pass."""
+    import pyarrow.parquet as pq
+
+    from genofed.connectors import parallel
+
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 0)
+    vcf = need(shared_data() / rel)
+    ingest(tmp_path / "seq", vcf, workers=1)
+    ingest(tmp_path / "par", vcf, workers=3)
+    a, b = NodeStore(tmp_path / "seq"), NodeStore(tmp_path / "par")
+    assert a.manifest.n_variants == b.manifest.n_variants
+    assert np.array_equal(np.asarray(a.planes), np.asarray(b.planes))
+    assert np.array_equal(a.complete, b.complete)
+    assert pq.read_table(a.variants_path).equals(pq.read_table(b.variants_path))
+    assert not list((tmp_path / "par").glob("*/part*"))
+
+
+def test_parallel_ingest_error_falls_back_to_exact_message(tmp_path, monkeypatch):
+    import subprocess
+
+    from genofed.connectors import parallel
+
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 0)
+    src = need(shared_data() / P1126 / f"{P1126}.vcf.gz")
+    with gzip.open(src, "rt") as fh:
+        lines = fh.read().splitlines(True)
+    bad_at = len(lines) - 3000
+    fields = lines[bad_at].split("\t")
+    fields[1] = "12x"
+    lines[bad_at] = "\t".join(fields)
+    plain = tmp_path / "bad.vcf"
+    plain.write_text("".join(lines))
+    subprocess.run(["bgzip", "-f", str(plain)], check=True)
+    with pytest.raises(IngestError, match=rf"bad\.vcf\.gz:{bad_at + 1}, column 2 \(POS\): '12x' is not a positive integer"):
+        ingest(tmp_path / "st", tmp_path / "bad.vcf.gz", workers=3)
+    assert not (tmp_path / "st" / "current").exists()
