@@ -127,7 +127,7 @@ def task_ingest(a: dict) -> dict:
     rss0 = cur_rss_mb()
     t1 = time.perf_counter()
     with RssSampler() as mem, _Profiler(a.get("profile")):
-        rep = ingest(a["store"], a["vcf"], a["samples"])
+        rep = ingest(a["store"], a["vcf"], a["samples"], workers=a.get("workers"))
     t_ingest = time.perf_counter() - t1
     return {
         "ingest_s": t_ingest,
@@ -137,6 +137,9 @@ def task_ingest(a: dict) -> dict:
         "n_variants": rep.n_variants,
         "rss_before_mb": rss0,
         "peak_rss_mb": peak_rss_mb(),
+        # ingest worker processes (bgzipped VCFs use one per core): the largest one's peak, an
+        # upper bound (forked children also count pages shared with this process)
+        "workers_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0,
         **mem.mb(),
     }
 
