@@ -124,5 +124,3 @@ def _read(planes, sel: np.ndarray, contiguous: bool, want: list[int]) -> np.ndar
     block = np.asarray(planes[int(sel[0]) : int(sel[-1]) + 1] if contiguous else planes[sel])
     return np.ascontiguousarray(block[:, want].transpose(1, 0, 2)).view(np.uint64)
 
-
-from .encoding import encode_planes, pack_planes  # noqa: E402,F401  (re-exported)

@@ -8,8 +8,7 @@ from typing import Any
 import pyarrow as pa
 
 from ..fragment import Fragment
-
-N_COLUMN = "_n"  # distinct samples behind a group, appended by the node
+from ..protocol import N_COLUMN  # noqa: F401  (re-exported for backends)
 
 
 class Backend(ABC):
