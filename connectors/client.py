@@ -42,9 +42,18 @@ class FlightTransport:
             raise self._error(e) from None
 
     def run_fragment(self, sql: str, query_id: str, timeout: float) -> pa.Table:
+        """A plain-mode fragment: the node's partial table itself."""
         try:
             reader = self._client.do_get(flight.Ticket(P.fragment_ticket(sql, query_id)), self._options(timeout))
             return reader.read_all()
+        except flight.FlightError as e:
+            raise self._error(e) from None
+
+    def action(self, kind: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """A JSON request/response action (the secure combine protocols)."""
+        try:
+            results = list(self._client.do_action(flight.Action(kind, json.dumps(body).encode()), self._options(timeout)))
+            return json.loads(results[0].body.to_pybytes()) if results else {}
         except flight.FlightError as e:
             raise self._error(e) from None
 
@@ -56,7 +65,7 @@ class FlightTransport:
             if body.get("code") == P.CODE_DISCLOSURE:
                 err = DisclosureError(f"node {self.name!r} refused: {body.get('reason')}", rule=body.get("rule", "disclosure"))
                 return err  # type: ignore[return-value]
-            return NodeError(self.name, body.get("code", "error"), body.get("reason", ""))
+            return NodeError(body.get("party") or self.name, body.get("code", "error"), body.get("reason", ""))
         if isinstance(e, flight.FlightTimedOutError):
             return NodeError(self.name, "timeout", "did not answer within the timeout")
         if isinstance(e, flight.FlightUnavailableError):

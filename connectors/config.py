@@ -10,6 +10,7 @@ Example::
     [policy]
     min_count = 5              # groups with 1..min_count-1 samples are suppressed
     allow_min_max = false
+    allow_plain = false        # true lets the coordinator see this node's partials (development)
     max_genotype_cells = 200000000
 
     [[researchers]]
@@ -48,6 +49,8 @@ class NodeConfig:
     backend: str = "duckdb"
     min_count: int = DEFAULT_MIN_COUNT
     allow_min_max: bool = False
+    allow_plain: bool = False
+    mpc_host: str = "127.0.0.1"
     max_genotype_cells: int = 200_000_000
     researchers: list[Researcher] = field(default_factory=list)
     path: Path | None = None
@@ -70,7 +73,7 @@ class NodeConfig:
         if not isinstance(node, dict) or "name" not in node:
             raise ConfigError(f"{where}: a [node] table with name = \"...\" is required")
         policy = data.get("policy", {})
-        known = {"min_count", "allow_min_max", "max_genotype_cells"}
+        known = {"min_count", "allow_min_max", "allow_plain", "max_genotype_cells"}
         unknown = set(policy) - known
         if unknown:
             raise ConfigError(f"{where}: unknown [policy] keys {sorted(unknown)}; known: {sorted(known)}")
@@ -93,6 +96,8 @@ class NodeConfig:
             backend=node.get("backend", "duckdb"),
             min_count=min_count,
             allow_min_max=bool(policy.get("allow_min_max", False)),
+            allow_plain=bool(policy.get("allow_plain", False)),
+            mpc_host=str(node.get("mpc_host", "127.0.0.1")),
             max_genotype_cells=int(policy.get("max_genotype_cells", 200_000_000)),
             researchers=researchers,
             path=path,
@@ -100,10 +105,11 @@ class NodeConfig:
 
     def to_toml(self) -> dict[str, Any]:
         return {
-            "node": {"name": self.name, "store": str(self.store), "backend": self.backend},
+            "node": {"name": self.name, "store": str(self.store), "backend": self.backend, "mpc_host": self.mpc_host},
             "policy": {
                 "min_count": self.min_count,
                 "allow_min_max": self.allow_min_max,
+                "allow_plain": self.allow_plain,
                 "max_genotype_cells": self.max_genotype_cells,
             },
             "researchers": [{"name": r.name, "token_sha256": r.token_sha256} for r in self.researchers],

@@ -51,7 +51,7 @@ class FederationConfig:
     name: str
     nodes: list[NodeEntry]
     min_count: int = DEFAULT_MIN_COUNT
-    combine: str = "plain"
+    combine: str = "mpc"
     timeout_s: float = 60.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -73,7 +73,7 @@ class FederationConfig:
             nodes.append(NodeEntry(n["name"], n.get("host", "127.0.0.1"), int(n.get("port", 0)), n["token"], n.get("config", ""), bool(n.get("tls", False))))
         if not nodes:
             raise ConfigError(f"{f}: no [[nodes]]; a federation needs at least one node")
-        combine = fed.get("combine", "plain")
+        combine = fed.get("combine", "mpc")
         if combine not in ("plain", "mpc", "he"):
             raise ConfigError(f"{f}: [federation] combine must be plain, mpc or he, got {combine!r}")
         return cls(f.parent, fed.get("name", f.parent.name), nodes, int(fed.get("min_count", DEFAULT_MIN_COUNT)), combine, float(fed.get("timeout_s", 60.0)))
@@ -112,6 +112,8 @@ def init_federation(
     min_count: int = DEFAULT_MIN_COUNT,
     node_min_count: int | None = None,
     allow_min_max: bool = False,
+    allow_plain: bool = False,
+    combine: str = "mpc",
     progress: bool = False,
 ) -> FederationConfig:
     """Split a cohort over node stores and write ``ROOT/federation.toml``.
@@ -123,7 +125,13 @@ def init_federation(
         samples are dealt round-robin over ``n_nodes`` nodes named ``node_1..``.
     min_count
         Federation-wide minimum count, also each node's own unless ``node_min_count`` is given.
+    allow_plain
+        Write node policies that allow ``combine='plain'`` (development and testing only).
+    combine
+        The federation's default combine mode (``mpc``, ``he`` or ``plain``).
     """
+    if combine == "plain" and not allow_plain:
+        raise ConfigError("combine='plain' as the default needs node policies that allow it: pass allow_plain=True (development only)")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     sheet = read_sample_sheet(samples)
@@ -156,11 +164,12 @@ def init_federation(
             store=Path("store"),
             min_count=node_min_count if node_min_count is not None else min_count,
             allow_min_max=allow_min_max,
+            allow_plain=allow_plain,
             researchers=[Researcher("researcher", hash_token(token))],
         )
         (ndir / "node.toml").write_text(tomli_w.dumps(cfg.to_toml()))
         entries.append(NodeEntry(name, token=token, config=f"{name}/node.toml"))
-    fed = FederationConfig(root, root.name, entries, min_count=min_count)
+    fed = FederationConfig(root, root.name, entries, min_count=min_count, combine=combine)
     fed.save()
     return fed
 

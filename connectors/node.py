@@ -22,7 +22,7 @@ import pyarrow.flight as flight
 from genofed.engine import protocol as P
 from genofed.engine.backends.base import Backend
 from genofed.engine.combine import narrow_integers
-from genofed.engine.errors import DisclosureError, FragmentError, GenofedError
+from genofed.engine.errors import DisclosureError, FragmentError, GenofedError, NodeError
 from genofed.engine.fragment import validate_fragment
 from genofed.engine.schema import Catalog
 from genofed.genomics.store import NodeStore
@@ -83,6 +83,7 @@ class NodeServer(flight.FlightServerBase):
         # validation depends only on the SQL text, this node's catalog and its policy, all fixed
         # for the server's lifetime: repeated fragments are validated once
         self._validate = functools.lru_cache(maxsize=256)(self._validate_uncached)
+        self._mpc: Any = None  # NodeSessions, created on the first MPC query
 
     def _validate_uncached(self, sql: str):
         return validate_fragment(sql, self.catalog, allow_min_max=self.config.allow_min_max)
@@ -93,7 +94,13 @@ class NodeServer(flight.FlightServerBase):
 
     # -- actions ---------------------------------------------------------------------------
     def list_actions(self, context):
-        return [(P.ACTION_CATALOG, "tables and columns this node exposes"), (P.ACTION_PING, "liveness")]
+        return [
+            (P.ACTION_CATALOG, "tables and columns this node exposes"),
+            (P.ACTION_PING, "liveness"),
+            (P.ACTION_MPC_PREPARE, "run a fragment and start this node's MPC party"),
+            (P.ACTION_MPC_RUN, "run the MPC protocol for a prepared fragment"),
+            (P.ACTION_MPC_ABORT, "drop a prepared fragment"),
+        ]
 
     def do_action(self, context, action):
         kind = action.type
@@ -103,9 +110,70 @@ class NodeServer(flight.FlightServerBase):
             body = dict(self.backend.catalog())
             body["node"] = self.config.name
             body["min_count"] = self.config.min_count
+            body["allow_plain"] = self.config.allow_plain
             yield flight.Result(json.dumps(body).encode())
+        elif kind in (P.ACTION_MPC_PREPARE, P.ACTION_MPC_RUN, P.ACTION_MPC_ABORT):
+            body = self._json_body(action)
+            yield flight.Result(json.dumps(self._mpc_action(kind, body, self._researcher(context))).encode())
         else:
             raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, f"unknown action {kind!r}"))
+
+    @staticmethod
+    def _json_body(action) -> dict[str, Any]:
+        try:
+            body = json.loads(action.body.to_pybytes().decode() or "{}")
+            if not isinstance(body, dict) or not isinstance(body.get(P.KEY_QUERY_ID), str):
+                raise ValueError("expected a JSON object with a query_id")
+            return body
+        except (ValueError, UnicodeDecodeError) as e:
+            raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, f"malformed request: {e}")) from None
+
+    def _sessions(self):
+        if self._mpc is None:
+            from genofed.privacy.secure.mpc import NodeSessions
+
+            self._mpc = NodeSessions(host=self.config.mpc_host)
+        return self._mpc
+
+    def _mpc_action(self, kind: str, body: dict[str, Any], researcher: str) -> dict[str, Any]:
+        qid = body[P.KEY_QUERY_ID]
+        if kind == P.ACTION_MPC_ABORT:
+            self._sessions().abort(qid)
+            return {"ok": True}
+        if kind == P.ACTION_MPC_PREPARE:
+            sql = body.get(P.KEY_SQL)
+            if not isinstance(sql, str):
+                raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, "mpc_prepare needs the fragment sql"))
+            frag, table = self._run(sql, qid, researcher)
+            try:
+                addr = self._sessions().prepare(qid, table, list(frag.keys), list(frag.partials), sql)
+            except GenofedError as e:
+                raise flight.FlightServerError(P.encode_error("mpc", str(e))) from None
+            log.info("query %s for %s: MPC party ready with %d groups", qid, researcher, table.num_rows)
+            return addr
+        try:
+            self._sessions().run(qid, body, self.config.name, self.config.min_count)
+        except NodeError as e:
+            raise flight.FlightServerError(P.encode_error(e.node_code, e.reason, party=e.node)) from None
+        except GenofedError as e:
+            raise flight.FlightServerError(P.encode_error("mpc", str(e))) from None
+        log.info("query %s for %s: MPC protocol done", qid, researcher)
+        return {"ok": True}
+
+    def _run(self, sql: str, qid: str, researcher: str):
+        """Validate and execute a fragment, translating errors to wire errors. No suppression:
+        callers apply the rule their combine mode needs."""
+        try:
+            frag = self._validate(sql)
+            return frag, self.backend.execute(frag)
+        except DisclosureError as e:
+            log.info("refused query %s for %s: %s", qid, researcher, e.rule)
+            raise flight.FlightServerError(P.encode_error(P.CODE_DISCLOSURE, str(e), e.rule)) from None
+        except (FragmentError, GenofedError) as e:
+            raise flight.FlightServerError(P.encode_error(P.CODE_FRAGMENT, str(e))) from None
+        except Exception:
+            log.exception("internal error on query %s", qid)
+            raise flight.FlightServerError(P.encode_error(P.CODE_INTERNAL, "internal error at the node; the steward can see it in the node log")) from None
 
     # -- fragments -------------------------------------------------------------------------
     def do_get(self, context, ticket):
@@ -118,18 +186,16 @@ class NodeServer(flight.FlightServerBase):
                 raise ValueError(f"protocol version {req.get(P.KEY_VERSION)} not supported (this node speaks {P.PROTOCOL_VERSION})")
         except (ValueError, UnicodeDecodeError) as e:
             raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, f"malformed ticket: {e}")) from None
-        try:
-            frag = self._validate(req[P.KEY_SQL])
-            table = narrow_integers(self.backend.execute(frag))
-            table, n_suppressed = apply_min_count(table, self.config.min_count, frag.partials)
-        except DisclosureError as e:
-            log.info("refused query %s for %s: %s", req.get(P.KEY_QUERY_ID), researcher, e.rule)
-            raise flight.FlightServerError(P.encode_error(P.CODE_DISCLOSURE, str(e), e.rule)) from None
-        except (FragmentError, GenofedError) as e:
-            raise flight.FlightServerError(P.encode_error(P.CODE_FRAGMENT, str(e))) from None
-        except Exception:
-            log.exception("internal error on query %s", req.get(P.KEY_QUERY_ID))
-            raise flight.FlightServerError(P.encode_error(P.CODE_INTERNAL, "internal error at the node; the steward can see it in the node log")) from None
+        mode = req.get(P.KEY_COMBINE, "plain")
+        if mode != "plain":
+            raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, f"combine mode {mode!r} is not served by do_get; see the mpc_* actions"))
+        if not self.config.allow_plain:
+            raise flight.FlightServerError(P.encode_error(
+                P.CODE_POLICY,
+                "this node's policy does not allow combine='plain' (the coordinator would see this node's partials); use combine='mpc' or 'he'",
+            ))
+        frag, table = self._run(req[P.KEY_SQL], req.get(P.KEY_QUERY_ID, "?"), researcher)
+        table, n_suppressed = apply_min_count(narrow_integers(table), self.config.min_count, frag.partials)
         meta = {
             P.META_NODE: self.config.name.encode(),
             P.META_SUPPRESSED: str(n_suppressed).encode(),
@@ -154,4 +220,8 @@ def serve(config: NodeConfig, host: str = "127.0.0.1", port: int = 0, ready: Any
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     print(f"genofed node {config.name!r} serving {config.store} on grpc://{host}:{server.port}", file=sys.stderr, flush=True)
-    server.serve()
+    try:
+        server.serve()
+    finally:
+        if server._mpc is not None:
+            server._mpc.close()

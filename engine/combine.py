@@ -108,10 +108,8 @@ def _aligned_sum(tables: list[pa.Table], keys: list[str], partials: list[Partial
     return pa.table(out)
 
 
-def get_combiner(mode: str) -> Combiner:
-    """The combiner for a mode name."""
-    if mode == "plain":
-        return PlainCombiner()
-    if mode in ("mpc", "he"):
-        raise CombineError(f"combine mode {mode!r} is not available yet in this version; use combine='plain'")
-    raise CombineError(f"unknown combine mode {mode!r}; choose plain, mpc or he")
+def check_mode(mode: str) -> str:
+    """Validate a combine mode name."""
+    if mode not in ("plain", "mpc", "he"):
+        raise CombineError(f"unknown combine mode {mode!r}; choose plain, mpc or he")
+    return mode

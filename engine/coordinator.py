@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .combine import Combiner, get_combiner, narrow_integers
+from .combine import PlainCombiner, check_mode, narrow_integers
 from .errors import GenofedError, NodeError, PlanningError
 from .planner import COMBINED, Plan, plan_query
 from .protocol import N_COLUMN, SUPPRESSED_COLUMN
@@ -29,6 +29,8 @@ class Transport(Protocol):
     def catalog(self, timeout: float = ...) -> dict[str, Any]: ...
 
     def run_fragment(self, sql: str, query_id: str, timeout: float) -> pa.Table: ...
+
+    def action(self, kind: str, body: dict[str, Any], timeout: float) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -108,7 +110,7 @@ class Coordinator:
         t0 = time.perf_counter()
         plan = self.plan(sql)
         t1 = time.perf_counter()
-        combiner: Combiner = get_combiner(combine or self.default_combine)
+        mode = check_mode(combine or self.default_combine)
         qid = uuid.uuid4().hex[:16]
         targets = self.transports
         if plan.variants_only:
@@ -120,26 +122,40 @@ class Coordinator:
                 )
             targets = self.transports[:1]
         sql_frag = plan.fragment_sql
-        parts = self._fan_out(lambda t: t.run_fragment(sql_frag, qid, self.timeout), targets)
+        combined = self._combine(mode, plan, qid, targets)
         t2 = time.perf_counter()
-        combined = combiner.combine(parts, plan.keys, plan.partials)
         released, suppressed = self._disclosure(combined, plan)
         table = finalize(plan, released)
         t3 = time.perf_counter()
         prov = Provenance(
             query_id=qid,
-            nodes=list(parts),
-            combine=combiner.mode,
+            nodes=[t.name for t in targets],
+            combine=mode,
             min_count=self.min_count,
             suppressed=suppressed,
             suppression_rule=(
                 f"groups with 1 to {self.min_count - 1} samples in the federation, or below a node's own "
                 "minimum count at any node, are suppressed"
             ) if suppressed else "",
-            timings={"plan_s": t1 - t0, "nodes_s": t2 - t1, "combine_finalize_s": t3 - t2},
+            timings={"plan_s": t1 - t0, "nodes_combine_s": t2 - t1, "finalize_s": t3 - t2},
             fragment_sql=sql_frag,
         )
         return QueryResult(table, prov)
+
+    def _combine(self, mode: str, plan: Plan, qid: str, targets: list[Transport]) -> pa.Table:
+        """Partials from every target node, combined in ``mode``: one row per group with keys,
+        partials, ``_n`` and ``_suppressed``."""
+        sql = plan.fragment_sql
+        if mode == "plain":
+            parts = self._fan_out(lambda t: t.run_fragment(sql, qid, self.timeout), targets)
+            return PlainCombiner().combine(parts, plan.keys, plan.partials)
+        if mode == "mpc":
+            from genofed.privacy.secure.mpc import run_mpc
+
+            return narrow_integers(run_mpc(self, targets, sql, qid, self.min_count, self.timeout))
+        from genofed.privacy.secure.he import run_he
+
+        return narrow_integers(run_he(self, targets, sql, qid, self.min_count, self.timeout))
 
     def _disclosure(self, combined: pa.Table, plan: Plan) -> tuple[pa.Table, list[dict[str, Any]]]:
         if combined.num_rows == 0:

@@ -9,6 +9,11 @@ PROTOCOL_VERSION = 1
 
 ACTION_CATALOG = "catalog"
 ACTION_PING = "ping"
+ACTION_MPC_PREPARE = "mpc_prepare"
+ACTION_MPC_RUN = "mpc_run"
+ACTION_MPC_ABORT = "mpc_abort"
+
+COMBINE_MODES = ("plain", "mpc", "he")
 
 TICKET_KIND_FRAGMENT = "fragment"
 
@@ -16,6 +21,7 @@ KEY_VERSION = "v"
 KEY_KIND = "kind"
 KEY_SQL = "sql"
 KEY_QUERY_ID = "query_id"
+KEY_COMBINE = "combine"
 
 AUTH_HEADER = "authorization"
 BEARER = "Bearer "
@@ -38,16 +44,22 @@ CODE_FRAGMENT = "fragment"
 CODE_DISCLOSURE = "disclosure"
 CODE_BAD_REQUEST = "bad_request"
 CODE_INTERNAL = "internal"
+CODE_POLICY = "policy"
 
 
-def fragment_ticket(sql: str, query_id: str) -> bytes:
-    return json.dumps({KEY_VERSION: PROTOCOL_VERSION, KEY_KIND: TICKET_KIND_FRAGMENT, KEY_SQL: sql, KEY_QUERY_ID: query_id}).encode()
+def fragment_ticket(sql: str, query_id: str, combine: str = "plain", **extra: Any) -> bytes:
+    body = {KEY_VERSION: PROTOCOL_VERSION, KEY_KIND: TICKET_KIND_FRAGMENT, KEY_SQL: sql, KEY_QUERY_ID: query_id, KEY_COMBINE: combine}
+    body.update(extra)
+    return json.dumps(body).encode()
 
 
-def encode_error(code: str, reason: str, rule: str | None = None) -> str:
+def encode_error(code: str, reason: str, rule: str | None = None, party: str | None = None) -> str:
+    """``party``: the federation member at fault when it is not the node answering (MPC)."""
     body: dict[str, Any] = {"code": code, "reason": reason}
     if rule:
         body["rule"] = rule
+    if party:
+        body["party"] = party
     return ERROR_PREFIX + json.dumps(body)
 
 

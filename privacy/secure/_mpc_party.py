@@ -1,0 +1,381 @@
+"""One MPC party for one query: ``python -m genofed.privacy.secure._mpc_party``.
+
+This is the only module that imports MPyC. MPyC configures a process-wide runtime from
+``sys.argv`` when it is imported, so every party runs in a process of its own, started per query
+by :mod:`genofed.privacy.secure.mpc` with a clean argument list. Nothing of MPyC's set-up leaks
+into the node server or the researcher's process.
+
+Conversation with the parent, one JSON object per line:
+
+1. the party binds a free loopback port and prints ``{"event": "port", "port": P}`` (party 0,
+   the coordinator, listens on nothing and prints port 0);
+2. the parent writes the session config (all parties' addresses, this party's index, its
+   minimum count, input/output files, a per-query message-authentication secret);
+3. the party runs the protocol and prints ``{"event": "done"}`` or
+   ``{"event": "error", "code": ..., "party": j, "reason": ...}``, naming the party at fault.
+
+The protocol (Shamir secret sharing over prime fields, threshold t = (m-1)//2, passive
+adversary, honest majority):
+
+1. every party announces the plan fingerprint, its lane layout and its minimum count; the
+   threshold is the largest minimum count announced;
+2. node parties send their group keys to the *aligner* (party 1, the first node), which sends
+   back the sorted union to every party;
+3. every node secret-shares its lanes over the union (zeros for groups it does not hold);
+4. the shares are summed; the count test ``n == 0 or n >= threshold`` is evaluated on shares as
+   a public zero test of ``(n-1)(n-2)...(n-threshold+1)`` multiplied by a secret random mask
+   (MPyC's ``np_is_zero_public``), so only the pass/fail bit of each group is opened;
+5. for groups that pass, the NULL/NaN/infinity flags are opened as zero tests, and the value
+   sums are opened to party 0 (the coordinator) alone.
+
+Reals are fixed point: ``round(x * 2**FRAC_BITS)`` per node, so a released real sum is within
+``n_nodes * 2**-(FRAC_BITS+1)`` of the exact sum of the nodes' doubles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+from typing import Any
+
+FRAC_BITS = 32
+BIG_FIELD_BITS = 192  # ints to 2**127 and reals to ~2**150 sum exactly
+SMALL_FIELD_BITS = 64  # counts and flags
+_TAG = 16
+
+_out = None  # the parent's pipe (stdout is redirected to stderr so libraries cannot corrupt it)
+_names: list[str] = []
+_finished = threading.Event()
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    assert _out is not None
+    _out.write(json.dumps(obj) + "\n")
+    _out.flush()
+
+
+def _fail(code: str, party: int | None, reason: str, exit_code: int = 3) -> None:
+    if _finished.is_set():
+        return
+    _finished.set()
+    _emit({"event": "error", "code": code, "party": party, "reason": reason})
+    os._exit(exit_code)
+
+
+def _who(pid: int | None) -> str:
+    if pid is None:
+        return "?"
+    return _names[pid] if 0 <= pid < len(_names) else f"party {pid}"
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class _Liveness:
+    """When each peer was last heard from; blames the quietest peer on a stall."""
+
+    def __init__(self, m: int, pid: int):
+        self.pid = pid
+        self.last: dict[int, float | None] = {j: None for j in range(m) if j != pid}
+
+    def heard(self, j: int | None) -> None:
+        if j is not None:
+            self.last[j] = time.monotonic()
+
+    def stalest(self) -> int:
+        never = [j for j, t in self.last.items() if t is None]
+        if never:
+            return never[0]
+        return min(self.last, key=lambda j: self.last[j])  # type: ignore[arg-type, return-value]
+
+
+def _install_message_checks(asyncoro: Any, secret: bytes, live: _Liveness, fault: str | None) -> None:
+    """Authenticate every MPyC message (HMAC-SHA256, per-query key) and watch peers.
+
+    A message that fails its check ends the query naming the sender; a peer that disconnects
+    before the protocol finished ends it naming that peer.
+    """
+    ME = asyncoro.MessageExchanger
+    corrupt = [fault == "corrupt"]
+
+    def tag(sender: int, receiver: int, pc: int, payload: bytes) -> bytes:
+        return hmac.new(secret, struct.pack("<hhq", sender, receiver, pc) + payload, hashlib.sha256).digest()[:_TAG]
+
+    def send(self, pc, payload):
+        rt = self.runtime
+        payload = bytes(payload)
+        body = payload + tag(rt.pid, self.peer_pid, pc, payload)
+        if corrupt[0] and len(payload) > 0:  # fault injection for tests: tamper in transit
+            body = bytes([body[0] ^ 0x5A]) + body[1:]
+        self.transport.write(struct.pack(f"<qI{len(body)}s", pc, len(body), body))
+        self.nbytes_sent += 12 + len(body)
+
+    def data_received(self, data):
+        self.bytes.extend(data)
+        data = self.bytes
+        rt = self.runtime
+        if self.peer_pid is None:  # handshake: the peer (client) sends its pid and PRSS keys
+            if len(data) < 2:
+                return
+            peer_pid = int.from_bytes(data[:2], "little")
+            if not 0 <= peer_pid < len(rt.parties):
+                _fail("malformed", None, "a connection announced an unknown party index")
+            if not rt.options.no_prss:
+                len_packet = rt._prss_keys_from_peer(peer_pid)
+                if len(data) < len_packet + 2:
+                    return
+            self.peer_pid = peer_pid
+            del data[:2]
+            if not rt.options.no_prss:
+                rt._prss_keys_from_peer(peer_pid, data)
+                del data[:len_packet]
+            rt.set_protocol(self.peer_pid, self)
+        live.heard(self.peer_pid)
+        while len(data) >= 12:
+            pc, size = struct.unpack_from("<qI", data)
+            if len(data) < size + 12:
+                break
+            body = bytes(data[12 : 12 + size])
+            del data[: size + 12]
+            payload, got = body[:-_TAG], body[-_TAG:]
+            if size < _TAG or not hmac.compare_digest(got, tag(self.peer_pid, rt.pid, pc, payload)):
+                _fail("tampered", self.peer_pid, f"a share message from {_who(self.peer_pid)} failed its integrity check (tampered or corrupted in transit)")
+            if pc in self.buffers:
+                self.buffers.pop(pc).set_result(payload)
+            else:
+                self.buffers[pc] = payload
+        self.bytes = data
+
+    def connection_lost(self, exc):
+        if not _finished.is_set():
+            _fail("disconnected", self.peer_pid, f"{_who(self.peer_pid)} disconnected mid-protocol")
+        self.runtime.unset_protocol(self.peer_pid)
+
+    ME.send = send
+    ME.data_received = data_received
+    ME.connection_lost = connection_lost
+
+
+def _ipc(table) -> bytes:
+    import pyarrow as pa
+
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue()
+
+
+def _read_ipc(b: bytes, who: int):
+    import pyarrow as pa
+
+    try:
+        return pa.ipc.open_stream(b).read_all()
+    except (pa.ArrowInvalid, TypeError) as e:
+        _fail("malformed", who, f"{_who(who)} sent a malformed key table: {e}")
+        raise
+
+
+def main() -> None:
+    global _out, _names
+    _out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # anything printed by libraries goes to stderr
+    host = os.environ.get("GENOFED_MPC_HOST", "127.0.0.1")
+    first = json.loads(sys.stdin.readline() or "{}")
+    pid = int(first.get("pid", -1))
+    port = 0 if pid == 0 else _free_port(host)
+    _emit({"event": "port", "port": port})
+    line = sys.stdin.readline()
+    if not line:
+        os._exit(0)  # the parent gave up before the query started
+    cfg = json.loads(line)
+    pid = int(cfg["pid"])
+    _names = list(cfg["names"])
+    parties = list(cfg["parties"])
+    m = len(parties)
+    timeout = float(cfg.get("timeout", 60.0))
+    fault = None
+    spec = os.environ.get("GENOFED_MPC_FAULT", "")
+    if spec and ":" in spec:
+        who, what = spec.split(":", 1)
+        if who == _names[pid]:
+            fault = what
+
+    live = _Liveness(m, pid)
+
+    def watchdog() -> None:
+        if not _finished.wait(timeout):
+            j = live.stalest()
+            _fail("timeout", j, f"{_who(j)} stalled: no progress within {timeout:g} s")
+
+    threading.Thread(target=watchdog, daemon=True).start()
+
+    sys.argv = [sys.argv[0], "--no-log", "-I", str(pid)] + [a for p in parties for a in ("-P", p)]
+    from mpyc import asyncoro
+    from mpyc.runtime import mpc
+
+    _install_message_checks(asyncoro, bytes.fromhex(cfg["secret"]), live, fault)
+    try:
+        mpc.run(_protocol(mpc, cfg, pid, m, fault))
+    except SystemExit:
+        raise
+    except BaseException as e:  # noqa: BLE001  (any failure must reach the parent as an event)
+        _fail("error", pid, f"{_who(pid)} failed: {type(e).__name__}: {e}")
+    _finished.set()
+    _emit({"event": "done"})
+    _out.close()
+    os._exit(0)
+
+
+async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str | None) -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from genofed.privacy.secure import layout as L
+
+    await mpc.start()
+    nodes = list(range(1, m))
+    table = None
+    my_layout = None
+    if pid:
+        table = pa.ipc.open_file(cfg["input"]).read_all()
+        my_layout = L.layout_for(table.schema, cfg["keys"], cfg["partials"]).to_json()
+
+    # 1. public agreement: same plan, same layout; the strictest minimum count wins
+    infos = await mpc.transfer({"plan": cfg["plan"], "layout": my_layout, "k": int(cfg["min_count"])})
+    for j, info in enumerate(infos):
+        if not isinstance(info, dict) or info.get("plan") != cfg["plan"]:
+            _fail("mismatch", j, f"{_who(j)} is running a different query plan")
+    layouts = [infos[j]["layout"] for j in nodes]
+    for j, lay in zip(nodes, layouts):
+        if lay != layouts[0]:
+            _fail("mismatch", j, f"{_who(j)} produced partials of different types than {_who(1)}")
+    layout = L.Layout.from_json(layouts[0])
+    threshold = max(int(info["k"]) for info in infos)
+    keys = layout.keys
+
+    # 2. key alignment through the aligner (party 1)
+    mine = _ipc(L.key_table(table, keys)) if pid and keys else None
+    got = await mpc.transfer(mine, senders=nodes, receivers=[1])
+    ub = None
+    if pid == 1 and keys:
+        ub = _ipc(L.union_keys([_read_ipc(b, j) for j, b in zip(nodes, got)], keys))
+    ub = await mpc.transfer(ub, senders=1)
+    union = _read_ipc(ub, 1) if keys else pa.table({})
+    g = union.num_rows if keys else 1
+
+    big_lanes, small_lanes = layout.value_lanes(), layout.flag_lanes()
+    if g == 0:
+        if pid == 0:
+            _write(cfg["output"], L.assemble(union, layout, np.zeros(0, bool), {la: [] for la in big_lanes}, {la: np.zeros(0, bool) for la in small_lanes}))
+        await mpc.shutdown()
+        return
+
+    secbig = mpc.SecFld(min_order=2**BIG_FIELD_BITS)
+    secsmall = mpc.SecFld(min_order=2**SMALL_FIELD_BITS)
+    fbig, fsmall = secbig.field, secsmall.field
+    pbig = fbig.order
+
+    # 3. secret-share the lanes
+    if pid:
+        aligned = L.align(table, union, keys)
+        lanes = L.lane_values(aligned, layout)
+        big = np.empty((g, len(big_lanes)), dtype=object)
+        for c, lane in enumerate(big_lanes):
+            v = lanes[lane]
+            if lane.kind == L.REAL:
+                v = _fixed_point(v)
+            big[:, c] = [int(x) % pbig for x in v]
+        small = np.stack([lanes[lane] for lane in small_lanes], axis=1).astype(object)
+    else:
+        big = np.zeros((g, len(big_lanes)), dtype=object)
+        small = np.zeros((g, len(small_lanes)), dtype=object)
+    if fault == "die":
+        os._exit(9)
+    if fault == "stall":
+        time.sleep(3600)
+    zb = np.zeros((g, len(big_lanes)), dtype=object)
+    zs = np.zeros((g, len(small_lanes)), dtype=object)
+    tot_b: Any = None
+    tot_s: Any = None
+    for j in nodes:
+        xb = mpc.input(secbig.array(fbig.array(big if pid == j else zb)), senders=j)
+        xs = mpc.input(secsmall.array(fsmall.array(small if pid == j else zs)), senders=j)
+        tot_b = xb if tot_b is None else tot_b + xb
+        tot_s = xs if tot_s is None else tot_s + xs
+
+    # 4. the minimum-count test on shares
+    n = tot_s[:, len(small_lanes) - 1]
+    if threshold > 1:
+        terms = [n - j for j in range(1, threshold)]
+        while len(terms) > 1:
+            nxt = [terms[i] * terms[i + 1] for i in range(0, len(terms) - 1, 2)]
+            if len(terms) % 2:
+                nxt.append(terms[-1])
+            terms = nxt
+        small_group = np.asarray(await mpc.np_is_zero_public(terms[0]), dtype=bool)
+    else:
+        small_group = np.zeros(g, bool)
+    released = ~small_group
+    idx = np.flatnonzero(released)
+
+    # 5. open flags (as zero tests) to all, and value sums to the coordinator alone
+    flags: dict[Any, np.ndarray] = {}
+    sums: dict[Any, Any] = {}
+    if len(idx):
+        flag_cols = tot_s[idx, : len(small_lanes) - 1]
+        zero = np.asarray(await mpc.np_is_zero_public(flag_cols), dtype=bool).reshape(len(idx), len(small_lanes) - 1)
+        for c, lane in enumerate(small_lanes[:-1]):
+            flags[lane] = ~zero[:, c]
+        opened = await mpc.output(tot_b[idx, :], receivers=[0])
+        if pid == 0:
+            vals = np.asarray(opened.value, dtype=object).reshape(len(idx), len(big_lanes))
+            half = pbig // 2
+            for c, lane in enumerate(big_lanes):
+                ints = [int(v) - pbig if int(v) > half else int(v) for v in vals[:, c]]
+                if lane.kind == L.REAL:
+                    sums[lane] = np.array([x / 2**FRAC_BITS for x in ints], np.float64)
+                else:
+                    sums[lane] = ints
+    else:
+        for lane in small_lanes[:-1]:
+            flags[lane] = np.zeros(0, bool)
+        for lane in big_lanes:
+            sums[lane] = []
+    if pid == 0:
+        _write(cfg["output"], L.assemble(union, layout, released, sums, flags))
+    _finished.set()
+    await mpc.shutdown()
+
+
+def _fixed_point(x):
+    import numpy as np
+
+    x = np.asarray(x, np.float64)
+    limit = 2.0 ** (BIG_FIELD_BITS - FRAC_BITS - 24)
+    if np.any(np.abs(x) >= limit):
+        raise ValueError(f"a real partial exceeds the fixed-point range (|x| < 2^{BIG_FIELD_BITS - FRAC_BITS - 24})")
+    return [int(round(float(v) * 2**FRAC_BITS)) for v in x]
+
+
+def _write(path: str, table) -> None:
+    import pyarrow as pa
+
+    tmp = path + ".tmp"
+    with pa.OSFile(tmp, "wb") as f, pa.ipc.new_file(f, table.schema) as w:
+        w.write_table(table)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""What the secure combine modes add up: a public *lane layout* over a node's partial table, and
+key alignment.
+
+A node's partial table has group keys, partial aggregates and ``_n`` (distinct samples). The
+secure modes never see it as a table: every node turns it into the same set of numeric vectors
+("lanes"), one value per group of the federation-wide key union, and only sums of lanes are ever
+opened or decrypted.
+
+Lanes per partial:
+
+- ``value``: integers exactly (decimals as their unscaled integer), reals as IEEE doubles with
+  non-finite values replaced by 0;
+- ``valid``: 1 where the node has a non-NULL value, so an all-NULL group stays NULL;
+- for reals, ``nan``, ``posinf``, ``neginf``: 1 where the node's value is that special, so the
+  released sum follows IEEE addition (NaN if any NaN or both infinities).
+
+plus one ``n`` lane (the group's sample count), which drives the minimum-count test.
+
+The layout is derived from the fragment's Arrow schema only (types, never values), so it is
+public and identical at every node; parties compare layout fingerprints before combining.
+
+Key alignment: a group absent at a node contributes zeros (``valid`` = 0). The key union is
+sorted canonically, so its order says nothing about which node contributed which key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from genofed.engine.errors import CombineError
+from genofed.engine.protocol import N_COLUMN, SUPPRESSED_COLUMN
+
+INT, REAL = "int", "real"
+VALUE, VALID, NAN, POSINF, NEGINF, COUNT = "value", "valid", "nan", "posinf", "neginf", "n"
+FLAG_ROLES = (VALID, NAN, POSINF, NEGINF, COUNT)  # small non-negative counts
+_ROW = "_genofed_row"
+
+
+@dataclass(frozen=True)
+class PartialLayout:
+    """One partial column: its name, ``int`` or ``real``, and for ints the decimal scale."""
+
+    name: str
+    kind: str
+    scale: int = 0
+    decimal: bool = False
+
+
+@dataclass(frozen=True)
+class Lane:
+    column: str
+    role: str
+    kind: str  # int or real: how the lane's values are encoded
+
+
+@dataclass
+class Layout:
+    """The public shape of what every node contributes for one query."""
+
+    keys: list[str]
+    partials: list[PartialLayout]
+
+    def lanes(self) -> list[Lane]:
+        out = []
+        for p in self.partials:
+            out.append(Lane(p.name, VALUE, p.kind))
+            out.append(Lane(p.name, VALID, INT))
+            if p.kind == REAL:
+                out += [Lane(p.name, NAN, INT), Lane(p.name, POSINF, INT), Lane(p.name, NEGINF, INT)]
+        out.append(Lane(N_COLUMN, COUNT, INT))
+        return out
+
+    def value_lanes(self) -> list[Lane]:
+        return [lane for lane in self.lanes() if lane.role == VALUE]
+
+    def flag_lanes(self) -> list[Lane]:
+        return [lane for lane in self.lanes() if lane.role != VALUE]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"keys": self.keys, "partials": [asdict(p) for p in self.partials]}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Layout:
+        try:
+            return cls(list(d["keys"]), [PartialLayout(**p) for p in d["partials"]])
+        except (KeyError, TypeError) as e:
+            raise CombineError(f"malformed lane layout: {e}") from None
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def layout_for(schema: pa.Schema, keys: list[str], partials: list[str]) -> Layout:
+    """The lane layout of a partial table's schema. Refuses partial types that cannot be summed
+    exactly or within a documented bound."""
+    out = []
+    for name in partials:
+        if name not in schema.names:
+            raise CombineError(f"partial table has no column {name!r}")
+        t = schema.field(name).type
+        if pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_null(t):
+            out.append(PartialLayout(name, INT))
+        elif pa.types.is_decimal(t):
+            out.append(PartialLayout(name, INT, scale=t.scale, decimal=True))
+        elif pa.types.is_floating(t):
+            out.append(PartialLayout(name, REAL))
+        else:
+            raise CombineError(f"partial {name!r} has type {t}, which the secure combine modes cannot sum")
+    return Layout(list(keys), out)
+
+
+# -- key alignment ---------------------------------------------------------------------------------
+
+def key_table(table: pa.Table, keys: list[str]) -> pa.Table:
+    """The distinct group keys of a partial table (what a node contributes to the key union)."""
+    return table.select(keys).replace_schema_metadata(None)
+
+
+def union_keys(tables: list[pa.Table], keys: list[str]) -> pa.Table:
+    """Sorted distinct union of key tables: the order depends only on the union's contents."""
+    if not keys:
+        return pa.table({})
+    try:
+        union = pa.concat_tables([t.select(keys) for t in tables], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError) as e:
+        raise CombineError(f"node key sets do not agree on key columns or types: {e}") from None
+    con = duckdb.connect()
+    try:
+        con.register("_u", union)
+        cols = ", ".join(f'"{k}"' for k in keys)
+        return con.sql(f"SELECT DISTINCT {cols} FROM _u ORDER BY {', '.join(f'{c} NULLS LAST' for c in cols.split(', '))}").to_arrow_table()
+    finally:
+        con.close()
+
+
+def align(table: pa.Table, union: pa.Table, keys: list[str], n_groups: int | None = None) -> pa.Table:
+    """``table``'s rows in the order of ``union`` (a superset of its keys); absent groups are NULL.
+
+    With no keys the query has one group: a node with no row contributes an all-NULL row.
+    """
+    if not keys:
+        if table.num_rows == 1:
+            return table
+        if table.num_rows == 0:
+            return pa.table({c: pa.nulls(1, table.schema.field(c).type) for c in table.column_names})
+        raise CombineError("a query without GROUP BY returned more than one row at a node")
+    con = duckdb.connect()
+    try:
+        u = union.append_column(_ROW, pa.array(np.arange(union.num_rows, dtype=np.int64)))
+        con.register("_u", u)
+        con.register("_t", table)
+        on = " AND ".join(f'_u."{k}" IS NOT DISTINCT FROM _t."{k}"' for k in keys)
+        others = [c for c in table.column_names if c not in keys]
+        sel = ", ".join([*(f'_u."{k}"' for k in keys), *(f'_t."{c}"' for c in others)])
+        out = con.sql(f"SELECT {sel} FROM _u LEFT JOIN _t ON {on} ORDER BY _u.{_ROW}").to_arrow_table()
+    finally:
+        con.close()
+    if out.num_rows != union.num_rows:
+        raise CombineError("a node's partial table has duplicate group keys")
+    return out
+
+
+# -- lanes -----------------------------------------------------------------------------------------
+
+def lane_values(aligned: pa.Table, layout: Layout) -> dict[Lane, np.ndarray]:
+    """Every lane of an aligned partial table: ints as Python-int object arrays (exact, any
+    size), reals as float64, flags as int64."""
+    out: dict[Lane, np.ndarray] = {}
+    for p in layout.partials:
+        col = aligned.column(p.name)
+        valid = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        if p.kind == INT:
+            if p.decimal:
+                ints = [0 if v is None else int(v.scaleb(p.scale)) for v in col.to_pylist()]
+                vals = np.array(ints, dtype=object)
+            else:
+                vals = pc.fill_null(pc.cast(col, pa.int64()), 0).to_numpy(zero_copy_only=False).astype(object)
+            out[Lane(p.name, VALUE, INT)] = vals
+        else:
+            x = pc.fill_null(pc.cast(col, pa.float64()), 0.0).to_numpy(zero_copy_only=False).astype(np.float64)
+            nan, posinf, neginf = np.isnan(x), np.isposinf(x), np.isneginf(x)
+            out[Lane(p.name, VALUE, REAL)] = np.where(np.isfinite(x), x, 0.0)
+            out[Lane(p.name, NAN, INT)] = (nan & valid).astype(np.int64)
+            out[Lane(p.name, POSINF, INT)] = (posinf & valid).astype(np.int64)
+            out[Lane(p.name, NEGINF, INT)] = (neginf & valid).astype(np.int64)
+        out[Lane(p.name, VALID, INT)] = valid.astype(np.int64)
+    n = aligned.column(N_COLUMN) if N_COLUMN in aligned.column_names else pa.nulls(aligned.num_rows, pa.int64())
+    out[Lane(N_COLUMN, COUNT, INT)] = pc.fill_null(pc.cast(n, pa.int64()), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return {lane: out[lane] for lane in layout.lanes()}
+
+
+def assemble(union: pa.Table, layout: Layout, released: np.ndarray, sums: dict[Lane, Any], flags: dict[Lane, np.ndarray]) -> pa.Table:
+    """The combined table the coordinator finalizes: every key of the union, partials for the
+    released groups (NULL elsewhere), ``_n`` NULL (the count is never opened; the threshold test
+    already ran) and ``_suppressed`` for the rest.
+
+    ``sums[lane]`` holds values for released rows only, in order; ``flags[lane]`` holds, for
+    released rows, whether the lane's federation-wide sum is non-zero.
+    """
+    g = len(released)
+    idx = np.flatnonzero(released)
+    cols: dict[str, pa.Array | pa.ChunkedArray] = {k: union.column(k) for k in layout.keys}
+    for p in layout.partials:
+        nonnull = np.zeros(g, bool)
+        nonnull[idx] = flags[Lane(p.name, VALID, INT)]
+        v = sums[Lane(p.name, VALUE, p.kind)]
+        if p.kind == INT:
+            full: list[int | None] = [None] * g
+            for j, i in enumerate(idx):
+                if nonnull[i]:
+                    full[int(i)] = int(v[j])
+            if p.decimal:
+                import decimal
+
+                arr = pa.array([None if x is None else decimal.Decimal(x).scaleb(-p.scale) for x in full], pa.decimal128(38, p.scale))
+            else:
+                arr = _int_array(full)
+        else:
+            x = np.zeros(g, np.float64)
+            x[idx] = np.asarray(v, np.float64)
+            nan = np.zeros(g, bool)
+            pos = np.zeros(g, bool)
+            neg = np.zeros(g, bool)
+            nan[idx] = flags[Lane(p.name, NAN, INT)]
+            pos[idx] = flags[Lane(p.name, POSINF, INT)]
+            neg[idx] = flags[Lane(p.name, NEGINF, INT)]
+            x = np.where(pos, np.inf, x)
+            x = np.where(neg, -np.inf, x)
+            x = np.where(nan | (pos & neg), np.nan, x)
+            arr = pa.array(x, mask=~nonnull)
+        cols[p.name] = arr
+    cols[N_COLUMN] = pa.nulls(g, pa.int64())
+    cols[SUPPRESSED_COLUMN] = pa.array(~released)
+    return pa.table(cols)
+
+
+def _int_array(vals: list[int | None]) -> pa.Array:
+    try:
+        return pa.array(vals, pa.int64())
+    except (OverflowError, pa.ArrowInvalid):
+        import decimal
+
+        return pa.array([None if v is None else decimal.Decimal(v) for v in vals], pa.decimal128(38, 0))
+
+
+def small_groups(n: np.ndarray, min_count: int) -> np.ndarray:
+    """The rule the secure modes enforce on federation-wide counts (same as plain): groups with
+    1..min_count-1 samples are suppressed; zero-sample groups are not disclosive."""
+    n = np.asarray(n)
+    return (n > 0) & (n < min_count)

@@ -1,0 +1,339 @@
+"""MPC combine (MPyC): the adapter the coordinator and the node server use.
+
+Each query runs one MPyC party process per node plus one for the coordinator (party 0), started
+fresh with a clean ``sys.argv`` (see :mod:`genofed.privacy.secure._mpc_party`, the only module
+that imports MPyC). Ports are negotiated per query: each node party binds a free port and the
+node reports it to the coordinator, which hands every party the full address list.
+
+Message flow for one query:
+
+1. coordinator -> every node: ``mpc_prepare`` (fragment SQL). The node validates and runs the
+   fragment, starts its party and answers with the party's address. No partial leaves the node.
+2. coordinator -> every node: ``mpc_run`` (addresses, party index, per-query MAC secret). The
+   node gives its party the partial table *through a private file* and waits for the protocol.
+3. the parties run the protocol; the coordinator's party writes the released groups.
+
+What each participant learns is documented in ``docs/secure-combine.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from genofed.engine.errors import CombineError, NodeError
+
+PARTY_MODULE = "genofed.privacy.secure._mpc_party"
+COORDINATOR_NAME = "coordinator"
+
+
+def plan_fingerprint(fragment_sql: str) -> str:
+    """What parties compare to be sure they run the same query."""
+    return hashlib.sha256(fragment_sql.encode()).hexdigest()[:16]
+
+
+class PartyProcess:
+    """One spawned MPC party: start it, learn its port, configure it, wait for its verdict."""
+
+    def __init__(self, pid: int, workdir: Path):
+        self.pid = pid
+        self.workdir = workdir
+        self._log = open(workdir / f"party{pid}.log", "wb")  # noqa: SIM115 (closed in close())
+        env = dict(os.environ)
+        env.setdefault("PYTHONHASHSEED", "0")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", PARTY_MODULE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env=env,
+            start_new_session=True,
+        )
+        self._events: queue.Queue[dict[str, Any]] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self._send({"pid": pid})
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self._events.put(json.loads(line))
+            except ValueError:
+                continue
+        self._events.put({"event": "exit", "code": self.proc.wait()})
+
+    def _send(self, obj: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write((json.dumps(obj) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass
+
+    def next_event(self, timeout: float) -> dict[str, Any] | None:
+        try:
+            return self._events.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return None
+
+    def port(self, timeout: float) -> int:
+        ev = self.next_event(timeout)
+        if ev is None or ev.get("event") != "port":
+            raise CombineError(f"MPC party {self.pid} did not start: {self.log_tail() or ev}")
+        return int(ev["port"])
+
+    def start(self, cfg: dict[str, Any]) -> None:
+        self._send(cfg)
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+
+    def log_tail(self, n: int = 400) -> str:
+        try:
+            self._log.flush()
+            return (self.workdir / f"party{self.pid}.log").read_bytes()[-n:].decode(errors="replace").strip()
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, 9)
+            except (ProcessLookupError, PermissionError):
+                self.proc.kill()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def close(self) -> None:
+        self.kill()
+        self._log.close()
+
+
+# -- node side -------------------------------------------------------------------------------------
+
+@dataclass
+class _Session:
+    party: PartyProcess
+    workdir: Path
+    input: Path
+    keys: list[str]
+    partials: list[str]
+    plan: str
+    created: float = field(default_factory=time.monotonic)
+
+
+class NodeSessions:
+    """A node's MPC sessions: one per query, expiring after ``ttl`` seconds."""
+
+    def __init__(self, ttl: float = 600.0, host: str = "127.0.0.1"):
+        self.ttl = ttl
+        self.host = host
+        self._sessions: dict[str, _Session] = {}
+        self._lock = threading.Lock()
+
+    def prepare(self, query_id: str, table: pa.Table, keys: list[str], partials: list[str], fragment_sql: str) -> dict[str, Any]:
+        """Hold a partial table for ``query_id`` and start its party; returns the party's address."""
+        self._expire()
+        workdir = Path(tempfile.mkdtemp(prefix="genofed-mpc-"))
+        os.chmod(workdir, 0o700)
+        path = workdir / "partials.arrow"
+        with pa.OSFile(str(path), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
+            w.write_table(table)
+        party = PartyProcess(-1, workdir)  # index assigned by the coordinator in run()
+        try:
+            port = party.port(timeout=30)
+        except CombineError:
+            party.close()
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        with self._lock:
+            old = self._sessions.pop(query_id, None)
+            self._sessions[query_id] = _Session(party, workdir, path, keys, partials, plan_fingerprint(fragment_sql))
+        if old:
+            self._close(old)
+        return {"host": self.host, "port": port}
+
+    def run(self, query_id: str, body: dict[str, Any], node_name: str, min_count: int) -> None:
+        """Run the protocol for a prepared query; raises :class:`CombineError` naming the party
+        at fault if it fails."""
+        with self._lock:
+            s = self._sessions.pop(query_id, None)
+        if s is None:
+            raise CombineError(f"no prepared MPC session for query {query_id} (expired or never prepared)")
+        try:
+            names = [str(x) for x in body["names"]]
+            pid = int(body["pid"])
+            if names[pid] != node_name:
+                raise CombineError(f"the coordinator assigned party {pid} to {names[pid]!r}, not to this node")
+            timeout = float(body.get("timeout", 60.0))
+            cfg = {
+                "pid": pid,
+                "parties": [str(p) for p in body["parties"]],
+                "names": names,
+                "secret": str(body["secret"]),
+                "timeout": timeout,
+                "plan": s.plan,  # this node's own view of the query, not the coordinator's
+                "keys": s.keys,
+                "partials": s.partials,
+                "min_count": min_count,  # this node's own policy, not the coordinator's
+                "input": str(s.input),
+            }
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            self._close(s)
+            raise CombineError(f"malformed mpc_run request: {e}") from None
+        try:
+            s.party.start(cfg)
+            verdict = _await_verdict(s.party, timeout + 5.0)
+        finally:
+            self._close(s)
+        if verdict.get("event") != "done":
+            j = verdict.get("party")
+            culprit = names[j] if isinstance(j, int) and 0 <= j < len(names) else node_name
+            raise NodeError(culprit, str(verdict.get("code", "mpc")), str(verdict.get("reason", "MPC failed")))
+
+    def abort(self, query_id: str) -> None:
+        with self._lock:
+            s = self._sessions.pop(query_id, None)
+        if s:
+            self._close(s)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            old = [q for q, s in self._sessions.items() if now - s.created > self.ttl]
+            gone = [self._sessions.pop(q) for q in old]
+        for s in gone:
+            self._close(s)
+
+    def _close(self, s: _Session) -> None:
+        s.party.close()
+        shutil.rmtree(s.workdir, ignore_errors=True)
+
+    def close(self) -> None:
+        with self._lock:
+            gone = list(self._sessions.values())
+            self._sessions.clear()
+        for s in gone:
+            self._close(s)
+
+
+def _await_verdict(party: PartyProcess, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        ev = party.next_event(deadline - time.monotonic())
+        if ev is None:
+            return {"event": "error", "code": "timeout", "party": None, "reason": "the MPC party did not finish in time"}
+        if ev.get("event") in ("done", "error"):
+            return ev
+        if ev.get("event") == "exit":
+            return {"event": "error", "code": "crashed", "party": None, "reason": f"the MPC party exited with code {ev.get('code')}: {party.log_tail()}"}
+
+
+# -- coordinator side ------------------------------------------------------------------------------
+
+def run_mpc(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: str, min_count: int, timeout: float) -> pa.Table:
+    """Run one query under MPC; returns the combined table (keys, released partials,
+    ``_n`` NULL, ``_suppressed``). Raises :class:`NodeError` naming the node at fault."""
+    workdir = Path(tempfile.mkdtemp(prefix="genofed-mpc-coord-"))
+    os.chmod(workdir, 0o700)
+    me = PartyProcess(0, workdir)
+    names = [COORDINATOR_NAME, *(t.name for t in targets)]
+    prepared: dict[str, Any] = {}
+    try:
+        body = {"sql": fragment_sql, "query_id": query_id}
+        prepared = coordinator._fan_out(lambda t: t.action("mpc_prepare", body, timeout), targets)
+        me.port(timeout=30)
+        parties = ["127.0.0.1:0"] + [f"{prepared[t.name]['host']}:{int(prepared[t.name]['port'])}" for t in targets]
+        secret = secrets.token_hex(32)
+        out = workdir / "combined.arrow"
+        me.start({
+            "pid": 0, "parties": parties, "names": names, "secret": secret, "timeout": timeout,
+            "plan": plan_fingerprint(fragment_sql), "keys": [], "partials": [], "min_count": min_count,
+            "output": str(out),
+        })
+        futures = {}
+        for i, t in enumerate(targets, start=1):
+            run_body = {"query_id": query_id, "pid": i, "parties": parties, "names": names, "secret": secret, "timeout": timeout}
+            futures[coordinator._pool.submit(t.action, "mpc_run", run_body, timeout + 15.0)] = t
+        verdict = _await_coordinator(me, futures, timeout + 10.0)
+        if verdict.get("event") != "done":
+            j = verdict.get("party")
+            who = verdict.get("node") or (names[j] if isinstance(j, int) and 0 < j < len(names) else None)
+            if who:
+                raise NodeError(who, str(verdict.get("code", "mpc")), f"secure combine aborted, nothing was opened: {verdict.get('reason')}")
+            raise CombineError(f"secure combine failed at the coordinator's party: {verdict.get('reason')}")
+        for fut in futures:  # surface a node-side failure even if the coordinator finished
+            try:
+                fut.result(timeout=max(1.0, timeout / 4))
+            except Exception:  # noqa: BLE001  (the release already happened under the protocol)
+                pass
+        return pa.ipc.open_file(str(out)).read_all()
+    except BaseException:
+        for t in targets:
+            if t.name in prepared:
+                coordinator._pool.submit(_quiet_abort, t, query_id)
+        raise
+    finally:
+        me.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _quiet_abort(t: Any, query_id: str) -> None:
+    try:
+        t.action("mpc_abort", {"query_id": query_id}, 5.0)
+    except Exception:  # noqa: BLE001  (best effort: sessions also expire)
+        pass
+
+
+_PRIORITY = {"tampered": 0, "mismatch": 1, "malformed": 1, "crashed": 2, "error": 3, "unavailable": 4, "disconnected": 5, "timeout": 6}
+
+
+def _await_coordinator(me: PartyProcess, futures: dict[Any, Any], timeout: float) -> dict[str, Any]:
+    """Wait for the coordinator's party. On failure, gather every diagnosis that arrives within a
+    moment (the coordinator's party and the nodes') and return the most specific: a party that
+    sent a tampered message is named over one that merely disconnected after detecting it."""
+    deadline = time.monotonic() + timeout
+    verdicts: list[dict[str, Any]] = []
+    settle: float | None = None
+    seen: set[Any] = set()
+    while True:
+        ev = me.next_event(0.05)
+        if ev is not None:
+            if ev.get("event") == "done":
+                return ev
+            if ev.get("event") == "error":
+                verdicts.append(ev)
+            elif ev.get("event") == "exit":
+                verdicts.append({"event": "error", "code": "crashed", "party": 0, "reason": f"the coordinator's party exited ({ev.get('code')}): {me.log_tail()}"})
+        for fut, t in futures.items():
+            if fut in seen or not fut.done() or fut.exception() is None:
+                continue
+            seen.add(fut)
+            e = fut.exception()
+            node = getattr(e, "node", t.name)
+            verdicts.append({"event": "error", "code": getattr(e, "node_code", "error"), "node": node, "reason": getattr(e, "reason", str(e))})
+        now = time.monotonic()
+        if verdicts and settle is None:
+            settle = now + 1.5
+        if settle is not None and (now >= settle or any(v.get("code") == "tampered" for v in verdicts)):
+            return min(verdicts, key=lambda v: _PRIORITY.get(str(v.get("code")), 3))
+        if now > deadline:
+            return {"event": "error", "code": "timeout", "party": None, "reason": "the protocol did not finish in time"}
