@@ -49,6 +49,14 @@ class FlightTransport:
         except flight.FlightError as e:
             raise self._error(e) from None
 
+    def run_he(self, sql: str, query_id: str, key_id: str, timeout: float) -> pa.Table:
+        """An HE-mode fragment: the node's lanes as ciphertexts (schema metadata: layout, groups)."""
+        try:
+            ticket = P.fragment_ticket(sql, query_id, "he", key_id=key_id, timeout=timeout)
+            return self._client.do_get(flight.Ticket(ticket), self._options(timeout + 10.0)).read_all()
+        except flight.FlightError as e:
+            raise self._error(e) from None
+
     def action(self, kind: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         """A JSON request/response action (the secure combine protocols)."""
         try:

@@ -16,6 +16,10 @@ Example::
     [[researchers]]
     name = "alice"
     token_sha256 = "<sha256 hex of alice's token>"
+
+    [keyholder]                # needed for combine = "he" only
+    location = "grpc://keys.example.org:8815"   # or port_file = "..." for local federations
+    token = "<this node's token at the key holder>"
 """
 
 from __future__ import annotations
@@ -53,7 +57,23 @@ class NodeConfig:
     mpc_host: str = "127.0.0.1"
     max_genotype_cells: int = 200_000_000
     researchers: list[Researcher] = field(default_factory=list)
+    keyholder: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
+
+    def keyholder_location(self) -> str:
+        """Where this node's key holder listens; raises :class:`ConfigError` if none is set."""
+        kh = self.keyholder
+        if "location" in kh:
+            return kh["location"]
+        if "port_file" in kh:
+            f = Path(kh["port_file"])
+            if not f.is_absolute() and self.path is not None:
+                f = self.path.parent / f
+            try:
+                return f"grpc://{kh.get('host', '127.0.0.1')}:{int(f.read_text().strip())}"
+            except (OSError, ValueError):
+                raise ConfigError(f"the key holder is not running (no port in {f})") from None
+        raise ConfigError(f"node {self.name!r} has no [keyholder] in its config, so it cannot take part in combine='he'; add location and token")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> NodeConfig:
@@ -87,6 +107,9 @@ class NodeConfig:
             researchers.append(Researcher(r["name"], r["token_sha256"].lower()))
         if not researchers:
             raise ConfigError(f"{where}: no [[researchers]]: nobody could query this node; add one with a token_sha256")
+        keyholder = data.get("keyholder", {})
+        if keyholder and ("token" not in keyholder or not ({"location", "port_file"} & set(keyholder))):
+            raise ConfigError(f"{where}: [keyholder] needs token and location (or port_file)")
         store = Path(node.get("store", "store"))
         if not store.is_absolute():
             store = base / store
@@ -100,6 +123,7 @@ class NodeConfig:
             mpc_host=str(node.get("mpc_host", "127.0.0.1")),
             max_genotype_cells=int(policy.get("max_genotype_cells", 200_000_000)),
             researchers=researchers,
+            keyholder={k: str(v) for k, v in keyholder.items()},
             path=path,
         )
 
@@ -113,4 +137,5 @@ class NodeConfig:
                 "max_genotype_cells": self.max_genotype_cells,
             },
             "researchers": [{"name": r.name, "token_sha256": r.token_sha256} for r in self.researchers],
+            **({"keyholder": dict(self.keyholder)} if self.keyholder else {}),
         }

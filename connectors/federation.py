@@ -28,6 +28,7 @@ from .config import NodeConfig, Researcher, hash_token
 from .ingest import _read_table, ingest, normalise_name, read_clinical, read_sample_sheet
 
 FEDERATION_FILE = "federation.toml"
+KEYHOLDER_DIR = "keyholder"
 
 
 @dataclass
@@ -53,7 +54,16 @@ class FederationConfig:
     min_count: int = DEFAULT_MIN_COUNT
     combine: str = "mpc"
     timeout_s: float = 60.0
+    keyholder: dict[str, Any] = field(default_factory=dict)  # host, port, token, config
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def keyholder_location(self) -> str | None:
+        """Where the key holder listens (None when the federation has none)."""
+        kh = self.keyholder
+        if not kh:
+            return None
+        port = int(kh.get("port", 0)) or _read_port(self.root, KEYHOLDER_DIR, what="key holder")
+        return f"grpc://{kh.get('host', '127.0.0.1')}:{port}"
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> FederationConfig:
@@ -76,7 +86,12 @@ class FederationConfig:
         combine = fed.get("combine", "mpc")
         if combine not in ("plain", "mpc", "he"):
             raise ConfigError(f"{f}: [federation] combine must be plain, mpc or he, got {combine!r}")
-        return cls(f.parent, fed.get("name", f.parent.name), nodes, int(fed.get("min_count", DEFAULT_MIN_COUNT)), combine, float(fed.get("timeout_s", 60.0)))
+        kh = data.get("keyholder", {})
+        if kh and "token" not in kh:
+            raise ConfigError(f"{f}: [keyholder] needs a token (and host/port, or config for a local key holder)")
+        if combine == "he" and not kh:
+            raise ConfigError(f"{f}: combine = \"he\" needs a [keyholder] table")
+        return cls(f.parent, fed.get("name", f.parent.name), nodes, int(fed.get("min_count", DEFAULT_MIN_COUNT)), combine, float(fed.get("timeout_s", 60.0)), dict(kh))
 
     def save(self) -> Path:
         data = {
@@ -86,6 +101,8 @@ class FederationConfig:
                 for n in self.nodes
             ],
         }
+        if self.keyholder:
+            data["keyholder"] = dict(self.keyholder)
         path = self.root / FEDERATION_FILE
         tmp = path.with_suffix(".tmp")
         tmp.write_text(tomli_w.dumps(data))
@@ -93,12 +110,12 @@ class FederationConfig:
         return path
 
 
-def _read_port(root: Path, node: str) -> int:
-    f = root / node / "node.port"
+def _read_port(root: Path, node: str, what: str = "node") -> int:
+    f = root / node / f"{'keyholder' if what == 'key holder' else 'node'}.port"
     try:
         return int(f.read_text().strip())
     except (OSError, ValueError):
-        raise NodeError(node, "unavailable", f"not running (no port in {f}); start it with 'genofed federation up {root}'") from None
+        raise NodeError(node, "unavailable", f"{what} not running (no port in {f}); start it with 'genofed federation up {root}'") from None
 
 
 def init_federation(
@@ -152,6 +169,8 @@ def init_federation(
     node_names = sorted({v for v in assign.values() if v})
     clin_tables = {normalise_name(k): read_clinical(v) for k, v in (clinical or {}).items()}
     token = secrets.token_urlsafe(24)
+    kh_clients = [{"name": "researcher", "role": "coordinator", "token_sha256": hash_token(token)}]
+    (root / KEYHOLDER_DIR).mkdir(exist_ok=True)
     entries = []
     for name in node_names:
         members = pa.array([s for s, n in assign.items() if n == name], pa.string())
@@ -166,10 +185,14 @@ def init_federation(
             allow_min_max=allow_min_max,
             allow_plain=allow_plain,
             researchers=[Researcher("researcher", hash_token(token))],
+            keyholder={"port_file": f"../{KEYHOLDER_DIR}/keyholder.port", "token": (kh_token := secrets.token_urlsafe(24))},
         )
+        kh_clients.append({"name": name, "role": "node", "token_sha256": hash_token(kh_token)})
         (ndir / "node.toml").write_text(tomli_w.dumps(cfg.to_toml()))
         entries.append(NodeEntry(name, token=token, config=f"{name}/node.toml"))
-    fed = FederationConfig(root, root.name, entries, min_count=min_count, combine=combine)
+    (root / KEYHOLDER_DIR / "keyholder.toml").write_text(tomli_w.dumps({"keyholder": {"name": f"{root.name}-keys"}, "clients": kh_clients}))
+    fed = FederationConfig(root, root.name, entries, min_count=min_count, combine=combine,
+                           keyholder={"token": token, "config": f"{KEYHOLDER_DIR}/keyholder.toml"})
     fed.save()
     return fed
 
@@ -191,6 +214,8 @@ def up(root: str | os.PathLike[str], timeout: float = 60.0) -> dict[str, int]:
     fed = FederationConfig.load(root)
     root = fed.root
     procs: dict[str, subprocess.Popen] = {}
+    if fed.keyholder.get("config"):
+        _start_keyholder(fed, timeout)
     for n in fed.nodes:
         ndir = root / n.name
         pidf = ndir / "node.pid"
@@ -229,13 +254,47 @@ def up(root: str | os.PathLike[str], timeout: float = 60.0) -> dict[str, int]:
     return ports
 
 
+def _start_keyholder(fed: FederationConfig, timeout: float) -> None:
+    from genofed.privacy.secure.keyholder import KeyHolderClient
+
+    kdir = fed.root / KEYHOLDER_DIR
+    pidf = kdir / "keyholder.pid"
+    if pidf.exists() and _alive(int(pidf.read_text() or 0)):
+        return
+    (kdir / "keyholder.port").unlink(missing_ok=True)
+    log = open(kdir / "keyholder.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "genofed.cli", "keyholder", "serve", "--config", str(fed.root / fed.keyholder["config"]),
+         "--host", fed.keyholder.get("host", "127.0.0.1"), "--port", str(fed.keyholder.get("port", 0)),
+         "--port-file", str(kdir / "keyholder.port")],
+        stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    pidf.write_text(str(proc.pid))
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise NodeError("keyholder", "start_failed", f"key holder exited with code {proc.returncode}; see {kdir / 'keyholder.log'}")
+        try:
+            loc = fed.keyholder_location()
+            c = KeyHolderClient(str(loc), fed.keyholder["token"])
+            c.public_keys(timeout=2.0)
+            c.close()
+            return
+        except GenofedError:
+            if time.monotonic() > deadline:
+                raise NodeError("keyholder", "start_failed", f"did not answer within {timeout:g} s; see {kdir / 'keyholder.log'}") from None
+            time.sleep(0.1)
+
+
 def down(root: str | os.PathLike[str], timeout: float = 10.0) -> list[str]:
-    """Stop the node servers ``up`` started. Returns the nodes stopped."""
+    """Stop the node servers (and the local key holder) ``up`` started. Returns what was stopped."""
     fed = FederationConfig.load(root)
     stopped = []
-    for n in fed.nodes:
-        ndir = fed.root / n.name
-        pidf = ndir / "node.pid"
+    services = [(n.name, fed.root / n.name, "node") for n in fed.nodes]
+    if fed.keyholder.get("config"):
+        services.append((KEYHOLDER_DIR, fed.root / KEYHOLDER_DIR, "keyholder"))
+    for name, ndir, kind in services:
+        pidf = ndir / f"{kind}.pid"
         if not pidf.exists():
             continue
         try:
@@ -251,9 +310,9 @@ def down(root: str | os.PathLike[str], timeout: float = 10.0) -> list[str]:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
             _reap(pid)
-            stopped.append(n.name)
+            stopped.append(name)
         pidf.unlink(missing_ok=True)
-        (ndir / "node.port").unlink(missing_ok=True)
+        (ndir / f"{kind}.port").unlink(missing_ok=True)
     return stopped
 
 

@@ -84,6 +84,7 @@ class NodeServer(flight.FlightServerBase):
         # for the server's lifetime: repeated fragments are validated once
         self._validate = functools.lru_cache(maxsize=256)(self._validate_uncached)
         self._mpc: Any = None  # NodeSessions, created on the first MPC query
+        self._kh: Any = None  # KeyHolderClient, created on the first HE query
 
     def _validate_uncached(self, sql: str):
         return validate_fragment(sql, self.catalog, allow_min_max=self.config.allow_min_max)
@@ -160,6 +161,45 @@ class NodeServer(flight.FlightServerBase):
         log.info("query %s for %s: MPC protocol done", qid, researcher)
         return {"ok": True}
 
+    def _he(self, req: dict[str, Any], researcher: str):
+        """combine='he': align keys through the key holder, encrypt every lane under its public
+        keys, and return only ciphertexts."""
+        from genofed.privacy.secure import he as H
+        from genofed.privacy.secure import layout as L
+
+        qid = str(req.get(P.KEY_QUERY_ID, "?"))
+        timeout = float(req.get("timeout", 60.0))
+        frag, table = self._run(req[P.KEY_SQL], qid, researcher)
+        try:
+            kh = self._keyholder()
+            keys = kh.public_keys()
+            if req.get("key_id") != keys.key_id:
+                kh._keys = None
+                keys = kh.public_keys()
+                if req.get("key_id") != keys.key_id:
+                    raise GenofedError("the coordinator's key holder is not this node's key holder (key ids differ); refusing to encrypt")
+            layout = L.layout_for(table.schema, list(frag.keys), list(frag.partials))
+            union = kh.align(qid, self.config.min_count, layout, L.key_table(table, layout.keys), timeout)
+            g = union.num_rows
+            aligned = L.align(table, union, layout.keys) if layout.keys else L.align(table, union, [])
+            cts = H.encrypt_lanes(L.lane_values(aligned, layout), layout, keys) if g else H.CT_SCHEMA.empty_table()
+        except NodeError as e:
+            raise flight.FlightServerError(P.encode_error(e.node_code, f"{e.node}: {e.reason}")) from None
+        except GenofedError as e:
+            raise flight.FlightServerError(P.encode_error("he", str(e))) from None
+        meta = {b"genofed.node": self.config.name.encode(), b"genofed.key_id": keys.key_id.encode(),
+                b"genofed.groups": str(g).encode(), b"genofed.layout": json.dumps(layout.to_json()).encode()}
+        log.info("query %s for %s: %d groups encrypted as %d ciphertexts", qid, researcher, g, cts.num_rows)
+        return cts.replace_schema_metadata(meta)
+
+    def _keyholder(self):
+        from genofed.privacy.secure.keyholder import KeyHolderClient
+
+        loc = self.config.keyholder_location()
+        if self._kh is None or self._kh.location != loc:
+            self._kh = KeyHolderClient(loc, self.config.keyholder["token"])
+        return self._kh
+
     def _run(self, sql: str, qid: str, researcher: str):
         """Validate and execute a fragment, translating errors to wire errors. No suppression:
         callers apply the rule their combine mode needs."""
@@ -187,6 +227,8 @@ class NodeServer(flight.FlightServerBase):
         except (ValueError, UnicodeDecodeError) as e:
             raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, f"malformed ticket: {e}")) from None
         mode = req.get(P.KEY_COMBINE, "plain")
+        if mode == "he":
+            return flight.RecordBatchStream(self._he(req, researcher))
         if mode != "plain":
             raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, f"combine mode {mode!r} is not served by do_get; see the mpc_* actions"))
         if not self.config.allow_plain:

@@ -67,15 +67,20 @@ class Coordinator:
         Federation-wide minimum count: combined groups with 1..min_count-1 samples are suppressed.
     timeout
         Seconds each node has to answer a fragment.
+    combine
+        Default combine mode: ``mpc``, ``he`` or ``plain``.
+    keyholder
+        The key holder client (``combine='he'`` only).
     """
 
-    def __init__(self, transports: list[Transport], min_count: int = 5, timeout: float = 60.0, combine: str = "plain"):
+    def __init__(self, transports: list[Transport], min_count: int = 5, timeout: float = 60.0, combine: str = "mpc", keyholder: Any = None):
         if not transports:
             raise GenofedError("a federation needs at least one node")
         self.transports = transports
         self.min_count = min_count
         self.timeout = timeout
         self.default_combine = combine
+        self.keyholder = keyholder  # a KeyHolderClient, for combine='he'
         self._catalog: Catalog | None = None
         self._pool = cf.ThreadPoolExecutor(max_workers=max(4, len(transports)))
 

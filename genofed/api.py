@@ -67,11 +67,15 @@ class Federation:
     def __init__(self, config: FederationConfig, timeout: float | None = None):
         self.config = config
         self._transports = [FlightTransport(n.name, n.location(config.root), n.token) for n in config.nodes]
+        self._keyholder = None
+        if config.keyholder:
+            self._keyholder = _LazyKeyHolder(config)
         self._coord = Coordinator(
             self._transports,
             min_count=config.min_count,
             timeout=timeout if timeout is not None else config.timeout_s,
             combine=config.combine,
+            keyholder=self._keyholder,
         )
 
     @property
@@ -90,7 +94,9 @@ class Federation:
         query
             One SELECT statement (DuckDB dialect) over the federated schema.
         combine
-            ``plain`` (default from federation.toml).
+            ``mpc`` (MPyC secret sharing), ``he`` (TenSEAL encryption through the key holder) or
+            ``plain`` (the coordinator sees every node's partials; only if every node's policy
+            allows it). Default: federation.toml's ``combine``.
         """
         return Result(self._coord.query(query, combine=combine))
 
@@ -109,12 +115,37 @@ class Federation:
         self._coord.close()
         for t in self._transports:
             t.close()
+        if self._keyholder is not None:
+            self._keyholder.close()
 
     def __enter__(self) -> Federation:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class _LazyKeyHolder:
+    """The key holder client, connected on first use (its port may not be known at connect)."""
+
+    def __init__(self, config: FederationConfig):
+        self._config = config
+        self._client: Any = None
+
+    def _get(self):
+        from genofed.privacy.secure.keyholder import KeyHolderClient
+
+        loc = self._config.keyholder_location()
+        if self._client is None or self._client.location != loc:
+            self._client = KeyHolderClient(str(loc), self._config.keyholder["token"])
+        return self._client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get(), name)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
 
 def connect(path: str | os.PathLike[str], timeout: float | None = None) -> Federation:

@@ -87,6 +87,33 @@ def node_serve(config_path: Path, store: Path | None, host: str, port: int, port
 
 
 @main.group()
+def keyholder() -> None:
+    """Run the key holder for combine='he'."""
+
+
+@keyholder.command("serve")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="keyholder.toml")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=0, show_default=True, type=int, help="0 picks a free port")
+@click.option("--port-file", type=click.Path(dir_okay=False, path_type=Path), help="write the bound port here")
+def keyholder_serve(config_path: Path, host: str, port: int, port_file: Path | None) -> None:
+    """Serve the HE key holder: generates keys, aligns node keys, decrypts sums only."""
+    import logging
+
+    from genofed.privacy.secure.keyholder import KeyHolderConfig, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    def ready(bound: int) -> None:
+        if port_file is not None:
+            tmp = port_file.with_suffix(".tmp")
+            tmp.write_text(str(bound))
+            tmp.replace(port_file)
+
+    serve(KeyHolderConfig.load(config_path), host=host, port=port, ready=ready)
+
+
+@main.group()
 def federation() -> None:
     """Create, start and stop a local federation."""
 

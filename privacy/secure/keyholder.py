@@ -1,0 +1,329 @@
+"""The key holder for ``combine='he'``: a small Arrow Flight service, run by a party trusted not
+to collude with the coordinator (a designated biobank, or an independent operator).
+
+It generates the BFV/CKKS key pair at start and never exports the secret keys. Per query it:
+
+1. is opened by the coordinator (``he_open``: query id, expected nodes, federation minimum count);
+2. receives each node's group keys and the node's own minimum count (``align`` exchange) and
+   answers every node with the sorted union of keys, once all nodes have sent theirs;
+3. receives the coordinator's *summed* ciphertexts (``release`` exchange), decrypts them, applies
+   the minimum count (the largest of the federation's and every node's), rounds CKKS values, and
+   returns only the released groups.
+
+What it learns: each node's set of group keys, and the federation-wide sums of every group
+(including groups it then suppresses). It never receives a single node's ciphertext.
+
+Configuration (``keyholder.toml``)::
+
+    [keyholder]
+    name = "keyholder"
+
+    [[clients]]                 # one per node (role node) and per researcher (role coordinator)
+    name = "biobank_A"
+    role = "node"
+    token_sha256 = "<sha256 hex>"
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from genofed.engine import protocol as P
+from genofed.engine.errors import CombineError, ConfigError, GenofedError, NodeError
+
+from . import he as H
+from . import layout as L
+
+log = logging.getLogger("genofed.keyholder")
+
+ROLES = ("node", "coordinator")
+
+
+def _sha(token: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass
+class KeyHolderConfig:
+    name: str
+    clients: dict[str, tuple[str, str]]  # token sha256 -> (name, role)
+    path: Path | None = None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> KeyHolderConfig:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"key holder config {p} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"key holder config {p}: invalid TOML: {e}") from None
+        clients = {}
+        for i, c in enumerate(data.get("clients", [])):
+            if not {"name", "role", "token_sha256"} <= set(c):
+                raise ConfigError(f"{p}: [[clients]] entry {i + 1} needs name, role and token_sha256")
+            if c["role"] not in ROLES:
+                raise ConfigError(f"{p}: [[clients]] entry {i + 1}: role must be one of {ROLES}")
+            clients[c["token_sha256"].lower()] = (c["name"], c["role"])
+        if not clients:
+            raise ConfigError(f"{p}: no [[clients]]; add the nodes (role node) and the researchers (role coordinator)")
+        return cls(data.get("keyholder", {}).get("name", "keyholder"), clients, p)
+
+
+@dataclass
+class _Session:
+    nodes: list[str]
+    min_count: int
+    created: float = field(default_factory=time.monotonic)
+    keys: dict[str, pa.Table] = field(default_factory=dict)
+    node_min: dict[str, int] = field(default_factory=dict)
+    layouts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    union: pa.Table | None = None
+    failed: str | None = None
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+
+class _Auth(flight.ServerMiddlewareFactory):
+    def __init__(self, clients: dict[str, tuple[str, str]]):
+        self.clients = clients
+
+    def start_call(self, info, headers):
+        values = headers.get(P.AUTH_HEADER) or []
+        token = values[0] if values else ""
+        if not token.startswith(P.BEARER):
+            raise flight.FlightUnauthenticatedError(P.encode_error(P.CODE_AUTH, "no bearer token"))
+        digest = _sha(token[len(P.BEARER):])
+        for known, who in self.clients.items():
+            if hmac.compare_digest(known, digest):
+                return _Who(*who)
+        raise flight.FlightUnauthenticatedError(P.encode_error(P.CODE_AUTH, "token not recognised by the key holder"))
+
+
+class _Who(flight.ServerMiddleware):
+    def __init__(self, name: str, role: str):
+        self.name = name
+        self.role = role
+
+
+def _err(code: str, reason: str) -> flight.FlightServerError:
+    return flight.FlightServerError(P.encode_error(code, reason))
+
+
+class KeyHolderServer(flight.FlightServerBase):
+    """The key holder service. ``session_ttl``: seconds a query may stay open."""
+
+    def __init__(self, config: KeyHolderConfig, location: str = "grpc://127.0.0.1:0", session_ttl: float = 600.0):
+        super().__init__(location, middleware={"auth": _Auth(config.clients)})
+        self.config = config
+        self.keys = H.KeyPair()
+        self.ttl = session_ttl
+        self._sessions: dict[str, _Session] = {}
+        self._lock = threading.Lock()
+
+    def _who(self, context) -> _Who:
+        return context.get_middleware("auth")
+
+    def _session(self, qid: str) -> _Session:
+        with self._lock:
+            s = self._sessions.get(qid)
+        if s is None:
+            raise _err(P.CODE_BAD_REQUEST, f"no open HE session for query {qid}")
+        return s
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for q in [q for q, s in self._sessions.items() if now - s.created > self.ttl]:
+                del self._sessions[q]
+
+    # -- public keys and sessions --------------------------------------------------------------
+    def do_get(self, context, ticket):
+        if ticket.ticket != b"public_keys":
+            raise _err(P.CODE_BAD_REQUEST, "unknown ticket; the key holder serves 'public_keys'")
+        t = pa.table({"key_id": [self.keys.key_id], "bfv": [self.keys.public_bfv], "ckks": [self.keys.public_ckks]})
+        return flight.RecordBatchStream(t)
+
+    def do_action(self, context, action):
+        who = self._who(context)
+        if action.type != "he_open":
+            raise _err(P.CODE_BAD_REQUEST, f"unknown action {action.type!r}")
+        if who.role != "coordinator":
+            raise _err(P.CODE_FORBIDDEN, "only a coordinator may open a query")
+        try:
+            body = json.loads(action.body.to_pybytes())
+            qid, nodes, k = str(body["query_id"]), [str(n) for n in body["nodes"]], int(body["min_count"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise _err(P.CODE_BAD_REQUEST, f"malformed he_open: {e}") from None
+        if not nodes or len(nodes) > H.MAX_NODES or len(set(nodes)) != len(nodes):
+            raise _err(P.CODE_BAD_REQUEST, f"he_open needs 1..{H.MAX_NODES} distinct nodes")
+        self._expire()
+        with self._lock:
+            self._sessions[qid] = _Session(nodes, k)
+        log.info("query %s opened by %s for %d nodes", qid, who.name, len(nodes))
+        yield flight.Result(json.dumps({"key_id": self.keys.key_id}).encode())
+
+    # -- align and release ---------------------------------------------------------------------
+    def do_exchange(self, context, descriptor, reader, writer):
+        who = self._who(context)
+        try:
+            cmd = json.loads(descriptor.command)
+            op, qid = cmd["op"], str(cmd["query_id"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise _err(P.CODE_BAD_REQUEST, f"malformed exchange command: {e}") from None
+        s = self._session(qid)
+        try:
+            table = reader.read_all()
+        except pa.ArrowInvalid as e:
+            raise _err(P.CODE_BAD_REQUEST, f"malformed table: {e}") from None
+        if op == "align":
+            out = self._align(s, who, cmd, table)
+        elif op == "release":
+            if who.role != "coordinator":
+                raise _err(P.CODE_FORBIDDEN, "only the coordinator may ask for a release")
+            out = self._release(qid, s, cmd, table)
+        else:
+            raise _err(P.CODE_BAD_REQUEST, f"unknown exchange op {op!r}")
+        writer.begin(out.schema)
+        writer.write_table(out)
+
+    def _align(self, s: _Session, who: _Who, cmd: dict[str, Any], keys: pa.Table) -> pa.Table:
+        if who.role != "node" or who.name not in s.nodes:
+            raise _err(P.CODE_FORBIDDEN, f"{who.name!r} is not a node of this query")
+        try:
+            k = int(cmd["min_count"])
+            lay = dict(cmd["layout"])
+            timeout = float(cmd.get("timeout", 60.0))
+        except (KeyError, TypeError, ValueError) as e:
+            raise _err(P.CODE_BAD_REQUEST, f"malformed align command: {e}") from None
+        with s.cond:
+            s.keys[who.name] = keys
+            s.node_min[who.name] = k
+            s.layouts[who.name] = lay
+            if len(s.keys) == len(s.nodes) and s.union is None and s.failed is None:
+                first = s.layouts[s.nodes[0]]
+                odd = [n for n in s.nodes if s.layouts[n] != first]
+                if odd:
+                    s.failed = f"node {odd[0]!r} produced partials of different types than node {s.nodes[0]!r}"
+                else:
+                    try:
+                        layout = L.Layout.from_json(first)
+                        s.union = L.union_keys([s.keys[n] for n in s.nodes], layout.keys) if layout.keys else pa.table({"_": pa.array([0])})
+                    except GenofedError as e:
+                        s.failed = str(e)
+                s.cond.notify_all()
+            deadline = time.monotonic() + timeout
+            while s.union is None and s.failed is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    missing = [n for n in s.nodes if n not in s.keys]
+                    raise _err("timeout", f"waiting for the key sets of {missing} timed out")
+                s.cond.wait(left)
+            if s.failed:
+                raise _err("mismatch", s.failed)
+            return s.union
+
+    def _release(self, qid: str, s: _Session, cmd: dict[str, Any], sums: pa.Table) -> pa.Table:
+        with self._lock:
+            self._sessions.pop(qid, None)  # one release per query
+        if s.union is None or len(s.keys) != len(s.nodes):
+            raise _err(P.CODE_BAD_REQUEST, "release before every node aligned its keys")
+        layout = L.Layout.from_json(s.layouts[s.nodes[0]])
+        union = s.union if layout.keys else pa.table({})
+        g = s.union.num_rows
+        k = max([s.min_count, *s.node_min.values()])
+        try:
+            return H.decrypt_release(sums, layout, union, g, len(s.nodes), self.keys, k)
+        except CombineError as e:
+            raise _err("malformed", str(e)) from None
+
+
+class KeyHolderClient:
+    """How nodes and coordinators talk to the key holder."""
+
+    def __init__(self, location: str, token: str, name: str = "key holder"):
+        self.location = location
+        self.name = name
+        self._headers = [(P.AUTH_HEADER.encode(), (P.BEARER + token).encode())]
+        self._client = flight.FlightClient(location)
+        self._keys: H.PublicKeys | None = None
+
+    def _opts(self, timeout: float | None) -> flight.FlightCallOptions:
+        return flight.FlightCallOptions(headers=self._headers, timeout=timeout)
+
+    def _error(self, e: flight.FlightError) -> NodeError:
+        body = P.decode_error(str(e)) or {}
+        if isinstance(e, flight.FlightUnavailableError):
+            return NodeError(self.name, "unavailable", f"cannot reach the key holder at {self.location}")
+        if isinstance(e, flight.FlightTimedOutError):
+            return NodeError(self.name, "timeout", "the key holder did not answer in time")
+        return NodeError(self.name, body.get("code", "error"), body.get("reason", type(e).__name__))
+
+    def public_keys(self, timeout: float = 30.0) -> H.PublicKeys:
+        if self._keys is None:
+            try:
+                t = self._client.do_get(flight.Ticket(b"public_keys"), self._opts(timeout)).read_all()
+            except flight.FlightError as e:
+                raise self._error(e) from None
+            row = t.to_pylist()[0]
+            self._keys = H.PublicKeys.load(row["key_id"], row["bfv"], row["ckks"])
+        return self._keys
+
+    def open(self, query_id: str, nodes: list[str], min_count: int, timeout: float = 30.0) -> str:
+        body = json.dumps({"query_id": query_id, "nodes": nodes, "min_count": min_count}).encode()
+        try:
+            res = list(self._client.do_action(flight.Action("he_open", body), self._opts(timeout)))
+        except flight.FlightError as e:
+            raise self._error(e) from None
+        key_id = json.loads(res[0].body.to_pybytes())["key_id"]
+        if self._keys is not None and self._keys.key_id != key_id:
+            self._keys = None  # the key holder restarted with new keys
+        return key_id
+
+    def _exchange(self, cmd: dict[str, Any], table: pa.Table, timeout: float) -> pa.Table:
+        desc = flight.FlightDescriptor.for_command(json.dumps(cmd).encode())
+        try:
+            writer, reader = self._client.do_exchange(desc, self._opts(timeout))
+            with writer:
+                writer.begin(table.schema)
+                writer.write_table(table)
+                writer.done_writing()
+                return reader.read_all()
+        except flight.FlightError as e:
+            raise self._error(e) from None
+
+    def align(self, query_id: str, min_count: int, layout: L.Layout, keys: pa.Table, timeout: float) -> pa.Table:
+        cmd = {"op": "align", "query_id": query_id, "min_count": min_count, "layout": layout.to_json(), "timeout": timeout}
+        return self._exchange(cmd, keys, timeout + 5.0)
+
+    def release(self, query_id: str, sums: pa.Table, timeout: float) -> pa.Table:
+        return self._exchange({"op": "release", "query_id": query_id}, sums, timeout)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def serve(config: KeyHolderConfig, host: str = "127.0.0.1", port: int = 0, ready: Any = None) -> None:
+    """Run the key holder in the foreground until SIGTERM/SIGINT."""
+    server = KeyHolderServer(config, f"grpc://{host}:{port}")
+    if ready is not None:
+        ready(server.port)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    signal.signal(signal.SIGINT, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    print(f"genofed key holder {config.name!r} (key id {server.keys.key_id}) on grpc://{host}:{server.port}", file=sys.stderr, flush=True)
+    server.serve()
