@@ -85,6 +85,9 @@ class NodeServer(flight.FlightServerBase):
         self._validate = functools.lru_cache(maxsize=256)(self._validate_uncached)
         self._mpc: Any = None  # NodeSessions, created on the first MPC query
         self._kh: Any = None  # KeyHolderClient, created on the first HE query
+        from genofed.privacy.secure.mpc import prewarm
+
+        prewarm()
 
     def _validate_uncached(self, sql: str):
         return validate_fragment(sql, self.catalog, allow_min_max=self.config.allow_min_max)

@@ -77,6 +77,10 @@ class Federation:
             combine=config.combine,
             keyholder=self._keyholder,
         )
+        if config.combine == "mpc":
+            from genofed.privacy.secure.mpc import prewarm
+
+            prewarm()
 
     @property
     def nodes(self) -> list[str]:

@@ -186,26 +186,55 @@ def _read_ipc(b: bytes, who: int):
         raise
 
 
+def _preload() -> None:
+    """Import everything but ``mpyc.runtime`` (which reads sys.argv) while the party is idle."""
+    import mpyc.asyncoro  # noqa: F401
+    import mpyc.finfields  # noqa: F401
+    import mpyc.mpctools  # noqa: F401
+    import mpyc.random  # noqa: F401
+    import mpyc.sectypes  # noqa: F401
+    import mpyc.thresha  # noqa: F401
+    import numpy  # noqa: F401
+    import pyarrow  # noqa: F401
+
+    import genofed.privacy.secure.layout  # noqa: F401
+
+    _read_ipc(_ipc(pyarrow.table({"warm": [0]})), 0)  # first Arrow conversions import pandas
+
+
 def main() -> None:
-    global _out, _names
+    """Serve queries one after another until the parent closes stdin. Each query gets a fresh
+    MPyC runtime (``mpyc.runtime.setup()`` with that query's arguments); a party whose query
+    failed exits, so no state survives a failure."""
+    global _out
     _out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything printed by libraries goes to stderr
     host = os.environ.get("GENOFED_MPC_HOST", "127.0.0.1")
-    first = json.loads(sys.stdin.readline() or "{}")
-    pid = int(first.get("pid", -1))
-    port = 0 if pid == 0 else _free_port(host)
-    _emit({"event": "port", "port": port})
-    line = sys.stdin.readline()
-    if not line:
-        os._exit(0)  # the parent gave up before the query started
-    cfg = json.loads(line)
+    _preload()
+    while True:
+        first_line = sys.stdin.readline()
+        if not first_line:
+            os._exit(0)  # the parent is done with this party
+        pid = int(json.loads(first_line).get("pid", -1))
+        port = 0 if pid == 0 else _free_port(host)
+        _emit({"event": "port", "port": port})
+        line = sys.stdin.readline()
+        if not line:
+            os._exit(0)  # the parent gave up before the query started
+        _one_query(json.loads(line))
+
+
+def _one_query(cfg: dict[str, Any]) -> None:
+    global _names, _finished
+    _finished = threading.Event()
+    finished = _finished
     pid = int(cfg["pid"])
     _names = list(cfg["names"])
     parties = list(cfg["parties"])
     m = len(parties)
     timeout = float(cfg.get("timeout", 60.0))
     fault = None
-    spec = os.environ.get("GENOFED_MPC_FAULT", "")
+    spec = _fault_spec()
     if spec and ":" in spec:
         who, what = spec.split(":", 1)
         if who == _names[pid]:
@@ -214,7 +243,7 @@ def main() -> None:
     live = _Liveness(m, pid)
 
     def watchdog() -> None:
-        if not _finished.wait(timeout):
+        if not finished.wait(timeout):
             j = live.stalest()
             _fail("timeout", j, f"{_who(j)} stalled: no progress within {timeout:g} s")
 
@@ -222,7 +251,13 @@ def main() -> None:
 
     sys.argv = [sys.argv[0], "--no-log", "-I", str(pid)] + [a for p in parties for a in ("-P", p)]
     from mpyc import asyncoro
-    from mpyc.runtime import mpc
+
+    if "mpyc.runtime" in sys.modules:
+        import mpyc.runtime
+
+        mpc = mpyc.runtime.setup()  # a fresh runtime for this query's parties
+    else:
+        from mpyc.runtime import mpc  # the first import sets the runtime up from sys.argv
 
     _install_message_checks(asyncoro, bytes.fromhex(cfg["secret"]), live, fault)
     try:
@@ -231,10 +266,29 @@ def main() -> None:
         raise
     except BaseException as e:  # noqa: BLE001  (any failure must reach the parent as an event)
         _fail("error", pid, f"{_who(pid)} failed: {type(e).__name__}: {e}")
-    _finished.set()
+    finished.set()
     _emit({"event": "done"})
-    _out.close()
-    os._exit(0)
+
+
+def _fault_spec() -> str:
+    """Fault injection for tests: ``GENOFED_MPC_FAULT_FILE`` names a file holding
+    ``<party name>:<die|stall|corrupt>`` (read per query, so a test can arm one query)."""
+    path = os.environ.get("GENOFED_MPC_FAULT_FILE")
+    if not path:
+        return ""
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+_T0 = time.monotonic()
+
+
+def _trace(what: str) -> None:
+    if os.environ.get("GENOFED_MPC_TRACE"):
+        print(f"trace {what} {time.monotonic() - _T0:.3f}", file=sys.stderr, flush=True)
 
 
 async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str | None) -> None:
@@ -243,7 +297,9 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
 
     from genofed.privacy.secure import layout as L
 
+    _trace("begin")
     await mpc.start()
+    _trace("started")
     nodes = list(range(1, m))
     table = None
     my_layout = None
@@ -263,6 +319,7 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
     layout = L.Layout.from_json(layouts[0])
     threshold = max(int(info["k"]) for info in infos)
     keys = layout.keys
+    _trace("agreed")
 
     # 2. key alignment through the aligner (party 1)
     mine = _ipc(L.key_table(table, keys)) if pid and keys else None
@@ -275,9 +332,11 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
     g = union.num_rows if keys else 1
 
     big_lanes, small_lanes = layout.value_lanes(), layout.flag_lanes()
+    _trace("aligned")
     if g == 0:
         if pid == 0:
             _write(cfg["output"], L.assemble(union, layout, np.zeros(0, bool), {la: [] for la in big_lanes}, {la: np.zeros(0, bool) for la in small_lanes}))
+        _finished.set()
         await mpc.shutdown()
         return
 
@@ -289,7 +348,9 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
     # 3. secret-share the lanes
     if pid:
         aligned = L.align(table, union, keys)
+        _trace("node-align")
         lanes = L.lane_values(aligned, layout)
+        _trace("node-lanes")
         big = np.empty((g, len(big_lanes)), dtype=object)
         for c, lane in enumerate(big_lanes):
             v = lanes[lane]
@@ -304,6 +365,7 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
         os._exit(9)
     if fault == "stall":
         time.sleep(3600)
+    _trace("arrays")
     zb = np.zeros((g, len(big_lanes)), dtype=object)
     zs = np.zeros((g, len(small_lanes)), dtype=object)
     tot_b: Any = None
@@ -314,6 +376,7 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
         tot_b = xb if tot_b is None else tot_b + xb
         tot_s = xs if tot_s is None else tot_s + xs
 
+    _trace("inputs")
     # 4. the minimum-count test on shares
     n = tot_s[:, len(small_lanes) - 1]
     if threshold > 1:
@@ -323,10 +386,13 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
             if len(terms) % 2:
                 nxt.append(terms[-1])
             terms = nxt
+        await mpc.gather(terms[0])
+        _trace("multiplied")
         small_group = np.asarray(await mpc.np_is_zero_public(terms[0]), dtype=bool)
     else:
         small_group = np.zeros(g, bool)
     released = ~small_group
+    _trace("tested")
     idx = np.flatnonzero(released)
 
     # 5. open flags (as zero tests) to all, and value sums to the coordinator alone
@@ -352,10 +418,12 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
             flags[lane] = np.zeros(0, bool)
         for lane in big_lanes:
             sums[lane] = []
+    _trace("opened")
     if pid == 0:
         _write(cfg["output"], L.assemble(union, layout, released, sums, flags))
     _finished.set()
     await mpc.shutdown()
+    _trace("shutdown")
 
 
 def _fixed_point(x):

@@ -30,7 +30,6 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -129,19 +128,38 @@ def union_keys(tables: list[pa.Table], keys: list[str]) -> pa.Table:
     if not keys:
         return pa.table({})
     try:
-        union = pa.concat_tables([t.select(keys) for t in tables], promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError) as e:
+        union = pa.concat_tables([t.select(keys).replace_schema_metadata(None) for t in tables], promote_options="permissive")
+        distinct = union.group_by(keys, use_threads=False).aggregate([]).select(keys)
+        return distinct.sort_by([(k, "ascending", "at_end") for k in keys])
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, KeyError) as e:
         raise CombineError(f"node key sets do not agree on key columns or types: {e}") from None
-    con = duckdb.connect()
-    try:
-        con.register("_u", union)
-        cols = ", ".join(f'"{k}"' for k in keys)
-        return con.sql(f"SELECT DISTINCT {cols} FROM _u ORDER BY {', '.join(f'{c} NULLS LAST' for c in cols.split(', '))}").to_arrow_table()
-    finally:
-        con.close()
 
 
-def align(table: pa.Table, union: pa.Table, keys: list[str], n_groups: int | None = None) -> pa.Table:
+def _joinable(t: pa.Table, keys: list[str]) -> dict[str, pa.Array | pa.ChunkedArray]:
+    """Key columns with NULL made joinable: a filled value plus an is-NULL column (a hash join
+    never matches NULL to NULL, but GROUP BY makes NULL a group)."""
+    out: dict[str, pa.Array | pa.ChunkedArray] = {}
+    for i, k in enumerate(keys):
+        c = t.column(k)
+        typ = c.type
+        if pa.types.is_dictionary(typ):
+            c = c.cast(typ.value_type)
+            typ = typ.value_type
+        if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+            fill = pa.scalar("", typ)
+        elif pa.types.is_boolean(typ):
+            fill = pa.scalar(False)
+        elif pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ):
+            fill = pa.scalar(0).cast(typ)
+        else:
+            c = c.cast(pa.string())
+            fill = pa.scalar("", pa.string())
+        out[f"_v{i}"] = pc.fill_null(c, fill)
+        out[f"_z{i}"] = pc.is_null(t.column(k))
+    return out
+
+
+def align(table: pa.Table, union: pa.Table, keys: list[str]) -> pa.Table:
     """``table``'s rows in the order of ``union`` (a superset of its keys); absent groups are NULL.
 
     With no keys the query has one group: a node with no row contributes an all-NULL row.
@@ -152,20 +170,20 @@ def align(table: pa.Table, union: pa.Table, keys: list[str], n_groups: int | Non
         if table.num_rows == 0:
             return pa.table({c: pa.nulls(1, table.schema.field(c).type) for c in table.column_names})
         raise CombineError("a query without GROUP BY returned more than one row at a node")
-    con = duckdb.connect()
+    others = [c for c in table.column_names if c not in keys]
+    u = pa.table({**_joinable(union, keys), _ROW: pa.array(np.arange(union.num_rows, dtype=np.int64))})
+    t = pa.table({**_joinable(table, keys), **{f"_c{j}": table.column(c) for j, c in enumerate(others)}})
+    jk = [c for c in u.column_names if c != _ROW]
     try:
-        u = union.append_column(_ROW, pa.array(np.arange(union.num_rows, dtype=np.int64)))
-        con.register("_u", u)
-        con.register("_t", table)
-        on = " AND ".join(f'_u."{k}" IS NOT DISTINCT FROM _t."{k}"' for k in keys)
-        others = [c for c in table.column_names if c not in keys]
-        sel = ", ".join([*(f'_u."{k}"' for k in keys), *(f'_t."{c}"' for c in others)])
-        out = con.sql(f"SELECT {sel} FROM _u LEFT JOIN _t ON {on} ORDER BY _u.{_ROW}").to_arrow_table()
-    finally:
-        con.close()
-    if out.num_rows != union.num_rows:
+        joined = u.join(t, keys=jk, join_type="left outer", use_threads=False).sort_by(_ROW)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+        raise CombineError(f"cannot align a node's partials to the key union: {e}") from None
+    if joined.num_rows != union.num_rows:
         raise CombineError("a node's partial table has duplicate group keys")
-    return out
+    cols = {k: union.column(k) for k in keys}
+    for j, c in enumerate(others):
+        cols[c] = joined.column(f"_c{j}").cast(table.schema.field(c).type)
+    return pa.table(cols)
 
 
 # -- lanes -----------------------------------------------------------------------------------------

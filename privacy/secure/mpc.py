@@ -47,12 +47,15 @@ def plan_fingerprint(fragment_sql: str) -> str:
 
 
 class PartyProcess:
-    """One spawned MPC party: start it, learn its port, configure it, wait for its verdict."""
+    """One spawned MPC party: start it, learn its port, configure it, wait for its verdict.
 
-    def __init__(self, pid: int, workdir: Path):
-        self.pid = pid
-        self.workdir = workdir
-        self._log = open(workdir / f"party{pid}.log", "wb")  # noqa: SIM115 (closed in close())
+    A party process imports its libraries first and then waits for :meth:`begin`, so a warm one
+    can be kept ready (see :func:`take_party`)."""
+
+    def __init__(self) -> None:
+        self.pid = -1
+        self.logdir = Path(tempfile.mkdtemp(prefix="genofed-party-"))
+        self._log = open(self.logdir / "party.log", "wb")  # noqa: SIM115 (closed in close())
         env = dict(os.environ)
         env.setdefault("PYTHONHASHSEED", "0")
         self.proc = subprocess.Popen(
@@ -65,6 +68,10 @@ class PartyProcess:
         )
         self._events: queue.Queue[dict[str, Any]] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
+
+    def begin(self, pid: int) -> None:
+        """Give the party its index: node parties (pid > 0) then bind a port."""
+        self.pid = pid
         self._send({"pid": pid})
 
     def _read(self) -> None:
@@ -93,21 +100,16 @@ class PartyProcess:
     def port(self, timeout: float) -> int:
         ev = self.next_event(timeout)
         if ev is None or ev.get("event") != "port":
-            raise CombineError(f"MPC party {self.pid} did not start: {self.log_tail() or ev}")
+            raise CombineError(f"MPC party did not start: {self.log_tail() or ev}")
         return int(ev["port"])
 
     def start(self, cfg: dict[str, Any]) -> None:
         self._send(cfg)
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
 
     def log_tail(self, n: int = 400) -> str:
         try:
             self._log.flush()
-            return (self.workdir / f"party{self.pid}.log").read_bytes()[-n:].decode(errors="replace").strip()
+            return (self.logdir / "party.log").read_bytes()[-n:].decode(errors="replace").strip()
         except OSError:
             return ""
 
@@ -125,6 +127,60 @@ class PartyProcess:
     def close(self) -> None:
         self.kill()
         self._log.close()
+        if os.environ.get("GENOFED_MPC_TRACE"):
+            print(f"party {self.pid}:", (self.logdir / "party.log").read_text(errors="replace")[-2000:], file=sys.stderr)
+        shutil.rmtree(self.logdir, ignore_errors=True)
+
+
+_idle: list[PartyProcess] = []
+_idle_lock = threading.Lock()
+MAX_IDLE = 2
+
+
+def take_party(pid: int) -> PartyProcess:
+    """A party process for one query: an idle one that already served a query or was started
+    ahead (imports take most of a party's start-up), else a new one."""
+    p = None
+    with _idle_lock:
+        while _idle and p is None:
+            cand = _idle.pop()
+            if cand.proc.poll() is None:
+                p = cand
+            else:
+                cand.close()
+        spare = not _idle
+    if p is None:
+        p = PartyProcess()
+    if spare:
+        threading.Thread(target=prewarm, daemon=True).start()
+    p.begin(pid)
+    return p
+
+
+def release_party(p: PartyProcess) -> None:
+    """Return a party that finished its query cleanly, for the next query."""
+    with _idle_lock:
+        if p.proc.poll() is None and len(_idle) < MAX_IDLE:
+            _idle.append(p)
+            return
+    p.close()
+
+
+def prewarm() -> None:
+    """Start a spare party in the background if MPyC is installed (no-op otherwise)."""
+    import importlib.util
+
+    if importlib.util.find_spec("mpyc") is None:
+        return
+    with _idle_lock:
+        if _idle:
+            return
+    fresh = PartyProcess()
+    with _idle_lock:
+        if len(_idle) < MAX_IDLE:
+            _idle.append(fresh)
+            return
+    fresh.close()
 
 
 # -- node side -------------------------------------------------------------------------------------
@@ -157,7 +213,7 @@ class NodeSessions:
         path = workdir / "partials.arrow"
         with pa.OSFile(str(path), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
             w.write_table(table)
-        party = PartyProcess(-1, workdir)  # index assigned by the coordinator in run()
+        party = take_party(-1)  # a node party; its index is assigned by the coordinator in run()
         try:
             port = party.port(timeout=30)
         except CombineError:
@@ -199,11 +255,16 @@ class NodeSessions:
         except (KeyError, TypeError, ValueError, IndexError) as e:
             self._close(s)
             raise CombineError(f"malformed mpc_run request: {e}") from None
+        verdict: dict[str, Any] = {"event": "error", "code": "error", "reason": "interrupted"}
         try:
             s.party.start(cfg)
             verdict = _await_verdict(s.party, timeout + 5.0)
         finally:
-            self._close(s)
+            if verdict.get("event") == "done":
+                release_party(s.party)
+                shutil.rmtree(s.workdir, ignore_errors=True)
+            else:
+                self._close(s)
         if verdict.get("event") != "done":
             j = verdict.get("party")
             culprit = names[j] if isinstance(j, int) and 0 <= j < len(names) else node_name
@@ -254,7 +315,8 @@ def run_mpc(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: s
     ``_n`` NULL, ``_suppressed``). Raises :class:`NodeError` naming the node at fault."""
     workdir = Path(tempfile.mkdtemp(prefix="genofed-mpc-coord-"))
     os.chmod(workdir, 0o700)
-    me = PartyProcess(0, workdir)
+    me = take_party(0)
+    ok = False
     names = [COORDINATOR_NAME, *(t.name for t in targets)]
     prepared: dict[str, Any] = {}
     try:
@@ -285,14 +347,19 @@ def run_mpc(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: s
                 fut.result(timeout=max(1.0, timeout / 4))
             except Exception:  # noqa: BLE001  (the release already happened under the protocol)
                 pass
-        return pa.ipc.open_file(str(out)).read_all()
+        result = pa.ipc.open_file(str(out)).read_all()
+        ok = True
+        return result
     except BaseException:
         for t in targets:
             if t.name in prepared:
                 coordinator._pool.submit(_quiet_abort, t, query_id)
         raise
     finally:
-        me.close()
+        if ok:
+            release_party(me)
+        else:
+            me.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
