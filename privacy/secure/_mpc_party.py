@@ -252,12 +252,10 @@ def _one_query(cfg: dict[str, Any]) -> None:
     sys.argv = [sys.argv[0], "--no-log", "-I", str(pid)] + [a for p in parties for a in ("-P", p)]
     from mpyc import asyncoro
 
-    if "mpyc.runtime" in sys.modules:
-        import mpyc.runtime
+    fresh_import = "mpyc.runtime" not in sys.modules
+    import mpyc.runtime  # the first import sets a runtime up from sys.argv
 
-        mpc = mpyc.runtime.setup()  # a fresh runtime for this query's parties
-    else:
-        from mpyc.runtime import mpc  # the first import sets the runtime up from sys.argv
+    mpc = mpyc.runtime.mpc if fresh_import else mpyc.runtime.setup()  # a fresh runtime per query
 
     _install_message_checks(asyncoro, bytes.fromhex(cfg["secret"]), live, fault)
     try:
