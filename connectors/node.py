@@ -187,7 +187,7 @@ class NodeServer(flight.FlightServerBase):
             aligned = L.align(table, union, layout.keys) if layout.keys else L.align(table, union, [])
             cts = H.encrypt_lanes(L.lane_values(aligned, layout), layout, keys) if g else H.CT_SCHEMA.empty_table()
         except NodeError as e:
-            raise flight.FlightServerError(P.encode_error(e.node_code, f"{e.node}: {e.reason}")) from None
+            raise flight.FlightServerError(P.encode_error(e.node_code, e.reason, party=e.node)) from None
         except GenofedError as e:
             raise flight.FlightServerError(P.encode_error("he", str(e))) from None
         meta = {b"genofed.node": self.config.name.encode(), b"genofed.key_id": keys.key_id.encode(),

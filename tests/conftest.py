@@ -80,11 +80,17 @@ class LocalFederation:
         down(self.root)
 
 
-def clone_federation(src: Path, dst: Path, *, min_count: int, node_min_count: int | None = None, **policy) -> Path:
-    """A second federation over the same stores with another policy (no re-ingest)."""
+def clone_federation(src: Path, dst: Path, *, min_count: int, node_min_count: int | None = None, combine: str | None = None, **policy) -> Path:
+    """A second federation over the same stores with another policy (no re-ingest); it gets its
+    own key holder (a copy of the source's key holder config)."""
     cfg = FederationConfig.load(src)
     dst.mkdir(parents=True, exist_ok=True)
     import tomllib
+
+    if cfg.keyholder.get("config"):
+        kh = dst / cfg.keyholder["config"]
+        kh.parent.mkdir(parents=True, exist_ok=True)
+        kh.write_text((src / cfg.keyholder["config"]).read_text())
 
     for n in cfg.nodes:
         (dst / n.name).mkdir(exist_ok=True)
@@ -93,7 +99,7 @@ def clone_federation(src: Path, dst: Path, *, min_count: int, node_min_count: in
         node["policy"]["min_count"] = node_min_count if node_min_count is not None else min_count
         node["policy"].update(policy)
         (dst / n.config).write_text(tomli_w.dumps(node))
-    new = FederationConfig(dst, dst.name, cfg.nodes, min_count=min_count)
+    new = FederationConfig(dst, dst.name, cfg.nodes, min_count=min_count, combine=combine or cfg.combine, keyholder=dict(cfg.keyholder))
     for n in new.nodes:
         n.port = 0
     new.save()
@@ -104,8 +110,24 @@ def clone_federation(src: Path, dst: Path, *, min_count: int, node_min_count: in
 def fed_dir_1126(tmp_path_factory, data_1126, phenotypes_1126) -> Path:
     root = tmp_path_factory.mktemp("fed1126")
     init_federation(root, data_1126["vcf"], data_1126["samples"], data_1126["split"],
-                    clinical={"phenotypes": phenotypes_1126}, min_count=1)
+                    clinical={"phenotypes": phenotypes_1126}, min_count=1, allow_plain=True, combine="plain")
     return root
+
+
+@pytest.fixture(scope="session")
+def fed_dir_1126_5nodes(tmp_path_factory, data_1126, phenotypes_1126) -> Path:
+    """The same cohort dealt round-robin over five nodes."""
+    root = tmp_path_factory.mktemp("fed1126x5")
+    init_federation(root, data_1126["vcf"], data_1126["samples"], None, n_nodes=5,
+                    clinical={"phenotypes": phenotypes_1126}, min_count=1, allow_plain=True, combine="plain")
+    return root
+
+
+@pytest.fixture(scope="session")
+def fed1126_5nodes(fed_dir_1126_5nodes):
+    lf = LocalFederation(fed_dir_1126_5nodes)
+    yield lf.fed
+    lf.close()
 
 
 @pytest.fixture(scope="session")

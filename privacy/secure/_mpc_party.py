@@ -100,7 +100,7 @@ class _Liveness:
         return min(self.last, key=lambda j: self.last[j])  # type: ignore[arg-type, return-value]
 
 
-def _install_message_checks(asyncoro: Any, secret: bytes, live: _Liveness, fault: str | None) -> None:
+def _install_message_checks(asyncoro: Any, secret: bytes, live: _Liveness, fault: str | None, record: Any = None) -> None:
     """Authenticate every MPyC message (HMAC-SHA256, per-query key) and watch peers.
 
     A message that fails its check ends the query naming the sender; a peer that disconnects
@@ -151,6 +151,9 @@ def _install_message_checks(asyncoro: Any, secret: bytes, live: _Liveness, fault
             payload, got = body[:-_TAG], body[-_TAG:]
             if size < _TAG or not hmac.compare_digest(got, tag(self.peer_pid, rt.pid, pc, payload)):
                 _fail("tampered", self.peer_pid, f"a share message from {_who(self.peer_pid)} failed its integrity check (tampered or corrupted in transit)")
+            if record is not None:
+                record.write(payload)
+                record.flush()
             if pc in self.buffers:
                 self.buffers.pop(pc).set_result(payload)
             else:
@@ -257,13 +260,19 @@ def _one_query(cfg: dict[str, Any]) -> None:
 
     mpc = mpyc.runtime.mpc if fresh_import else mpyc.runtime.setup()  # a fresh runtime per query
 
-    _install_message_checks(asyncoro, bytes.fromhex(cfg["secret"]), live, fault)
+    # test hook: the coordinator's party keeps every message it receives (see tests)
+    rec_path = os.environ.get("GENOFED_MPC_RECORD") if pid == 0 else None
+    record = open(rec_path, "ab") if rec_path else None  # noqa: SIM115
+    _install_message_checks(asyncoro, bytes.fromhex(cfg["secret"]), live, fault, record)
     try:
         mpc.run(_protocol(mpc, cfg, pid, m, fault))
     except SystemExit:
         raise
     except BaseException as e:  # noqa: BLE001  (any failure must reach the parent as an event)
         _fail("error", pid, f"{_who(pid)} failed: {type(e).__name__}: {e}")
+    finally:
+        if record is not None:
+            record.close()
     finished.set()
     _emit({"event": "done"})
 

@@ -232,7 +232,7 @@ class KeyHolderServer(flight.FlightServerBase):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     missing = [n for n in s.nodes if n not in s.keys]
-                    raise _err("timeout", f"waiting for the key sets of {missing} timed out")
+                    raise flight.FlightServerError(P.encode_error("timeout", f"the key holder waited {timeout:g} s for the key sets of {missing}", party=missing[0]))
                 s.cond.wait(left)
             if s.failed:
                 raise _err("mismatch", s.failed)
@@ -272,7 +272,7 @@ class KeyHolderClient:
             return NodeError(self.name, "unavailable", f"cannot reach the key holder at {self.location}")
         if isinstance(e, flight.FlightTimedOutError):
             return NodeError(self.name, "timeout", "the key holder did not answer in time")
-        return NodeError(self.name, body.get("code", "error"), body.get("reason", type(e).__name__))
+        return NodeError(body.get("party") or self.name, body.get("code", "error"), body.get("reason", type(e).__name__))
 
     def public_keys(self, timeout: float = 30.0) -> H.PublicKeys:
         if self._keys is None:

@@ -166,6 +166,15 @@ def release_party(p: PartyProcess) -> None:
     p.close()
 
 
+def close_idle() -> None:
+    """Stop the idle parties (the next query starts fresh ones, with the current environment)."""
+    with _idle_lock:
+        gone = list(_idle)
+        _idle.clear()
+    for p in gone:
+        p.close()
+
+
 def prewarm() -> None:
     """Start a spare party in the background if MPyC is installed (no-op otherwise)."""
     import importlib.util
@@ -388,7 +397,7 @@ def _await_coordinator(me: PartyProcess, futures: dict[Any, Any], timeout: float
                 return ev
             if ev.get("event") == "error":
                 verdicts.append(ev)
-            elif ev.get("event") == "exit":
+            elif ev.get("event") == "exit" and not any(v.get("party") == 0 or "node" not in v for v in verdicts):
                 verdicts.append({"event": "error", "code": "crashed", "party": 0, "reason": f"the coordinator's party exited ({ev.get('code')}): {me.log_tail()}"})
         for fut, t in futures.items():
             if fut in seen or not fut.done() or fut.exception() is None:
@@ -401,6 +410,7 @@ def _await_coordinator(me: PartyProcess, futures: dict[Any, Any], timeout: float
         if verdicts and settle is None:
             settle = now + 1.5
         if settle is not None and (now >= settle or any(v.get("code") == "tampered" for v in verdicts)):
-            return min(verdicts, key=lambda v: _PRIORITY.get(str(v.get("code")), 3))
+            # most specific first; on a tie, the coordinator's own party (it hears from everyone)
+            return min(verdicts, key=lambda v: (_PRIORITY.get(str(v.get("code")), 3), "node" in v))
         if now > deadline:
             return {"event": "error", "code": "timeout", "party": None, "reason": "the protocol did not finish in time"}
