@@ -581,6 +581,9 @@ def verdict(ratio: float, limit: float) -> str:
     return f"**met** ({ratio:.2f}× ≤ {limit:g}×)" if ratio <= limit else f"**NOT met** ({ratio:.2f}× > {limit:g}×)"
 
 
+SECURE_BEGIN, SECURE_END = "<!-- secure-combine:begin -->", "<!-- secure-combine:end -->"
+
+
 def write_report(path: Path, results: dict, info: dict, command: str, started: str, elapsed: float, load: tuple[str, str]) -> None:
     ds = results["datasets"]
     L: list[str] = []
@@ -864,7 +867,12 @@ def write_report(path: Path, results: dict, info: dict, command: str, started: s
       "(AFR/EUR/EAS). The 10% subset is its first 10% of records (`bcftools view -r`).")
     a("- Raw numbers: `benchmarks/work/results.json` (gitignored).")
     a("")
-    path.write_text("\n".join(L))
+    text = "\n".join(L)
+    # keep the secure-combine section bench_secure.py maintains in the same file
+    old = path.read_text() if path.exists() else ""
+    if SECURE_BEGIN in old and SECURE_END in old:
+        text += "\n\n" + old[old.index(SECURE_BEGIN) : old.index(SECURE_END) + len(SECURE_END)] + "\n"
+    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -156,13 +156,13 @@ class NodeServer(flight.FlightServerBase):
             log.info("query %s for %s: MPC party ready with %d groups", qid, researcher, table.num_rows)
             return addr
         try:
-            self._sessions().run(qid, body, self.config.name, self.config.min_count)
+            sent = self._sessions().run(qid, body, self.config.name, self.config.min_count)
         except NodeError as e:
             raise flight.FlightServerError(P.encode_error(e.node_code, e.reason, party=e.node)) from None
         except GenofedError as e:
             raise flight.FlightServerError(P.encode_error("mpc", str(e))) from None
-        log.info("query %s for %s: MPC protocol done", qid, researcher)
-        return {"ok": True}
+        log.info("query %s for %s: MPC protocol done, %d bytes sent", qid, researcher, sent)
+        return {"ok": True, "bytes_sent": sent}
 
     def _he(self, req: dict[str, Any], researcher: str):
         """combine='he': align keys through the key holder, encrypt every lane under its public

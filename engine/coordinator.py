@@ -45,6 +45,7 @@ class Provenance:
     suppression_rule: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     fragment_sql: str = ""
+    wire_bytes: dict[str, int] = field(default_factory=dict)  # bytes each node sent for this query
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -127,7 +128,8 @@ class Coordinator:
                 )
             targets = self.transports[:1]
         sql_frag = plan.fragment_sql
-        combined = self._combine(mode, plan, qid, targets)
+        wire: dict[str, int] = {}
+        combined = self._combine(mode, plan, qid, targets, wire)
         t2 = time.perf_counter()
         released, suppressed = self._disclosure(combined, plan)
         table = finalize(plan, released)
@@ -144,23 +146,25 @@ class Coordinator:
             ) if suppressed else "",
             timings={"plan_s": t1 - t0, "nodes_combine_s": t2 - t1, "finalize_s": t3 - t2},
             fragment_sql=sql_frag,
+            wire_bytes=wire,
         )
         return QueryResult(table, prov)
 
-    def _combine(self, mode: str, plan: Plan, qid: str, targets: list[Transport]) -> pa.Table:
+    def _combine(self, mode: str, plan: Plan, qid: str, targets: list[Transport], wire: dict[str, int]) -> pa.Table:
         """Partials from every target node, combined in ``mode``: one row per group with keys,
         partials, ``_n`` and ``_suppressed``."""
         sql = plan.fragment_sql
         if mode == "plain":
             parts = self._fan_out(lambda t: t.run_fragment(sql, qid, self.timeout), targets)
+            wire.update({node: _ipc_size(t) for node, t in parts.items()})
             return PlainCombiner().combine(parts, plan.keys, plan.partials)
         if mode == "mpc":
             from genofed.privacy.secure.mpc import run_mpc
 
-            return narrow_integers(run_mpc(self, targets, sql, qid, self.min_count, self.timeout))
+            return narrow_integers(run_mpc(self, targets, sql, qid, self.min_count, self.timeout, wire))
         from genofed.privacy.secure.he import run_he
 
-        return narrow_integers(run_he(self, targets, sql, qid, self.min_count, self.timeout))
+        return narrow_integers(run_he(self, targets, sql, qid, self.min_count, self.timeout, wire))
 
     def _disclosure(self, combined: pa.Table, plan: Plan) -> tuple[pa.Table, list[dict[str, Any]]]:
         if combined.num_rows == 0:
@@ -179,6 +183,13 @@ class Coordinator:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _ipc_size(table: pa.Table) -> int:
+    sink = pa.MockOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return int(sink.size())
 
 
 def finalize(plan: Plan, combined: pa.Table) -> pa.Table:

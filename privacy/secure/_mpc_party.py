@@ -53,6 +53,7 @@ _TAG = 16
 
 _out = None  # the parent's pipe (stdout is redirected to stderr so libraries cannot corrupt it)
 _names: list[str] = []
+_sent = [0]
 _finished = threading.Event()
 
 
@@ -274,7 +275,8 @@ def _one_query(cfg: dict[str, Any]) -> None:
         if record is not None:
             record.close()
     finished.set()
-    _emit({"event": "done"})
+    sent = sum(getattr(q.protocol, "nbytes_sent", 0) for q in mpc.parties if q.pid != pid and q.protocol is not None)
+    _emit({"event": "done", "bytes_sent": int(sent or _sent[0])})
 
 
 def _fault_spec() -> str:
@@ -426,6 +428,7 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
         for lane in big_lanes:
             sums[lane] = []
     _trace("opened")
+    _sent[0] = sum(getattr(q.protocol, "nbytes_sent", 0) for q in mpc.parties if q.pid != pid and q.protocol is not None)
     if pid == 0:
         _write(cfg["output"], L.assemble(union, layout, released, sums, flags))
     _finished.set()

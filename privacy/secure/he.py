@@ -283,6 +283,14 @@ def round_ckks(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def ipc_size(table: pa.Table) -> int:
+    """Bytes of a table as an Arrow IPC stream (what it costs on the wire)."""
+    sink = pa.MockOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return int(sink.size())
+
+
 def ipc_bytes(table: pa.Table) -> bytes:
     sink = io.BytesIO()
     with pa.ipc.new_stream(sink, table.schema) as w:
@@ -299,7 +307,7 @@ def read_ipc(b: bytes, what: str) -> pa.Table:
 
 # -- coordinator: one query ------------------------------------------------------------------------
 
-def run_he(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: str, min_count: int, timeout: float) -> pa.Table:
+def run_he(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: str, min_count: int, timeout: float, wire: dict[str, int] | None = None) -> pa.Table:
     """Run one query under HE; returns the released combined table. The coordinator sees
     ciphertexts, their sums, and the released groups only."""
     kh = getattr(coordinator, "keyholder", None)
@@ -309,6 +317,8 @@ def run_he(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: st
     keys = kh.public_keys()
     parts = coordinator._fan_out(lambda t: t.run_he(fragment_sql, query_id, key_id, timeout), targets)
     layouts, groups = set(), set()
+    if wire is not None:
+        wire.update({node: ipc_size(t) for node, t in parts.items()})
     for node, t in parts.items():
         meta = t.schema.metadata or {}
         if meta.get(b"genofed.key_id", b"").decode() != key_id:

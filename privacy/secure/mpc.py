@@ -236,9 +236,9 @@ class NodeSessions:
             self._close(old)
         return {"host": self.host, "port": port}
 
-    def run(self, query_id: str, body: dict[str, Any], node_name: str, min_count: int) -> None:
-        """Run the protocol for a prepared query; raises :class:`CombineError` naming the party
-        at fault if it fails."""
+    def run(self, query_id: str, body: dict[str, Any], node_name: str, min_count: int) -> int:
+        """Run the protocol for a prepared query; returns the bytes this node's party sent.
+        Raises :class:`NodeError` naming the party at fault if it fails."""
         with self._lock:
             s = self._sessions.pop(query_id, None)
         if s is None:
@@ -278,6 +278,7 @@ class NodeSessions:
             j = verdict.get("party")
             culprit = names[j] if isinstance(j, int) and 0 <= j < len(names) else node_name
             raise NodeError(culprit, str(verdict.get("code", "mpc")), str(verdict.get("reason", "MPC failed")))
+        return int(verdict.get("bytes_sent", 0))
 
     def abort(self, query_id: str) -> None:
         with self._lock:
@@ -319,7 +320,7 @@ def _await_verdict(party: PartyProcess, timeout: float) -> dict[str, Any]:
 
 # -- coordinator side ------------------------------------------------------------------------------
 
-def run_mpc(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: str, min_count: int, timeout: float) -> pa.Table:
+def run_mpc(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: str, min_count: int, timeout: float, wire: dict[str, int] | None = None) -> pa.Table:
     """Run one query under MPC; returns the combined table (keys, released partials,
     ``_n`` NULL, ``_suppressed``). Raises :class:`NodeError` naming the node at fault."""
     workdir = Path(tempfile.mkdtemp(prefix="genofed-mpc-coord-"))
@@ -351,9 +352,11 @@ def run_mpc(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: s
             if who:
                 raise NodeError(who, str(verdict.get("code", "mpc")), f"secure combine aborted, nothing was opened: {verdict.get('reason')}")
             raise CombineError(f"secure combine failed at the coordinator's party: {verdict.get('reason')}")
-        for fut in futures:  # surface a node-side failure even if the coordinator finished
+        for fut, t in futures.items():  # each node reports the bytes its party sent
             try:
-                fut.result(timeout=max(1.0, timeout / 4))
+                sent = int(fut.result(timeout=max(1.0, timeout / 4)).get("bytes_sent", 0))
+                if wire is not None:
+                    wire[t.name] = sent
             except Exception:  # noqa: BLE001  (the release already happened under the protocol)
                 pass
         result = pa.ipc.open_file(str(out)).read_all()
