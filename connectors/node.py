@@ -150,7 +150,10 @@ class NodeServer(flight.FlightServerBase):
                 raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, "mpc_prepare needs the fragment sql"))
             frag, table = self._run(sql, qid, researcher)
             try:
-                addr = self._sessions().prepare(qid, table, list(frag.keys), list(frag.partials), sql)
+                from genofed.privacy.secure.layout import count_partials
+
+                counts = count_partials(frag.select, list(frag.partials))
+                addr = self._sessions().prepare(qid, table, list(frag.keys), list(frag.partials), sql, counts)
             except GenofedError as e:
                 raise flight.FlightServerError(P.encode_error("mpc", str(e))) from None
             log.info("query %s for %s: MPC party ready with %d groups", qid, researcher, table.num_rows)
@@ -181,7 +184,7 @@ class NodeServer(flight.FlightServerBase):
                 keys = kh.public_keys()
                 if req.get("key_id") != keys.key_id:
                     raise GenofedError("the coordinator's key holder is not this node's key holder (key ids differ); refusing to encrypt")
-            layout = L.layout_for(table.schema, list(frag.keys), list(frag.partials))
+            layout = L.layout_for(table.schema, list(frag.keys), list(frag.partials), L.count_partials(frag.select, list(frag.partials)))
             union = kh.align(qid, self.config.min_count, layout, L.key_table(table, layout.keys), timeout)
             g = union.num_rows
             aligned = L.align(table, union, layout.keys) if layout.keys else L.align(table, union, [])

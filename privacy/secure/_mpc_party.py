@@ -296,8 +296,11 @@ _T0 = time.monotonic()
 
 
 def _trace(what: str) -> None:
-    if os.environ.get("GENOFED_MPC_TRACE"):
-        print(f"trace {what} {time.monotonic() - _T0:.3f}", file=sys.stderr, flush=True)
+    """Phase timings for profiling: ``GENOFED_MPC_TRACE=<file>`` appends one line per phase."""
+    path = os.environ.get("GENOFED_MPC_TRACE")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()} {what} {time.monotonic():.3f}\n")
 
 
 async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str | None) -> None:
@@ -314,7 +317,7 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
     my_layout = None
     if pid:
         table = pa.ipc.open_file(cfg["input"]).read_all()
-        my_layout = L.layout_for(table.schema, cfg["keys"], cfg["partials"]).to_json()
+        my_layout = L.layout_for(table.schema, cfg["keys"], cfg["partials"], cfg.get("counts")).to_json()
 
     # 1. public agreement: same plan, same layout; the strictest minimum count wins
     infos = await mpc.transfer({"plan": cfg["plan"], "layout": my_layout, "k": int(cfg["min_count"])})
@@ -389,7 +392,16 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
     # 4. the minimum-count test on shares
     n = tot_s[:, len(small_lanes) - 1]
     if threshold > 1:
-        terms = [n - j for j in range(1, threshold)]
+        # (n-1)(n-2)...(n-K+1): pair the factors as (n-j)(n-K+j) = a + j(K-j) with a = n^2 - Kn,
+        # so one multiplication gives every pair; K=5 needs 2 multiplications instead of 3
+        k = threshold
+        if k >= 4:
+            a = n * n - k * n
+            terms = [a + j * (k - j) for j in range(1, (k + 1) // 2)]
+            if k % 2 == 0:
+                terms.append(n - k // 2)
+        else:
+            terms = [n - j for j in range(1, k)]
         while len(terms) > 1:
             nxt = [terms[i] * terms[i + 1] for i in range(0, len(terms) - 1, 2)]
             if len(terms) % 2:
@@ -421,7 +433,10 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
                 if lane.kind == L.REAL:
                     sums[lane] = np.array([x / 2**FRAC_BITS for x in ints], np.float64)
                 else:
-                    sums[lane] = ints
+                    try:
+                        sums[lane] = np.array(ints, np.int64)
+                    except OverflowError:
+                        sums[lane] = ints
     else:
         for lane in small_lanes[:-1]:
             flags[lane] = np.zeros(0, bool)

@@ -47,7 +47,7 @@ CKKS_SCALE_BITS = 50
 LIMB_BITS = 48
 CKKS_KEEP_BITS = 32
 CKKS_FLOOR_EXP = -28
-MAX_NODES = 512
+MAX_NODES = 511
 
 CT_SCHEMA = pa.schema([
     ("lane", pa.int32()),
@@ -70,12 +70,48 @@ def _int_width(p: L.PartialLayout) -> int:
     return 128 if p.decimal else 64
 
 
-def limbs_for(lane: L.Lane, layout: L.Layout) -> int:
-    """How many BFV limbs an integer lane needs (flags and counts: one)."""
-    if lane.role != L.VALUE:
-        return 1
-    p = next(x for x in layout.partials if x.name == lane.column)
-    return math.ceil(_int_width(p) / LIMB_BITS)
+N_BITS = 32  # the count lane's field in the first flag word
+FLAG_BITS = 9  # each flag lane's field (a sum over at most MAX_NODES nodes)
+WORD_BITS = 56  # a word's sum stays below BFV_T / 2
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One BFV or CKKS vector per chunk of groups: a real value lane (``ckks``), one limb of an
+    integer value lane (``limb``), or a word packing the count and flag lanes (``word``)."""
+
+    kind: str
+    lane: L.Lane | None = None
+    limb: int = 0
+    fields: tuple[tuple[L.Lane, int], ...] = ()  # (lane, bit offset) for words
+
+
+def channels(layout: L.Layout) -> list[Channel]:
+    """The public list of vectors a node encrypts for a layout."""
+    out: list[Channel] = []
+    for lane in layout.value_lanes():
+        if lane.kind == L.REAL:
+            out.append(Channel("ckks", lane))
+            continue
+        p = next(x for x in layout.partials if x.name == lane.column)
+        n = 1 if p.count else math.ceil(_int_width(p) / LIMB_BITS)
+        out += [Channel("limb", lane, k) for k in range(n)]
+    flags = layout.flag_lanes()
+    count, rest = flags[-1], flags[:-1]
+    word: list[tuple[L.Lane, int]] = [(count, 0)]
+    used = N_BITS
+    for lane in rest:
+        if used + FLAG_BITS > WORD_BITS:
+            out.append(Channel("word", fields=tuple(word)))
+            word, used = [], 0
+        word.append((lane, used))
+        used += FLAG_BITS
+    out.append(Channel("word", fields=tuple(word)))
+    return out
+
+
+def _slots(ch: Channel) -> int:
+    return CKKS_SLOTS if ch.kind == "ckks" else BFV_SLOTS
 
 
 # -- keys ------------------------------------------------------------------------------------------
@@ -119,47 +155,54 @@ class PublicKeys:
 # -- node: encrypt ---------------------------------------------------------------------------------
 
 def encrypt_lanes(lanes: dict[L.Lane, np.ndarray], layout: L.Layout, keys: PublicKeys) -> pa.Table:
-    """A node's aligned lanes as a table of ciphertexts (one row per lane, limb and chunk)."""
+    """A node's aligned lanes as a table of ciphertexts (one row per channel and chunk)."""
     ts = _ts()
     rows: dict[str, list[Any]] = {"lane": [], "limb": [], "chunk": [], "ct": [], "sha256": []}
-
-    def add(i: int, limb: int, chunk: int, blob: bytes) -> None:
-        rows["lane"].append(i)
-        rows["limb"].append(limb)
-        rows["chunk"].append(chunk)
-        rows["ct"].append(blob)
-        rows["sha256"].append(hashlib.sha256(blob).digest())
-
-    for i, lane in enumerate(layout.lanes()):
-        v = lanes[lane]
-        if lane.kind == L.REAL and lane.role == L.VALUE:
-            x = np.asarray(v, np.float64)
-            for c, s in enumerate(range(0, max(len(x), 1), CKKS_SLOTS)):
-                add(i, 0, c, ts.ckks_vector(keys.ckks, x[s : s + CKKS_SLOTS].tolist()).serialize())
-            continue
-        for limb, part in enumerate(_to_limbs(v, lane, layout)):
-            for c, s in enumerate(range(0, max(len(part), 1), BFV_SLOTS)):
-                add(i, limb, c, ts.bfv_vector(keys.bfv, part[s : s + BFV_SLOTS].tolist()).serialize())
+    for i, ch in enumerate(channels(layout)):
+        v = _channel_values(ch, lanes, layout)
+        for c, s in enumerate(range(0, max(len(v), 1), _slots(ch))):
+            part = v[s : s + _slots(ch)].tolist()
+            blob = (ts.ckks_vector(keys.ckks, part) if ch.kind == "ckks" else ts.bfv_vector(keys.bfv, part)).serialize()
+            rows["lane"].append(i)
+            rows["limb"].append(0)
+            rows["chunk"].append(c)
+            rows["ct"].append(blob)
+            rows["sha256"].append(hashlib.sha256(blob).digest())
     return pa.table(rows, schema=CT_SCHEMA)
 
 
-def _to_limbs(v: np.ndarray, lane: L.Lane, layout: L.Layout) -> list[np.ndarray]:
-    n = limbs_for(lane, layout)
-    if n == 1:
-        a = np.asarray(v, dtype=np.int64)
-        if a.size and (a.min() < 0 or a.max() >= 2**LIMB_BITS):
-            raise CombineError(f"count lane {lane.column}/{lane.role} is out of range for HE encoding")
-        return [a]
-    p = next(x for x in layout.partials if x.name == lane.column)
-    offset = 1 << (_int_width(p) - 1)
+def _channel_values(ch: Channel, lanes: dict[L.Lane, np.ndarray], layout: L.Layout) -> np.ndarray:
+    if ch.kind == "ckks":
+        assert ch.lane is not None
+        return np.asarray(lanes[ch.lane], np.float64)
+    if ch.kind == "word":
+        acc = None
+        for lane, shift in ch.fields:
+            x = np.asarray(lanes[lane], np.int64)
+            limit = 1 << (N_BITS - 1 if lane.role == L.COUNT else FLAG_BITS - 1)
+            if x.size and (x.min() < 0 or x.max() >= limit):
+                raise CombineError(f"lane {lane.column}/{lane.role} is out of range for HE encoding")
+            acc = (x << shift) if acc is None else acc | (x << shift)
+        return acc if acc is not None else np.zeros(0, np.int64)
+    assert ch.lane is not None
+    p = next(x for x in layout.partials if x.name == ch.lane.column)
+    v = lanes[ch.lane]
     mask = (1 << LIMB_BITS) - 1
-    out = [np.empty(len(v), np.int64) for _ in range(n)]
+    if p.count:
+        a = np.asarray(v, np.int64)
+        if a.size and (a.min() < 0 or a.max() > mask):
+            raise CombineError(f"count partial {p.name!r} is out of range for HE encoding")
+        return a
+    if not p.decimal:  # int64: offset binary in uint64, split into 48-bit limbs
+        u = np.asarray(v, np.int64).view(np.uint64) ^ np.uint64(1 << 63)
+        return ((u >> np.uint64(LIMB_BITS * ch.limb)) & np.uint64(mask)).astype(np.int64)
+    offset = 1 << (_int_width(p) - 1)
+    out = np.empty(len(v), np.int64)
     for j, val in enumerate(v):
-        u = int(val) + offset
-        if not 0 <= u < (1 << _int_width(p)):
-            raise CombineError(f"an integer partial in {lane.column!r} exceeds {_int_width(p)} bits")
-        for k in range(n):
-            out[k][j] = (u >> (LIMB_BITS * k)) & mask
+        w = int(val) + offset
+        if not 0 <= w < (1 << _int_width(p)):
+            raise CombineError(f"an integer partial in {p.name!r} exceeds {_int_width(p)} bits")
+        out[j] = (w >> (LIMB_BITS * ch.limb)) & mask
     return out
 
 
@@ -170,28 +213,28 @@ def add_ciphertexts(parts: dict[str, pa.Table], layout: L.Layout, keys: PublicKe
     node whose ciphertexts are tampered or malformed."""
     ts = _ts()
     expected = _expected_cells(layout, n_groups)
+    chs = channels(layout)
     acc: dict[tuple[int, int, int], Any] = {}
-    lanes = layout.lanes()
     for node, t in parts.items():
         if t.schema.remove_metadata() != CT_SCHEMA:
             raise CombineError(f"node {node!r} sent ciphertexts in an unexpected format")
         cells = list(zip(*(t.column(c).to_pylist() for c in ("lane", "limb", "chunk", "ct", "sha256"))))
         if sorted((a, b, c) for a, b, c, _, _ in cells) != expected:
             raise CombineError(f"node {node!r} sent the wrong set of ciphertexts for this query (shape mismatch)")
-        for lane_i, limb, chunk, blob, digest in cells:
+        for ch_i, limb, chunk, blob, digest in cells:
             if hashlib.sha256(blob).digest() != digest:
                 raise CombineError(f"a ciphertext from node {node!r} failed its integrity check (tampered or corrupted in transit); nothing was decrypted")
-            real = lanes[lane_i].kind == L.REAL and lanes[lane_i].role == L.VALUE
+            real = chs[ch_i].kind == "ckks"
             try:
                 ct = (ts.ckks_vector_from if real else ts.bfv_vector_from)(keys.ckks if real else keys.bfv, blob)
             except Exception as e:  # noqa: BLE001
                 raise CombineError(f"malformed ciphertext from node {node!r} ({e}); nothing was decrypted") from None
-            k = (lane_i, limb, chunk)
+            k = (ch_i, limb, chunk)
             acc[k] = ct if k not in acc else acc[k] + ct
     rows: dict[str, list[Any]] = {"lane": [], "limb": [], "chunk": [], "ct": [], "sha256": []}
-    for (lane_i, limb, chunk), ct in sorted(acc.items()):
+    for (ch_i, limb, chunk), ct in sorted(acc.items()):
         blob = ct.serialize()
-        rows["lane"].append(lane_i)
+        rows["lane"].append(ch_i)
         rows["limb"].append(limb)
         rows["chunk"].append(chunk)
         rows["ct"].append(blob)
@@ -201,53 +244,64 @@ def add_ciphertexts(parts: dict[str, pa.Table], layout: L.Layout, keys: PublicKe
 
 def _expected_cells(layout: L.Layout, n_groups: int) -> list[tuple[int, int, int]]:
     out = []
-    for i, lane in enumerate(layout.lanes()):
-        if lane.kind == L.REAL and lane.role == L.VALUE:
-            chunks = max(1, -(-n_groups // CKKS_SLOTS))
-            out += [(i, 0, c) for c in range(chunks)]
-        else:
-            chunks = max(1, -(-n_groups // BFV_SLOTS))
-            out += [(i, limb, c) for limb in range(limbs_for(lane, layout)) for c in range(chunks)]
+    for i, ch in enumerate(channels(layout)):
+        chunks = max(1, -(-n_groups // _slots(ch)))
+        out += [(i, 0, c) for c in range(chunks)]
     return sorted(out)
 
 
 # -- key holder: decrypt, test, round, release -----------------------------------------------------
 
 def decrypt_release(sums: pa.Table, layout: L.Layout, union: pa.Table, n_groups: int, n_nodes: int, keys: KeyPair, min_count: int) -> pa.Table:
-    """Decrypt summed lanes, suppress groups with 1..min_count-1 samples, round CKKS values, and
-    build the released table (keys, partials, ``_n`` NULL, ``_suppressed``)."""
+    """Decrypt summed channels, suppress groups with 1..min_count-1 samples, round CKKS values,
+    and build the released table (keys, partials, ``_n`` NULL, ``_suppressed``)."""
     ts = _ts()
     if sums.schema.remove_metadata() != CT_SCHEMA:
         raise CombineError("the coordinator sent sums in an unexpected format")
     cells = list(zip(*(sums.column(c).to_pylist() for c in ("lane", "limb", "chunk", "ct", "sha256"))))
     if sorted((a, b, c) for a, b, c, _, _ in cells) != _expected_cells(layout, n_groups):
         raise CombineError("the coordinator sent the wrong set of summed ciphertexts (shape mismatch)")
-    lanes = layout.lanes()
-    parts: dict[tuple[int, int], list[tuple[int, list]]] = {}
-    for lane_i, limb, chunk, blob, digest in cells:
+    chs = channels(layout)
+    parts: dict[int, list[tuple[int, list]]] = {}
+    for ch_i, _limb, chunk, blob, digest in cells:
         if hashlib.sha256(blob).digest() != digest:
             raise CombineError("a summed ciphertext failed its integrity check (tampered or corrupted in transit); nothing was released")
-        real = lanes[lane_i].kind == L.REAL and lanes[lane_i].role == L.VALUE
+        real = chs[ch_i].kind == "ckks"
         try:
             ct = (ts.ckks_vector_from if real else ts.bfv_vector_from)(keys.ckks if real else keys.bfv, blob)
             vals = ct.decrypt()
         except Exception as e:  # noqa: BLE001
             raise CombineError(f"malformed summed ciphertext ({e}); nothing was released") from None
-        parts.setdefault((lane_i, limb), []).append((chunk, vals))
+        parts.setdefault(ch_i, []).append((chunk, vals))
     dec: dict[L.Lane, Any] = {}
-    for i, lane in enumerate(lanes):
-        real = lane.kind == L.REAL and lane.role == L.VALUE
-        if real:
-            dec[lane] = _join(parts[(i, 0)])[:n_groups]
-            continue
-        limbs = [_join(parts[(i, k)])[:n_groups] for k in range(limbs_for(lane, layout))]
-        if len(limbs) == 1:
-            dec[lane] = np.asarray(limbs[0], dtype=np.int64)
+    limbs: dict[L.Lane, dict[int, np.ndarray]] = {}
+    for i, ch in enumerate(chs):
+        if ch.kind == "ckks":
+            assert ch.lane is not None
+            dec[ch.lane] = np.asarray(_join(parts[i])[:n_groups], np.float64)
+        elif ch.kind == "word":
+            w = np.asarray(_join(parts[i])[:n_groups], np.int64)
+            for lane, shift in ch.fields:
+                bits = N_BITS if lane.role == L.COUNT else FLAG_BITS
+                dec[lane] = (w >> shift) & ((1 << bits) - 1)
         else:
-            p = next(x for x in layout.partials if x.name == lane.column)
+            assert ch.lane is not None
+            limbs.setdefault(ch.lane, {})[ch.limb] = np.asarray(_join(parts[i])[:n_groups], np.int64)
+    for lane, ls in limbs.items():
+        p = next(x for x in layout.partials if x.name == lane.column)
+        if p.count:
+            dec[lane] = ls[0]
+        elif not p.decimal and len(ls) == 2:
+            # v = (hi - n * 2^15) * 2^48 + lo, in int64 when it fits
+            hi = ls[1] - (n_nodes << (63 - LIMB_BITS))
+            if hi.size == 0 or (np.abs(hi).max() < (1 << (62 - LIMB_BITS))):
+                dec[lane] = (hi << LIMB_BITS) + ls[0]
+            else:
+                dec[lane] = [int(h) * (1 << LIMB_BITS) + int(lo) for h, lo in zip(hi, ls[0])]
+        else:
             offset = n_nodes << (_int_width(p) - 1)
-            dec[lane] = [sum(int(limbs[k][j]) << (LIMB_BITS * k) for k in range(len(limbs))) - offset for j in range(n_groups)]
-    n = dec[lanes[-1]]  # the count lane is always last
+            dec[lane] = [sum(int(ls[k][j]) << (LIMB_BITS * k) for k in range(len(ls))) - offset for j in range(n_groups)]
+    n = dec[layout.lanes()[-1]]  # the count lane is always last
     released = ~L.small_groups(np.asarray(n), min_count)
     idx = np.flatnonzero(released)
     values: dict[L.Lane, Any] = {}
@@ -256,6 +310,8 @@ def decrypt_release(sums: pa.Table, layout: L.Layout, union: pa.Table, n_groups:
         v = dec[lane]
         if lane.kind == L.REAL:
             values[lane] = round_ckks(np.asarray(v, np.float64)[idx])
+        elif isinstance(v, np.ndarray):
+            values[lane] = v[idx]
         else:
             values[lane] = [v[j] for j in idx]
     for lane in layout.flag_lanes()[:-1]:

@@ -45,12 +45,33 @@ _ROW = "_genofed_row"
 
 @dataclass(frozen=True)
 class PartialLayout:
-    """One partial column: its name, ``int`` or ``real``, and for ints the decimal scale."""
+    """One partial column: its name, ``int`` or ``real``, for ints the decimal scale, and
+    whether it is a *count* (COUNT and the genomic counts: never NULL, never negative, so no
+    validity lane and, under HE, a single limb)."""
 
     name: str
     kind: str
     scale: int = 0
     decimal: bool = False
+    count: bool = False
+
+
+COUNT_FUNCTIONS = ("count", "allele_count", "allele_number", "het_count", "hom_alt_count")
+
+
+def count_partials(select: Any, partials: list[str]) -> list[str]:
+    """The partials of a validated fragment (a sqlglot SELECT) that are counts. Decided from the
+    SQL alone, so every node reaches the same answer."""
+    from sqlglot import exp
+
+    out = []
+    for e in select.expressions:
+        if isinstance(e, exp.Alias) and e.alias in partials:
+            f = e.this
+            name = f.name.lower() if isinstance(f, exp.Anonymous) else type(f).__name__.lower()
+            if name in COUNT_FUNCTIONS and not (isinstance(f, exp.Count) and isinstance(f.this, exp.Distinct)):
+                out.append(e.alias)
+    return out
 
 
 @dataclass(frozen=True)
@@ -71,7 +92,8 @@ class Layout:
         out = []
         for p in self.partials:
             out.append(Lane(p.name, VALUE, p.kind))
-            out.append(Lane(p.name, VALID, INT))
+            if not p.count:
+                out.append(Lane(p.name, VALID, INT))
             if p.kind == REAL:
                 out += [Lane(p.name, NAN, INT), Lane(p.name, POSINF, INT), Lane(p.name, NEGINF, INT)]
         out.append(Lane(N_COLUMN, COUNT, INT))
@@ -97,15 +119,18 @@ class Layout:
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def layout_for(schema: pa.Schema, keys: list[str], partials: list[str]) -> Layout:
-    """The lane layout of a partial table's schema. Refuses partial types that cannot be summed
-    exactly or within a documented bound."""
+def layout_for(schema: pa.Schema, keys: list[str], partials: list[str], counts: list[str] | None = None) -> Layout:
+    """The lane layout of a partial table's schema (``counts``: see :func:`count_partials`).
+    Refuses partial types that cannot be summed exactly or within a documented bound."""
     out = []
+    counts = counts or []
     for name in partials:
         if name not in schema.names:
             raise CombineError(f"partial table has no column {name!r}")
         t = schema.field(name).type
-        if pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_null(t):
+        if pa.types.is_integer(t) and name in counts:
+            out.append(PartialLayout(name, INT, count=True))
+        elif pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_null(t):
             out.append(PartialLayout(name, INT))
         elif pa.types.is_decimal(t):
             out.append(PartialLayout(name, INT, scale=t.scale, decimal=True))
@@ -200,7 +225,7 @@ def lane_values(aligned: pa.Table, layout: Layout) -> dict[Lane, np.ndarray]:
                 ints = [0 if v is None else int(v.scaleb(p.scale)) for v in col.to_pylist()]
                 vals = np.array(ints, dtype=object)
             else:
-                vals = pc.fill_null(pc.cast(col, pa.int64()), 0).to_numpy(zero_copy_only=False).astype(object)
+                vals = pc.fill_null(pc.cast(col, pa.int64()), 0).to_numpy(zero_copy_only=False).astype(np.int64)
             out[Lane(p.name, VALUE, INT)] = vals
         else:
             x = pc.fill_null(pc.cast(col, pa.float64()), 0.0).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -209,7 +234,8 @@ def lane_values(aligned: pa.Table, layout: Layout) -> dict[Lane, np.ndarray]:
             out[Lane(p.name, NAN, INT)] = (nan & valid).astype(np.int64)
             out[Lane(p.name, POSINF, INT)] = (posinf & valid).astype(np.int64)
             out[Lane(p.name, NEGINF, INT)] = (neginf & valid).astype(np.int64)
-        out[Lane(p.name, VALID, INT)] = valid.astype(np.int64)
+        if not p.count:
+            out[Lane(p.name, VALID, INT)] = valid.astype(np.int64)
     n = aligned.column(N_COLUMN) if N_COLUMN in aligned.column_names else pa.nulls(aligned.num_rows, pa.int64())
     out[Lane(N_COLUMN, COUNT, INT)] = pc.fill_null(pc.cast(n, pa.int64()), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     return {lane: out[lane] for lane in layout.lanes()}
@@ -228,9 +254,13 @@ def assemble(union: pa.Table, layout: Layout, released: np.ndarray, sums: dict[L
     cols: dict[str, pa.Array | pa.ChunkedArray] = {k: union.column(k) for k in layout.keys}
     for p in layout.partials:
         nonnull = np.zeros(g, bool)
-        nonnull[idx] = flags[Lane(p.name, VALID, INT)]
+        nonnull[idx] = True if p.count else flags[Lane(p.name, VALID, INT)]
         v = sums[Lane(p.name, VALUE, p.kind)]
-        if p.kind == INT:
+        if p.kind == INT and not p.decimal and isinstance(v, np.ndarray) and v.dtype == np.int64:
+            full64 = np.zeros(g, np.int64)
+            full64[idx] = v
+            arr = pa.array(full64, mask=~nonnull)
+        elif p.kind == INT:
             full: list[int | None] = [None] * g
             for j, i in enumerate(idx):
                 if nonnull[i]:

@@ -127,8 +127,6 @@ class PartyProcess:
     def close(self) -> None:
         self.kill()
         self._log.close()
-        if os.environ.get("GENOFED_MPC_TRACE"):
-            print(f"party {self.pid}:", (self.logdir / "party.log").read_text(errors="replace")[-2000:], file=sys.stderr)
         shutil.rmtree(self.logdir, ignore_errors=True)
 
 
@@ -202,6 +200,7 @@ class _Session:
     keys: list[str]
     partials: list[str]
     plan: str
+    counts: list[str]
     created: float = field(default_factory=time.monotonic)
 
 
@@ -214,7 +213,7 @@ class NodeSessions:
         self._sessions: dict[str, _Session] = {}
         self._lock = threading.Lock()
 
-    def prepare(self, query_id: str, table: pa.Table, keys: list[str], partials: list[str], fragment_sql: str) -> dict[str, Any]:
+    def prepare(self, query_id: str, table: pa.Table, keys: list[str], partials: list[str], fragment_sql: str, counts: list[str] | None = None) -> dict[str, Any]:
         """Hold a partial table for ``query_id`` and start its party; returns the party's address."""
         self._expire()
         workdir = Path(tempfile.mkdtemp(prefix="genofed-mpc-"))
@@ -231,7 +230,7 @@ class NodeSessions:
             raise
         with self._lock:
             old = self._sessions.pop(query_id, None)
-            self._sessions[query_id] = _Session(party, workdir, path, keys, partials, plan_fingerprint(fragment_sql))
+            self._sessions[query_id] = _Session(party, workdir, path, keys, partials, plan_fingerprint(fragment_sql), list(counts or []))
         if old:
             self._close(old)
         return {"host": self.host, "port": port}
@@ -258,6 +257,7 @@ class NodeSessions:
                 "plan": s.plan,  # this node's own view of the query, not the coordinator's
                 "keys": s.keys,
                 "partials": s.partials,
+                "counts": s.counts,
                 "min_count": min_count,  # this node's own policy, not the coordinator's
                 "input": str(s.input),
             }
