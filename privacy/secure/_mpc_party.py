@@ -344,6 +344,7 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
     g = union.num_rows if keys else 1
 
     big_lanes, small_lanes = layout.value_lanes(), layout.flag_lanes()
+    cols = _big_columns(layout)
     _trace("aligned")
     if g == 0:
         if pid == 0:
@@ -363,22 +364,32 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
         _trace("node-align")
         lanes = L.lane_values(aligned, layout)
         _trace("node-lanes")
-        big = np.empty((g, len(big_lanes)), dtype=object)
-        for c, lane in enumerate(big_lanes):
+        big = np.empty((g, len(cols)), dtype=object)
+        for c, col in enumerate(cols):
+            if len(col) > 1 or col[0][1] > 0 or _is_count(layout, col[0][0]):
+                acc = np.zeros(g, dtype=object)
+                for lane, shift in col:
+                    v = np.asarray(lanes[lane], np.int64)
+                    if v.size and (v.min() < 0 or v.max() >= 1 << COUNT_BITS):
+                        raise ValueError(f"count partial {lane.column} is out of range")
+                    acc = acc + (v.astype(object) << shift)
+                big[:, c] = acc
+                continue
+            lane = col[0][0]
             v = lanes[lane]
             if lane.kind == L.REAL:
                 v = _fixed_point(v)
             big[:, c] = [int(x) % pbig for x in v]
         small = np.stack([lanes[lane] for lane in small_lanes], axis=1).astype(object)
     else:
-        big = np.zeros((g, len(big_lanes)), dtype=object)
+        big = np.zeros((g, len(cols)), dtype=object)
         small = np.zeros((g, len(small_lanes)), dtype=object)
     if fault == "die":
         os._exit(9)
     if fault == "stall":
         time.sleep(3600)
     _trace("arrays")
-    zb = np.zeros((g, len(big_lanes)), dtype=object)
+    zb = np.zeros((g, len(cols)), dtype=object)
     zs = np.zeros((g, len(small_lanes)), dtype=object)
     tot_b: Any = None
     tot_s: Any = None
@@ -420,15 +431,21 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
     flags: dict[Any, np.ndarray] = {}
     sums: dict[Any, Any] = {}
     if len(idx):
-        flag_cols = tot_s[idx, : len(small_lanes) - 1]
-        zero = np.asarray(await mpc.np_is_zero_public(flag_cols), dtype=bool).reshape(len(idx), len(small_lanes) - 1)
-        for c, lane in enumerate(small_lanes[:-1]):
-            flags[lane] = ~zero[:, c]
+        if len(small_lanes) > 1:
+            flag_cols = tot_s[idx, : len(small_lanes) - 1]
+            zero = np.asarray(await mpc.np_is_zero_public(flag_cols), dtype=bool).reshape(len(idx), len(small_lanes) - 1)
+            for c, lane in enumerate(small_lanes[:-1]):
+                flags[lane] = ~zero[:, c]
         opened = await mpc.output(tot_b[idx, :], receivers=[0])
         if pid == 0:
-            vals = np.asarray(opened.value, dtype=object).reshape(len(idx), len(big_lanes))
+            vals = np.asarray(opened.value, dtype=object).reshape(len(idx), len(cols))
             half = pbig // 2
-            for c, lane in enumerate(big_lanes):
+            for c, col in enumerate(cols):
+                if len(col) > 1 or col[0][1] > 0 or _is_count(layout, col[0][0]):
+                    for lane, shift in col:
+                        sums[lane] = np.array([(int(v) >> shift) & ((1 << 64) - 1) for v in vals[:, c]], np.int64)
+                    continue
+                lane = col[0][0]
                 ints = [int(v) - pbig if int(v) > half else int(v) for v in vals[:, c]]
                 if lane.kind == L.REAL:
                     sums[lane] = np.array([x / 2**FRAC_BITS for x in ints], np.float64)
@@ -449,6 +466,32 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
     _finished.set()
     await mpc.shutdown()
     _trace("shutdown")
+
+
+COUNT_BITS = 48  # a count partial at one node; sums over up to 2^15 nodes fit a 64-bit field
+COUNTS_PER_ELEMENT = BIG_FIELD_BITS // 64 - 1  # 64-bit fields, top field left free
+
+
+def _is_count(layout: Any, lane: Any) -> bool:
+    return any(p.name == lane.column and p.count for p in layout.partials)
+
+
+def _big_columns(layout: Any) -> list[list[tuple[Any, int]]]:
+    """How value lanes map to big-field elements: count lanes are packed, several per element
+    (64-bit fields; sums never carry across), every other lane takes an element of its own."""
+    cols: list[list[tuple[Any, int]]] = []
+    pack: list[tuple[Any, int]] = []
+    for lane in layout.value_lanes():
+        if _is_count(layout, lane):
+            pack.append((lane, 64 * len(pack)))
+            if len(pack) == COUNTS_PER_ELEMENT:
+                cols.append(pack)
+                pack = []
+        else:
+            cols.append([(lane, 0)])
+    if pack:
+        cols.append(pack)
+    return cols
 
 
 def _fixed_point(x):

@@ -128,7 +128,7 @@ def layout_for(schema: pa.Schema, keys: list[str], partials: list[str], counts: 
         if name not in schema.names:
             raise CombineError(f"partial table has no column {name!r}")
         t = schema.field(name).type
-        if pa.types.is_integer(t) and name in counts:
+        if name in counts and (pa.types.is_integer(t) or (pa.types.is_decimal(t) and t.scale == 0)):
             out.append(PartialLayout(name, INT, count=True))
         elif pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_null(t):
             out.append(PartialLayout(name, INT))
