@@ -245,9 +245,12 @@ def _one_query(cfg: dict[str, Any]) -> None:
             fault = what
 
     live = _Liveness(m, pid)
+    # the coordinator's party diagnoses stalls (it hears from every party); node parties wait a
+    # little longer, so a stalled node's own watchdog does not get to blame someone else first
+    patience = timeout if pid == 0 else timeout + 3.0
 
     def watchdog() -> None:
-        if not finished.wait(timeout):
+        if not finished.wait(patience):
             j = live.stalest()
             _fail("timeout", j, f"{_who(j)} stalled: no progress within {timeout:g} s")
 

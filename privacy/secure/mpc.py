@@ -408,6 +408,8 @@ def _await_coordinator(me: PartyProcess, futures: dict[Any, Any], timeout: float
             seen.add(fut)
             e = fut.exception()
             node = getattr(e, "node", t.name)
+            if node == COORDINATOR_NAME:
+                continue  # a node blaming the coordinator: the coordinator's own party knows better
             verdicts.append({"event": "error", "code": getattr(e, "node_code", "error"), "node": node, "reason": getattr(e, "reason", str(e))})
         now = time.monotonic()
         if verdicts and settle is None:
