@@ -130,15 +130,18 @@ def report(rows: list[tuple[str, int, dict]], command: str, started: str, elapse
     target_rows = [r for label, _, r in rows if label == "100k"]
     if target_rows:
         r = target_rows[0]
-        ok = all(r[m]["ratio"] <= TARGET for m in ("mpc", "he"))
+        verdicts = ", ".join(f"{m} {r[m]['ratio']:.1f}× ({'met' if r[m]['ratio'] <= TARGET else 'NOT met'})" for m in ("mpc", "he"))
         L.append("")
-        L.append(f"Target (≤ {TARGET:g}× plain end to end at 100k values, threshold test included): "
-                 f"mpc {r['mpc']['ratio']:.1f}×, he {r['he']['ratio']:.1f}× — {'met' if ok else 'NOT met'}.")
+        L.append(f"Target: each secure mode ≤ {TARGET:g}× plain end to end at 100k values, threshold test included: {verdicts}.")
     L.append("")
-    L.append("Notes: HE sends whole ciphertexts (N = 8192, ~256 KB each; BFV integers as two 48-bit limbs, plus a "
-             "validity and a count lane), so small queries pay a fixed ~1 MB per node; MPC sends Shamir shares "
-             "of every lane to every other party. Both run the minimum-count test federation-wide (MPC on shares, "
-             "HE at the key holder), so their answers can release groups that plain must withhold.")
+    L.append("Notes: plain answers this query from the nodes' bit-plane kernels in ~0.1 s, so the secure modes' "
+             "fixed costs weigh heavily. HE sends whole ciphertexts (N = 8192, ~256 KB each; here one BFV vector per "
+             "count partial and one packed word for the sample count, per 8,192 groups), so small queries pay a fixed "
+             "~0.8 MB per node. MPC time is dominated by MPyC's arithmetic on Python integers (its finite-field "
+             "arrays are numpy object arrays: input sharing, two multiplications per group for the count test at "
+             "min count 5, a masked zero test, and opening); it sends Shamir shares of every lane to every other "
+             "party. Both run the minimum-count test on federation-wide counts (MPC on shares, HE at the key "
+             "holder), so they can release groups that plain must withhold.")
     L.append(END)
     return "\n".join(L)
 
@@ -146,7 +149,7 @@ def report(rows: list[tuple[str, int, dict]], command: str, started: str, elapse
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="1k and 100k only; print, do not write RESULTS.md")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M")
     t_start = time.monotonic()
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         fed = genofed.connect(root, timeout=600)
         sizes = [("1k", "super_pop", 100), ("100k", "super_pop", 10_000)]
         if not args.quick:
-            sizes.append(("1M", "population", 19_300))
+            sizes.append(("1M", "pop", 19_300))
         for label, group, n_var in sizes:
             n_var = min(n_var, len(pos))
             sql = query(group, pos[0], pos[n_var - 1])
