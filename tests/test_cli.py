@@ -61,3 +61,16 @@ def test_ingest_cli_error(tmp_path):
     bad.write_text("not a vcf\n")
     p = run("ingest", "--store", tmp_path / "st", "--vcf", bad, check=False)
     assert p.returncode == 2 and p.stderr.startswith("error: ")
+
+
+def test_combine_option(fed_dir_1126, fed1126):
+    sql = "SELECT sex, count(*) AS n, avg(outcome) AS o FROM samples GROUP BY sex ORDER BY sex"
+    out = {}
+    for mode in ("plain", "mpc", "he"):
+        p = run("query", "--federation", fed_dir_1126, "--format", "json", "--combine", mode, sql)
+        js = json.loads(p.stdout)
+        assert js["provenance"]["combine"] == mode
+        out[mode] = js["rows"]
+    assert [r["n"] for r in out["mpc"]] == [r["n"] for r in out["plain"]] == [r["n"] for r in out["he"]]
+    bad = run("query", "--federation", fed_dir_1126, "--combine", "fhe", sql, check=False)
+    assert bad.returncode == 2 and "fhe" in bad.stderr

@@ -159,3 +159,6 @@ def test_variants_only_queries_count_each_site_once(fed1126, pooled1126, sql):
     fed_rows, pooled_rows = run_both(fed1126, pooled1126, sql)
     assert_same(fed_rows, pooled_rows, True, sql)
     assert len(set(fed1126.catalog().variants_digest.values())) == 1
+    for mode in ("mpc", "he"):  # one node answers; still through the secure combine
+        secure = [tuple(r.values()) for r in fed1126.sql(sql, combine=mode).to_arrow().to_pylist()]
+        assert_same(secure, pooled_rows, True, f"{sql} [{mode}]")
