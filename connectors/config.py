@@ -40,6 +40,36 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def match_bearer(headers: dict[str, list[str]], known: dict[str, Any], service: str) -> Any:
+    """The entry of ``known`` (token sha256 -> who) for a call's bearer token, compared in
+    constant time; raises the Flight authentication error otherwise."""
+    import hmac
+
+    import pyarrow.flight as flight
+
+    from genofed.engine import protocol as P
+
+    values = headers.get(P.AUTH_HEADER) or headers.get(P.AUTH_HEADER.title()) or []
+    token = values[0] if values else ""
+    if not token.startswith(P.BEARER):
+        raise flight.FlightUnauthenticatedError(P.encode_error(P.CODE_AUTH, "no bearer token; send 'authorization: Bearer <token>'"))
+    digest = hash_token(token[len(P.BEARER):])
+    for h, who in known.items():
+        if hmac.compare_digest(h, digest):
+            return who
+    raise flight.FlightUnauthenticatedError(P.encode_error(P.CODE_AUTH, f"token not recognised by {service}"))
+
+
+def load_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML config file, with errors that name the file and the problem."""
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{what} {path}: invalid TOML: {e}") from None
+
+
 @dataclass
 class Researcher:
     name: str
@@ -78,13 +108,9 @@ class NodeConfig:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> NodeConfig:
         p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"node config {p} does not exist; write one (see docs/stewards.md)") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"node config {p}: invalid TOML: {e}") from None
-        return cls.from_dict(data, base=p.parent, path=p)
+        if not p.exists():
+            raise ConfigError(f"node config {p} does not exist; write one (see docs/stewards.md)")
+        return cls.from_dict(load_toml(p, "node config"), base=p.parent, path=p)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: Path, path: Path | None = None) -> NodeConfig:

@@ -9,7 +9,6 @@ minimum-count rule, and streamed back as Arrow. Errors cross the wire as a code 
 from __future__ import annotations
 
 import functools
-import hmac
 import json
 import logging
 import signal
@@ -28,7 +27,7 @@ from genofed.engine.schema import Catalog
 from genofed.genomics.store import NodeStore
 from genofed.privacy.disclosure import apply_min_count
 
-from .config import NodeConfig, hash_token
+from .config import NodeConfig, match_bearer
 
 log = logging.getLogger("genofed.node")
 
@@ -43,15 +42,7 @@ class _AuthFactory(flight.ServerMiddlewareFactory):
         self.tokens = {r.token_sha256: r.name for r in config.researchers}
 
     def start_call(self, info, headers):
-        values = headers.get(P.AUTH_HEADER) or headers.get(P.AUTH_HEADER.title()) or []
-        token = values[0] if values else ""
-        if not token.startswith(P.BEARER):
-            raise flight.FlightUnauthenticatedError(P.encode_error(P.CODE_AUTH, "no bearer token; send 'authorization: Bearer <token>'"))
-        digest = hash_token(token[len(P.BEARER):])
-        for known, name in self.tokens.items():
-            if hmac.compare_digest(known, digest):
-                return _AuthMiddleware(name)
-        raise flight.FlightUnauthenticatedError(P.encode_error(P.CODE_AUTH, "token not recognised by this node"))
+        return _AuthMiddleware(match_bearer(headers, self.tokens, "this node"))
 
 
 def make_backend(config: NodeConfig) -> Backend:

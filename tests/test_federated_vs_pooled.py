@@ -37,7 +37,7 @@ def _key(row):
     return tuple((0, "") if v is None else (1, v) if isinstance(v, str) else (2, v) for v in row)
 
 
-def assert_same(fed_rows, pooled_rows, ordered: bool, label: str):
+def assert_same(fed_rows, pooled_rows, ordered: bool, label: str, rel: float = REL, abs_tol: float = 1e-9):
     fed_rows = [tuple(_norm(v) for v in r) for r in fed_rows]
     pooled_rows = [tuple(_norm(v) for v in r) for r in pooled_rows]
     assert len(fed_rows) == len(pooled_rows), f"{label}: {len(fed_rows)} rows federated vs {len(pooled_rows)} pooled"
@@ -50,7 +50,7 @@ def assert_same(fed_rows, pooled_rows, ordered: bool, label: str):
                 if math.isnan(x) or math.isnan(y):
                     assert math.isnan(x) and math.isnan(y), f"{label} row {i}: {x} vs {y}"
                 else:
-                    assert math.isclose(x, y, rel_tol=REL, abs_tol=1e-9), f"{label} row {i}: {x!r} vs {y!r}"
+                    assert math.isclose(x, y, rel_tol=rel, abs_tol=abs_tol), f"{label} row {i}: {x!r} vs {y!r}"
             else:
                 assert x == y, f"{label} row {i}: {x!r} vs {y!r}"
 

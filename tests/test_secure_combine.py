@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import csv
-import math
 import os
 import signal
 import struct
@@ -26,7 +25,7 @@ import pytest
 from conftest import LocalFederation, clone_federation
 from corpus import CORPUS
 from oracle import to_pooled_sql
-from test_federated_vs_pooled import _key, _norm, assert_same
+from test_federated_vs_pooled import assert_same
 
 import genofed
 from genofed.engine.errors import CombineError, DisclosureError, NodeError
@@ -41,21 +40,8 @@ TOL = {"mpc": (1e-9, 1e-8), "he": (1e-6, 1e-7)}
 
 
 def assert_close(plain_rows, secure_rows, ordered: bool, label: str, mode: str) -> None:
-    rel, abs_ = TOL[mode]
-    a = [tuple(_norm(v) for v in r) for r in plain_rows]
-    b = [tuple(_norm(v) for v in r) for r in secure_rows]
-    assert len(a) == len(b), f"{label} [{mode}]: {len(b)} rows vs {len(a)} in plain"
-    if not ordered:
-        a, b = sorted(a, key=_key), sorted(b, key=_key)
-    for i, (x, y) in enumerate(zip(a, b)):
-        for u, v in zip(x, y):
-            if isinstance(u, float) and isinstance(v, float):
-                if math.isnan(u) or math.isnan(v):
-                    assert math.isnan(u) and math.isnan(v), f"{label} [{mode}] row {i}: {u} vs {v}"
-                else:
-                    assert math.isclose(u, v, rel_tol=rel, abs_tol=abs_), f"{label} [{mode}] row {i}: {v!r} vs plain {u!r}"
-            else:
-                assert u == v, f"{label} [{mode}] row {i}: {v!r} vs plain {u!r}"
+    rel, abs_tol = TOL[mode]
+    assert_same(secure_rows, plain_rows, ordered, f"{label} [{mode}] vs plain", rel=rel, abs_tol=abs_tol)
 
 
 def _rows(result) -> list[tuple]:

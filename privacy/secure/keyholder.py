@@ -26,7 +26,6 @@ Configuration (``keyholder.toml``)::
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import os
@@ -34,7 +33,6 @@ import signal
 import sys
 import threading
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,12 +51,6 @@ log = logging.getLogger("genofed.keyholder")
 ROLES = ("node", "coordinator")
 
 
-def _sha(token: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 @dataclass
 class KeyHolderConfig:
     name: str
@@ -67,13 +59,10 @@ class KeyHolderConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> KeyHolderConfig:
+        from genofed.connectors.config import load_toml
+
         p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"key holder config {p} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"key holder config {p}: invalid TOML: {e}") from None
+        data = load_toml(p, "key holder config")
         clients = {}
         for i, c in enumerate(data.get("clients", [])):
             if not {"name", "role", "token_sha256"} <= set(c):
@@ -104,15 +93,9 @@ class _Auth(flight.ServerMiddlewareFactory):
         self.clients = clients
 
     def start_call(self, info, headers):
-        values = headers.get(P.AUTH_HEADER) or []
-        token = values[0] if values else ""
-        if not token.startswith(P.BEARER):
-            raise flight.FlightUnauthenticatedError(P.encode_error(P.CODE_AUTH, "no bearer token"))
-        digest = _sha(token[len(P.BEARER):])
-        for known, who in self.clients.items():
-            if hmac.compare_digest(known, digest):
-                return _Who(*who)
-        raise flight.FlightUnauthenticatedError(P.encode_error(P.CODE_AUTH, "token not recognised by the key holder"))
+        from genofed.connectors.config import match_bearer
+
+        return _Who(*match_bearer(headers, self.clients, "the key holder"))
 
 
 class _Who(flight.ServerMiddleware):
