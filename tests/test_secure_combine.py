@@ -404,3 +404,32 @@ def test_he_without_key_holder_is_a_clear_error(faulty):
             fed.sql(SQL, combine="he")
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def test_secure_config_errors(tmp_path, fed_dir_1126):
+    """Bad key-holder configuration is refused up front, naming the file and the fix."""
+    from genofed.connectors.config import NodeConfig
+    from genofed.connectors.federation import FederationConfig
+    from genofed.engine.errors import ConfigError
+    from genofed.privacy.secure.keyholder import KeyHolderConfig
+
+    import tomllib
+
+    node = (fed_dir_1126 / "biobank_A" / "node.toml").read_text()
+    data = tomllib.loads(node)
+    data["keyholder"] = {"location": "grpc://127.0.0.1:1"}  # no token
+    with pytest.raises(ConfigError, match=r"\[keyholder\] needs token"):
+        NodeConfig.from_dict(data, base=tmp_path)
+    data.pop("keyholder")
+    with pytest.raises(ConfigError, match="no \\[keyholder\\].*combine='he'"):
+        NodeConfig.from_dict(data, base=tmp_path).keyholder_location()
+    fed = tmp_path / "federation.toml"
+    fed.write_text('[federation]\ncombine = "he"\n[[nodes]]\nname = "a"\ntoken = "t"\n')
+    with pytest.raises(ConfigError, match='combine = "he" needs a \\[keyholder\\]'):
+        FederationConfig.load(fed)
+    kh = tmp_path / "keyholder.toml"
+    kh.write_text('[[clients]]\nname = "a"\nrole = "admin"\ntoken_sha256 = "x"\n')
+    with pytest.raises(ConfigError, match="role must be one of"):
+        KeyHolderConfig.load(kh)
+    with pytest.raises(ConfigError, match="does not exist"):
+        KeyHolderConfig.load(tmp_path / "missing.toml")
