@@ -408,12 +408,12 @@ def test_he_without_key_holder_is_a_clear_error(faulty):
 
 def test_secure_config_errors(tmp_path, fed_dir_1126):
     """Bad key-holder configuration is refused up front, naming the file and the fix."""
+    import tomllib
+
     from genofed.connectors.config import NodeConfig
     from genofed.connectors.federation import FederationConfig
     from genofed.engine.errors import ConfigError
     from genofed.privacy.secure.keyholder import KeyHolderConfig
-
-    import tomllib
 
     node = (fed_dir_1126 / "biobank_A" / "node.toml").read_text()
     data = tomllib.loads(node)
