@@ -41,6 +41,14 @@ PARTY_MODULE = "genofed.privacy.secure._mpc_party"
 COORDINATOR_NAME = "coordinator"
 
 
+def require_mpyc(where: str) -> None:
+    """A clear error when MPyC is not installed (parties would die on import)."""
+    import importlib.util
+
+    if importlib.util.find_spec("mpyc") is None:
+        raise CombineError(f"combine='mpc' needs MPyC {where}: pip install 'genofed[mpc]' (or use combine='he')")
+
+
 def plan_fingerprint(fragment_sql: str) -> str:
     """What parties compare to be sure they run the same query."""
     return hashlib.sha256(fragment_sql.encode()).hexdigest()[:16]
@@ -215,6 +223,7 @@ class NodeSessions:
 
     def prepare(self, query_id: str, table: pa.Table, keys: list[str], partials: list[str], fragment_sql: str, counts: list[str] | None = None) -> dict[str, Any]:
         """Hold a partial table for ``query_id`` and start its party; returns the party's address."""
+        require_mpyc("at this node")
         self._expire()
         workdir = Path(tempfile.mkdtemp(prefix="genofed-mpc-"))
         os.chmod(workdir, 0o700)
@@ -323,6 +332,7 @@ def _await_verdict(party: PartyProcess, timeout: float) -> dict[str, Any]:
 def run_mpc(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: str, min_count: int, timeout: float, wire: dict[str, int] | None = None) -> pa.Table:
     """Run one query under MPC; returns the combined table (keys, released partials,
     ``_n`` NULL, ``_suppressed``). Raises :class:`NodeError` naming the node at fault."""
+    require_mpyc("at the coordinator")
     workdir = Path(tempfile.mkdtemp(prefix="genofed-mpc-coord-"))
     os.chmod(workdir, 0o700)
     me = take_party(0)
