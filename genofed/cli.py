@@ -126,11 +126,14 @@ def federation() -> None:
 @click.option("--nodes", "n_nodes", default=3, show_default=True, help="without --split: deal samples over N nodes")
 @click.option("--clinical", multiple=True, metavar="NAME=FILE")
 @click.option("--min-count", default=5, show_default=True, help="minimum samples per released group")
-def federation_init(directory: Path, vcf: Path, samples: Path, split: Path | None, n_nodes: int, clinical: tuple[str, ...], min_count: int) -> None:
-    """Split a cohort over node stores and write DIRECTORY/federation.toml."""
+@click.option("--combine", type=click.Choice(["mpc", "he", "plain"]), default="mpc", show_default=True, help="the federation's default combine mode")
+@click.option("--allow-plain", is_flag=True, help="node policies allow combine='plain' (the coordinator sees node partials; development only)")
+def federation_init(directory: Path, vcf: Path, samples: Path, split: Path | None, n_nodes: int, clinical: tuple[str, ...], min_count: int, combine: str, allow_plain: bool) -> None:
+    """Split a cohort over node stores (with a local HE key holder) and write DIRECTORY/federation.toml."""
     from genofed.connectors.federation import init_federation
 
-    fed = init_federation(directory, vcf, samples, split, n_nodes=n_nodes, clinical=_kv(clinical, "--clinical"), min_count=min_count, progress=sys.stderr.isatty())
+    fed = init_federation(directory, vcf, samples, split, n_nodes=n_nodes, clinical=_kv(clinical, "--clinical"), min_count=min_count,
+                          combine=combine, allow_plain=allow_plain, progress=sys.stderr.isatty())
     click.echo(f"federation {fed.name!r}: nodes {', '.join(n.name for n in fed.nodes)} in {directory}")
 
 
@@ -138,7 +141,7 @@ def federation_init(directory: Path, vcf: Path, samples: Path, split: Path | Non
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--timeout", default=60.0, show_default=True)
 def federation_up(directory: Path, timeout: float) -> None:
-    """Start one node server per node on free loopback ports."""
+    """Start the key holder and one node server per node on free loopback ports."""
     from genofed.connectors.federation import up
 
     for name, port in up(directory, timeout=timeout).items():
@@ -148,7 +151,7 @@ def federation_up(directory: Path, timeout: float) -> None:
 @federation.command("down")
 @click.argument("directory", type=click.Path(path_type=Path))
 def federation_down(directory: Path) -> None:
-    """Stop the node servers of a local federation."""
+    """Stop the node servers and the key holder of a local federation."""
     from genofed.connectors.federation import down
 
     stopped = down(directory)
