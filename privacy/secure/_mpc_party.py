@@ -171,6 +171,38 @@ def _install_message_checks(asyncoro: Any, secret: bytes, live: _Liveness, fault
     ME.connection_lost = connection_lost
 
 
+def _install_bulk_randomness(thresha: Any) -> None:
+    """Draw Shamir coefficients in bulk.
+
+    MPyC's ``np_random_split`` calls ``secrets.randbelow`` once per coefficient, one
+    ``getrandom`` system call each: for 50,000 groups that alone costs most of a second per
+    multiplication. Here the coefficients come from one ``os.urandom`` call per split, each
+    reduced from 64 bits more than the field order (statistical distance to uniform < 2**-64).
+    Fields that are not prime fields keep MPyC's own code.
+    """
+    import numpy as np
+
+    original = thresha.np_random_split
+
+    def np_random_split(field, s, t, m):
+        p = field.modulus
+        if not isinstance(p, int) or t == 0:
+            return original(field, s, t, m)
+        if isinstance(s, field.array):
+            s = s.value
+        n = len(s)
+        order = field.order
+        width = (order.bit_length() + 7) // 8 + 8
+        buf = os.urandom(width * t * n)
+        frm = int.from_bytes
+        coeffs = [frm(buf[i : i + width], "little") % order for i in range(0, width * t * n, width)]
+        C = np.array(coeffs, dtype=object).reshape(t, n)
+        V = np.vander(np.array(list(range(1, m + 1)), dtype="O"), N=t + 1, increasing=True)
+        return (V @ np.concatenate((np.asarray(s, dtype=object).reshape(1, n), C))) % p
+
+    thresha.np_random_split = np_random_split
+
+
 def _ipc(table) -> bytes:
     import pyarrow as pa
 
@@ -268,6 +300,11 @@ def _one_query(cfg: dict[str, Any]) -> None:
     rec_path = os.environ.get("GENOFED_MPC_RECORD") if pid == 0 else None
     record = open(rec_path, "ab") if rec_path else None  # noqa: SIM115
     _install_message_checks(asyncoro, bytes.fromhex(cfg["secret"]), live, fault, record)
+    from mpyc import thresha
+
+    if not getattr(thresha, "_genofed_bulk", False):
+        _install_bulk_randomness(thresha)
+        thresha._genofed_bulk = True
     try:
         mpc.run(_protocol(mpc, cfg, pid, m, fault))
     except SystemExit:
