@@ -77,10 +77,13 @@ def _who(pid: int | None) -> str:
     return _names[pid] if 0 <= pid < len(_names) else f"party {pid}"
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def _listen(host: str) -> socket.socket:
+    """A listening socket on a free port, kept open and handed to MPyC (binding, closing and
+    re-binding by number would race with other processes' ephemeral ports)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((host, 0))
+    s.listen(64)
+    return s
 
 
 class _Liveness:
@@ -203,6 +206,21 @@ def _install_bulk_randomness(thresha: Any) -> None:
     thresha.np_random_split = np_random_split
 
 
+def _serve_on(mpc: Any, sock: socket.socket) -> None:
+    """Make MPyC's listener use our already-bound socket instead of binding its port again."""
+    loop = mpc._loop
+    original = type(loop).create_server
+    port = sock.getsockname()[1]
+
+    async def create_server(protocol_factory, host=None, port_=None, **kw):
+        if kw.get("port", port_) == port:
+            kw.pop("port", None)
+            return await original(loop, protocol_factory, sock=sock, **kw)
+        return await original(loop, protocol_factory, host, port_, **kw)
+
+    loop.create_server = create_server
+
+
 def _ipc(table) -> bytes:
     import pyarrow as pa
 
@@ -245,22 +263,22 @@ def main() -> None:
     global _out
     _out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything printed by libraries goes to stderr
-    host = os.environ.get("GENOFED_MPC_HOST", "127.0.0.1")
     _preload()
     while True:
         first_line = sys.stdin.readline()
         if not first_line:
             os._exit(0)  # the parent is done with this party
-        pid = int(json.loads(first_line).get("pid", -1))
-        port = 0 if pid == 0 else _free_port(host)
-        _emit({"event": "port", "port": port})
+        first = json.loads(first_line)
+        pid = int(first.get("pid", -1))
+        sock = None if pid == 0 else _listen(str(first.get("bind", "127.0.0.1")))
+        _emit({"event": "port", "port": sock.getsockname()[1] if sock else 0})
         line = sys.stdin.readline()
         if not line:
             os._exit(0)  # the parent gave up before the query started
-        _one_query(json.loads(line))
+        _one_query(json.loads(line), sock)
 
 
-def _one_query(cfg: dict[str, Any]) -> None:
+def _one_query(cfg: dict[str, Any], sock: socket.socket | None = None) -> None:
     global _names, _finished
     _finished = threading.Event()
     finished = _finished
@@ -300,6 +318,8 @@ def _one_query(cfg: dict[str, Any]) -> None:
     rec_path = os.environ.get("GENOFED_MPC_RECORD") if pid == 0 else None
     record = open(rec_path, "ab") if rec_path else None  # noqa: SIM115
     _install_message_checks(asyncoro, bytes.fromhex(cfg["secret"]), live, fault, record)
+    if sock is not None:
+        _serve_on(mpc, sock)
     from mpyc import thresha
 
     if not getattr(thresha, "_genofed_bulk", False):

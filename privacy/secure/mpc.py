@@ -77,10 +77,11 @@ class PartyProcess:
         self._events: queue.Queue[dict[str, Any]] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
-    def begin(self, pid: int) -> None:
-        """Give the party its index: node parties (pid > 0) then bind a port."""
+    def begin(self, pid: int, bind: str = "127.0.0.1") -> None:
+        """Give the party its index: node parties (pid != 0) then listen on a free port of
+        ``bind``."""
         self.pid = pid
-        self._send({"pid": pid})
+        self._send({"pid": pid, "bind": bind})
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -143,7 +144,7 @@ _idle_lock = threading.Lock()
 MAX_IDLE = 2
 
 
-def take_party(pid: int) -> PartyProcess:
+def take_party(pid: int, bind: str = "127.0.0.1") -> PartyProcess:
     """A party process for one query: an idle one that already served a query or was started
     ahead (imports take most of a party's start-up), else a new one."""
     p = None
@@ -159,7 +160,7 @@ def take_party(pid: int) -> PartyProcess:
         p = PartyProcess()
     if spare:
         threading.Thread(target=prewarm, daemon=True).start()
-    p.begin(pid)
+    p.begin(pid, bind)
     return p
 
 
@@ -230,7 +231,7 @@ class NodeSessions:
         path = workdir / "partials.arrow"
         with pa.OSFile(str(path), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
             w.write_table(table)
-        party = take_party(-1)  # a node party; its index is assigned by the coordinator in run()
+        party = take_party(-1, self.host)  # a node party; its index is assigned by the coordinator in run()
         try:
             port = party.port(timeout=30)
         except CombineError:
