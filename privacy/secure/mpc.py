@@ -62,8 +62,9 @@ class PartyProcess:
 
     def __init__(self) -> None:
         self.pid = -1
-        self.logdir = Path(tempfile.mkdtemp(prefix="genofed-party-"))
-        self._log = open(self.logdir / "party.log", "wb")  # noqa: SIM115 (closed in close())
+        # the party's stderr: an unlinked temporary file, so nothing is left behind however the
+        # party ends; read with pread (the child shares the file offset)
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
         env = dict(os.environ)
         env.setdefault("PYTHONHASHSEED", "0")
         self.proc = subprocess.Popen(
@@ -117,9 +118,10 @@ class PartyProcess:
 
     def log_tail(self, n: int = 400) -> str:
         try:
-            self._log.flush()
-            return (self.logdir / "party.log").read_bytes()[-n:].decode(errors="replace").strip()
-        except OSError:
+            fd = self._log.fileno()
+            size = os.fstat(fd).st_size
+            return os.pread(fd, n, max(0, size - n)).decode(errors="replace").strip()
+        except (OSError, ValueError):
             return ""
 
     def kill(self) -> None:
@@ -136,7 +138,6 @@ class PartyProcess:
     def close(self) -> None:
         self.kill()
         self._log.close()
-        shutil.rmtree(self.logdir, ignore_errors=True)
 
 
 _idle: list[PartyProcess] = []
