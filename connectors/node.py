@@ -170,9 +170,8 @@ class NodeServer(flight.FlightServerBase):
         try:
             kh = self._keyholder()
             keys = kh.public_keys()
-            if req.get("key_id") != keys.key_id:
-                kh._keys = None
-                keys = kh.public_keys()
+            if req.get("key_id") != keys.key_id:  # the key holder may have restarted with new keys
+                keys = kh.public_keys(refresh=True)
                 if req.get("key_id") != keys.key_id:
                     raise GenofedError("the coordinator's key holder is not this node's key holder (key ids differ); refusing to encrypt")
             layout = L.layout_for(table.schema, list(frag.keys), list(frag.partials), L.count_partials(frag.select, list(frag.partials)))

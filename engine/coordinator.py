@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from .combine import PlainCombiner, check_mode, narrow_integers
 from .errors import GenofedError, NodeError, PlanningError
 from .planner import COMBINED, Plan, plan_query
-from .protocol import N_COLUMN, SUPPRESSED_COLUMN
+from .protocol import N_COLUMN, SUPPRESSED_COLUMN, ipc_size
 from .schema import Catalog
 from .sqlcheck import parse
 
@@ -156,7 +156,7 @@ class Coordinator:
         sql = plan.fragment_sql
         if mode == "plain":
             parts = self._fan_out(lambda t: t.run_fragment(sql, qid, self.timeout), targets)
-            wire.update({node: _ipc_size(t) for node, t in parts.items()})
+            wire.update({node: ipc_size(t) for node, t in parts.items()})
             return PlainCombiner().combine(parts, plan.keys, plan.partials)
         if mode == "mpc":
             from genofed.privacy.secure.mpc import run_mpc
@@ -183,13 +183,6 @@ class Coordinator:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _ipc_size(table: pa.Table) -> int:
-    sink = pa.MockOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return int(sink.size())
 
 
 def finalize(plan: Plan, combined: pa.Table) -> pa.Table:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 from typing import Any
+
+import pyarrow as pa
 
 PROTOCOL_VERSION = 1
 
@@ -72,3 +76,34 @@ def decode_error(message: str) -> dict[str, Any] | None:
         return json.JSONDecoder().raw_decode(text)[0]
     except ValueError:
         return None
+
+
+# -- Arrow IPC helpers shared by the transport, the coordinator and the secure combine modes -----
+
+def ipc_bytes(table: pa.Table) -> bytes:
+    """A table as an Arrow IPC stream."""
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue()
+
+
+def read_ipc(b: bytes) -> pa.Table:
+    """The table in an Arrow IPC stream (raises ``pa.ArrowInvalid`` if malformed)."""
+    return pa.ipc.open_stream(b).read_all()
+
+
+def ipc_size(table: pa.Table) -> int:
+    """Bytes of a table as an Arrow IPC stream: what it costs on the wire."""
+    sink = pa.MockOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return int(sink.size())
+
+
+def write_ipc_file(path: str | os.PathLike[str], table: pa.Table) -> None:
+    """Write an Arrow IPC file atomically (a temporary name, then a rename)."""
+    tmp = f"{os.fspath(path)}.tmp"
+    with pa.OSFile(tmp, "wb") as f, pa.ipc.new_file(f, table.schema) as w:
+        w.write_table(table)
+    os.replace(tmp, path)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import json
 import os
 import socket
@@ -53,7 +52,7 @@ _TAG = 16
 
 _out = None  # the parent's pipe (stdout is redirected to stderr so libraries cannot corrupt it)
 _names: list[str] = []
-_sent = [0]
+_sent = [0]  # bytes this party sent in the current query (read before shutdown closes links)
 _finished = threading.Event()
 
 
@@ -221,20 +220,13 @@ def _serve_on(mpc: Any, sock: socket.socket) -> None:
     loop.create_server = create_server
 
 
-def _ipc(table) -> bytes:
-    import pyarrow as pa
-
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return sink.getvalue()
-
-
 def _read_ipc(b: bytes, who: int):
     import pyarrow as pa
 
+    from genofed.engine.protocol import read_ipc
+
     try:
-        return pa.ipc.open_stream(b).read_all()
+        return read_ipc(b)
     except (pa.ArrowInvalid, TypeError) as e:
         _fail("malformed", who, f"{_who(who)} sent a malformed key table: {e}")
         raise
@@ -252,8 +244,9 @@ def _preload() -> None:
     import pyarrow  # noqa: F401
 
     import genofed.privacy.secure.layout  # noqa: F401
+    from genofed.engine.protocol import ipc_bytes, read_ipc
 
-    _read_ipc(_ipc(pyarrow.table({"warm": [0]})), 0)  # first Arrow conversions import pandas
+    read_ipc(ipc_bytes(pyarrow.table({"warm": [0]})))  # first Arrow conversions import pandas
 
 
 def main() -> None:
@@ -335,8 +328,7 @@ def _one_query(cfg: dict[str, Any], sock: socket.socket | None = None) -> None:
         if record is not None:
             record.close()
     finished.set()
-    sent = sum(getattr(q.protocol, "nbytes_sent", 0) for q in mpc.parties if q.pid != pid and q.protocol is not None)
-    _emit({"event": "done", "bytes_sent": int(sent or _sent[0])})
+    _emit({"event": "done", "bytes_sent": _sent[0]})
 
 
 def _fault_spec() -> str:
@@ -367,6 +359,7 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
     import numpy as np
     import pyarrow as pa
 
+    from genofed.engine.protocol import ipc_bytes, write_ipc_file
     from genofed.privacy.secure import layout as L
 
     _trace("begin")
@@ -394,11 +387,11 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
     _trace("agreed")
 
     # 2. key alignment through the aligner (party 1)
-    mine = _ipc(L.key_table(table, keys)) if pid and keys else None
+    mine = ipc_bytes(L.key_table(table, keys)) if pid and keys else None
     got = await mpc.transfer(mine, senders=nodes, receivers=[1])
     ub = None
     if pid == 1 and keys:
-        ub = _ipc(L.union_keys([_read_ipc(b, j) for j, b in zip(nodes, got)], keys))
+        ub = ipc_bytes(L.union_keys([_read_ipc(b, j) for j, b in zip(nodes, got)], keys))
     ub = await mpc.transfer(ub, senders=1)
     union = _read_ipc(ub, 1) if keys else pa.table({})
     g = union.num_rows if keys else 1
@@ -408,7 +401,7 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
     _trace("aligned")
     if g == 0:
         if pid == 0:
-            _write(cfg["output"], L.assemble(union, layout, np.zeros(0, bool), {la: [] for la in big_lanes}, {la: np.zeros(0, bool) for la in small_lanes}))
+            write_ipc_file(cfg["output"], L.assemble(union, layout, np.zeros(0, bool), {la: [] for la in big_lanes}, {la: np.zeros(0, bool) for la in small_lanes}))
         _finished.set()
         await mpc.shutdown()
         return
@@ -421,9 +414,7 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
     # 3. secret-share the lanes
     if pid:
         aligned = L.align(table, union, keys)
-        _trace("node-align")
         lanes = L.lane_values(aligned, layout)
-        _trace("node-lanes")
         big = np.empty((g, len(cols)), dtype=object)
         for c, col in enumerate(cols):
             if len(col) > 1 or col[0][1] > 0 or _is_count(layout, col[0][0]):
@@ -448,7 +439,6 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
         os._exit(9)
     if fault == "stall":
         time.sleep(3600)
-    _trace("arrays")
     zb = np.zeros((g, len(cols)), dtype=object)
     zs = np.zeros((g, len(small_lanes)), dtype=object)
     tot_b: Any = None
@@ -520,9 +510,9 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
         for lane in big_lanes:
             sums[lane] = []
     _trace("opened")
-    _sent[0] = sum(getattr(q.protocol, "nbytes_sent", 0) for q in mpc.parties if q.pid != pid and q.protocol is not None)
+    _sent[0] = sum(q.protocol.nbytes_sent for q in mpc.parties if q.pid != pid and q.protocol is not None)
     if pid == 0:
-        _write(cfg["output"], L.assemble(union, layout, released, sums, flags))
+        write_ipc_file(cfg["output"], L.assemble(union, layout, released, sums, flags))
     _finished.set()
     await mpc.shutdown()
     _trace("shutdown")
@@ -562,15 +552,6 @@ def _fixed_point(x):
     if np.any(np.abs(x) >= limit):
         raise ValueError(f"a real partial exceeds the fixed-point range (|x| < 2^{BIG_FIELD_BITS - FRAC_BITS - 24})")
     return [int(round(float(v) * 2**FRAC_BITS)) for v in x]
-
-
-def _write(path: str, table) -> None:
-    import pyarrow as pa
-
-    tmp = path + ".tmp"
-    with pa.OSFile(tmp, "wb") as f, pa.ipc.new_file(f, table.schema) as w:
-        w.write_table(table)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

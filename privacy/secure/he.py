@@ -25,7 +25,6 @@ release: raw CKKS decryptions leak information about the secret key (Li & Miccia
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from genofed.engine.errors import CombineError
+from genofed.engine.protocol import ipc_size
 
 from . import layout as L
 
@@ -50,9 +50,8 @@ CKKS_FLOOR_EXP = -28
 MAX_NODES = 511
 
 CT_SCHEMA = pa.schema([
-    ("lane", pa.int32()),
-    ("limb", pa.int8()),
-    ("chunk", pa.int32()),
+    ("channel", pa.int32()),  # index into channels(layout)
+    ("chunk", pa.int32()),  # which block of groups (BFV_SLOTS or CKKS_SLOTS per block)
     ("ct", pa.binary()),
     ("sha256", pa.binary(32)),
 ])
@@ -157,18 +156,47 @@ class PublicKeys:
 def encrypt_lanes(lanes: dict[L.Lane, np.ndarray], layout: L.Layout, keys: PublicKeys) -> pa.Table:
     """A node's aligned lanes as a table of ciphertexts (one row per channel and chunk)."""
     ts = _ts()
-    rows: dict[str, list[Any]] = {"lane": [], "limb": [], "chunk": [], "ct": [], "sha256": []}
+    cells = {}
     for i, ch in enumerate(channels(layout)):
         v = _channel_values(ch, lanes, layout)
         for c, s in enumerate(range(0, max(len(v), 1), _slots(ch))):
             part = v[s : s + _slots(ch)].tolist()
-            blob = (ts.ckks_vector(keys.ckks, part) if ch.kind == "ckks" else ts.bfv_vector(keys.bfv, part)).serialize()
-            rows["lane"].append(i)
-            rows["limb"].append(0)
-            rows["chunk"].append(c)
-            rows["ct"].append(blob)
-            rows["sha256"].append(hashlib.sha256(blob).digest())
+            cells[(i, c)] = ts.ckks_vector(keys.ckks, part) if ch.kind == "ckks" else ts.bfv_vector(keys.bfv, part)
+    return _ct_table(cells)
+
+
+def _ct_table(cells: dict[tuple[int, int], Any]) -> pa.Table:
+    """Ciphertexts keyed by (channel, chunk) as a table, each with its SHA-256 digest."""
+    rows: dict[str, list[Any]] = {"channel": [], "chunk": [], "ct": [], "sha256": []}
+    for (ch_i, chunk), ct in sorted(cells.items()):
+        blob = ct.serialize()
+        rows["channel"].append(ch_i)
+        rows["chunk"].append(chunk)
+        rows["ct"].append(blob)
+        rows["sha256"].append(hashlib.sha256(blob).digest())
     return pa.table(rows, schema=CT_SCHEMA)
+
+
+def _load_cells(t: pa.Table, layout: L.Layout, n_groups: int, bfv: Any, ckks: Any, sender: str, then: str) -> dict[tuple[int, int], Any]:
+    """Check a ciphertext table's format, shape and digests, and load every ciphertext. Errors
+    name ``sender`` and say what did not happen (``then``)."""
+    ts = _ts()
+    if t.schema.remove_metadata() != CT_SCHEMA:
+        raise CombineError(f"{sender} sent ciphertexts in an unexpected format; {then}")
+    cells = list(zip(*(t.column(c).to_pylist() for c in CT_SCHEMA.names)))
+    if sorted((a, b) for a, b, _, _ in cells) != _expected_cells(layout, n_groups):
+        raise CombineError(f"{sender} sent the wrong set of ciphertexts for this query (shape mismatch); {then}")
+    chs = channels(layout)
+    out = {}
+    for ch_i, chunk, blob, digest in cells:
+        if hashlib.sha256(blob).digest() != digest:
+            raise CombineError(f"a ciphertext from {sender} failed its integrity check (tampered or corrupted in transit); {then}")
+        real = chs[ch_i].kind == "ckks"
+        try:
+            out[(ch_i, chunk)] = (ts.ckks_vector_from if real else ts.bfv_vector_from)(ckks if real else bfv, blob)
+        except Exception as e:  # noqa: BLE001  (SEAL raises plain ValueError/RuntimeError)
+            raise CombineError(f"malformed ciphertext from {sender} ({e}); {then}") from None
+    return out
 
 
 def _channel_values(ch: Channel, lanes: dict[L.Lane, np.ndarray], layout: L.Layout) -> np.ndarray:
@@ -211,43 +239,15 @@ def _channel_values(ch: Channel, lanes: dict[L.Lane, np.ndarray], layout: L.Layo
 def add_ciphertexts(parts: dict[str, pa.Table], layout: L.Layout, keys: PublicKeys, n_groups: int) -> pa.Table:
     """Sum every node's ciphertexts slot-wise. Checks each message's digest and shape, naming the
     node whose ciphertexts are tampered or malformed."""
-    ts = _ts()
-    expected = _expected_cells(layout, n_groups)
-    chs = channels(layout)
-    acc: dict[tuple[int, int, int], Any] = {}
+    acc: dict[tuple[int, int], Any] = {}
     for node, t in parts.items():
-        if t.schema.remove_metadata() != CT_SCHEMA:
-            raise CombineError(f"node {node!r} sent ciphertexts in an unexpected format")
-        cells = list(zip(*(t.column(c).to_pylist() for c in ("lane", "limb", "chunk", "ct", "sha256"))))
-        if sorted((a, b, c) for a, b, c, _, _ in cells) != expected:
-            raise CombineError(f"node {node!r} sent the wrong set of ciphertexts for this query (shape mismatch)")
-        for ch_i, limb, chunk, blob, digest in cells:
-            if hashlib.sha256(blob).digest() != digest:
-                raise CombineError(f"a ciphertext from node {node!r} failed its integrity check (tampered or corrupted in transit); nothing was decrypted")
-            real = chs[ch_i].kind == "ckks"
-            try:
-                ct = (ts.ckks_vector_from if real else ts.bfv_vector_from)(keys.ckks if real else keys.bfv, blob)
-            except Exception as e:  # noqa: BLE001
-                raise CombineError(f"malformed ciphertext from node {node!r} ({e}); nothing was decrypted") from None
-            k = (ch_i, limb, chunk)
+        for k, ct in _load_cells(t, layout, n_groups, keys.bfv, keys.ckks, f"node {node!r}", "nothing was decrypted").items():
             acc[k] = ct if k not in acc else acc[k] + ct
-    rows: dict[str, list[Any]] = {"lane": [], "limb": [], "chunk": [], "ct": [], "sha256": []}
-    for (ch_i, limb, chunk), ct in sorted(acc.items()):
-        blob = ct.serialize()
-        rows["lane"].append(ch_i)
-        rows["limb"].append(limb)
-        rows["chunk"].append(chunk)
-        rows["ct"].append(blob)
-        rows["sha256"].append(hashlib.sha256(blob).digest())
-    return pa.table(rows, schema=CT_SCHEMA)
+    return _ct_table(acc)
 
 
-def _expected_cells(layout: L.Layout, n_groups: int) -> list[tuple[int, int, int]]:
-    out = []
-    for i, ch in enumerate(channels(layout)):
-        chunks = max(1, -(-n_groups // _slots(ch)))
-        out += [(i, 0, c) for c in range(chunks)]
-    return sorted(out)
+def _expected_cells(layout: L.Layout, n_groups: int) -> list[tuple[int, int]]:
+    return sorted((i, c) for i, ch in enumerate(channels(layout)) for c in range(max(1, -(-n_groups // _slots(ch)))))
 
 
 # -- key holder: decrypt, test, round, release -----------------------------------------------------
@@ -255,24 +255,13 @@ def _expected_cells(layout: L.Layout, n_groups: int) -> list[tuple[int, int, int
 def decrypt_release(sums: pa.Table, layout: L.Layout, union: pa.Table, n_groups: int, n_nodes: int, keys: KeyPair, min_count: int) -> pa.Table:
     """Decrypt summed channels, suppress groups with 1..min_count-1 samples, round CKKS values,
     and build the released table (keys, partials, ``_n`` NULL, ``_suppressed``)."""
-    ts = _ts()
-    if sums.schema.remove_metadata() != CT_SCHEMA:
-        raise CombineError("the coordinator sent sums in an unexpected format")
-    cells = list(zip(*(sums.column(c).to_pylist() for c in ("lane", "limb", "chunk", "ct", "sha256"))))
-    if sorted((a, b, c) for a, b, c, _, _ in cells) != _expected_cells(layout, n_groups):
-        raise CombineError("the coordinator sent the wrong set of summed ciphertexts (shape mismatch)")
     chs = channels(layout)
     parts: dict[int, list[tuple[int, list]]] = {}
-    for ch_i, _limb, chunk, blob, digest in cells:
-        if hashlib.sha256(blob).digest() != digest:
-            raise CombineError("a summed ciphertext failed its integrity check (tampered or corrupted in transit); nothing was released")
-        real = chs[ch_i].kind == "ckks"
+    for (ch_i, chunk), ct in _load_cells(sums, layout, n_groups, keys.bfv, keys.ckks, "the coordinator", "nothing was released").items():
         try:
-            ct = (ts.ckks_vector_from if real else ts.bfv_vector_from)(keys.ckks if real else keys.bfv, blob)
-            vals = ct.decrypt()
+            parts.setdefault(ch_i, []).append((chunk, ct.decrypt()))
         except Exception as e:  # noqa: BLE001
-            raise CombineError(f"malformed summed ciphertext ({e}); nothing was released") from None
-        parts.setdefault(ch_i, []).append((chunk, vals))
+            raise CombineError(f"a summed ciphertext could not be decrypted ({e}); nothing was released") from None
     dec: dict[L.Lane, Any] = {}
     limbs: dict[L.Lane, dict[int, np.ndarray]] = {}
     for i, ch in enumerate(chs):
@@ -337,28 +326,6 @@ def round_ckks(x: np.ndarray) -> np.ndarray:
     step = np.ldexp(1.0, step_exp)
     out[nz] = np.round(x[nz] / step) * step
     return out
-
-
-def ipc_size(table: pa.Table) -> int:
-    """Bytes of a table as an Arrow IPC stream (what it costs on the wire)."""
-    sink = pa.MockOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return int(sink.size())
-
-
-def ipc_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return sink.getvalue()
-
-
-def read_ipc(b: bytes, what: str) -> pa.Table:
-    try:
-        return pa.ipc.open_stream(b).read_all()
-    except (pa.ArrowInvalid, TypeError) as e:
-        raise CombineError(f"malformed {what}: {e}") from None
 
 
 # -- coordinator: one query ------------------------------------------------------------------------

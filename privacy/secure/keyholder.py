@@ -257,8 +257,9 @@ class KeyHolderClient:
             return NodeError(self.name, "timeout", "the key holder did not answer in time")
         return NodeError(body.get("party") or self.name, body.get("code", "error"), body.get("reason", type(e).__name__))
 
-    def public_keys(self, timeout: float = 30.0) -> H.PublicKeys:
-        if self._keys is None:
+    def public_keys(self, timeout: float = 30.0, refresh: bool = False) -> H.PublicKeys:
+        """The key holder's public keys (cached; ``refresh`` fetches them again)."""
+        if self._keys is None or refresh:
             try:
                 t = self._client.do_get(flight.Ticket(b"public_keys"), self._opts(timeout)).read_all()
             except flight.FlightError as e:

@@ -17,7 +17,7 @@ Lanes per partial:
 plus one ``n`` lane (the group's sample count), which drives the minimum-count test.
 
 The layout is derived from the fragment's Arrow schema only (types, never values), so it is
-public and identical at every node; parties compare layout fingerprints before combining.
+public and identical at every node; parties compare layouts before combining.
 
 Key alignment: a group absent at a node contributes zeros (``valid`` = 0). The key union is
 sorted canonically, so its order says nothing about which node contributed which key.
@@ -25,8 +25,6 @@ sorted canonically, so its order says nothing about which node contributed which
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -39,7 +37,6 @@ from genofed.engine.protocol import N_COLUMN, SUPPRESSED_COLUMN
 
 INT, REAL = "int", "real"
 VALUE, VALID, NAN, POSINF, NEGINF, COUNT = "value", "valid", "nan", "posinf", "neginf", "n"
-FLAG_ROLES = (VALID, NAN, POSINF, NEGINF, COUNT)  # small non-negative counts
 _ROW = "_genofed_row"
 
 
@@ -114,9 +111,6 @@ class Layout:
             return cls(list(d["keys"]), [PartialLayout(**p) for p in d["partials"]])
         except (KeyError, TypeError) as e:
             raise CombineError(f"malformed lane layout: {e}") from None
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def layout_for(schema: pa.Schema, keys: list[str], partials: list[str], counts: list[str] | None = None) -> Layout:

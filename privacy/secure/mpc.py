@@ -36,6 +36,7 @@ from typing import Any
 import pyarrow as pa
 
 from genofed.engine.errors import CombineError, NodeError
+from genofed.engine.protocol import write_ipc_file
 
 PARTY_MODULE = "genofed.privacy.secure._mpc_party"
 COORDINATOR_NAME = "coordinator"
@@ -230,8 +231,7 @@ class NodeSessions:
         workdir = Path(tempfile.mkdtemp(prefix="genofed-mpc-"))
         os.chmod(workdir, 0o700)
         path = workdir / "partials.arrow"
-        with pa.OSFile(str(path), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
-            w.write_table(table)
+        write_ipc_file(path, table)
         party = take_party(-1, self.host)  # a node party; its index is assigned by the coordinator in run()
         try:
             port = party.port(timeout=30)
@@ -403,6 +403,7 @@ def _await_coordinator(me: PartyProcess, futures: dict[Any, Any], timeout: float
     sent a tampered message is named over one that merely disconnected after detecting it."""
     deadline = time.monotonic() + timeout
     verdicts: list[dict[str, Any]] = []
+    own_verdict = False  # the coordinator's party reported an error (its exit then adds nothing)
     settle: float | None = None
     seen: set[Any] = set()
     while True:
@@ -412,7 +413,8 @@ def _await_coordinator(me: PartyProcess, futures: dict[Any, Any], timeout: float
                 return ev
             if ev.get("event") == "error":
                 verdicts.append(ev)
-            elif ev.get("event") == "exit" and not any(v.get("party") == 0 or "node" not in v for v in verdicts):
+                own_verdict = True
+            elif ev.get("event") == "exit" and not own_verdict:
                 verdicts.append({"event": "error", "code": "crashed", "party": 0, "reason": f"the coordinator's party exited ({ev.get('code')}): {me.log_tail()}"})
         for fut, t in futures.items():
             if fut in seen or not fut.done() or fut.exception() is None:
