@@ -12,6 +12,9 @@ Example::
     allow_min_max = false
     allow_plain = false        # true lets the coordinator see this node's partials (development)
     max_genotype_cells = 200000000
+    min_cases = 5              # association tests and logistic GWAS: fewest cases per test
+    min_controls = 5           # ... and fewest controls
+    glm_max_param_ratio = 0.33 # model parameters ≤ ratio × this node's samples (DataSHIELD nfilter.glm)
 
     [[researchers]]
     name = "alice"
@@ -86,9 +89,16 @@ class NodeConfig:
     allow_plain: bool = False
     mpc_host: str = "127.0.0.1"
     max_genotype_cells: int = 200_000_000
+    min_cases: int = 5
+    min_controls: int = 5
+    glm_max_param_ratio: float = 0.33
     researchers: list[Researcher] = field(default_factory=list)
     keyholder: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
+
+    def model_policy(self) -> dict[str, float]:
+        """The model-disclosure rules this node announces to coordinators (and enforces itself)."""
+        return {"min_cases": self.min_cases, "min_controls": self.min_controls, "glm_max_param_ratio": self.glm_max_param_ratio}
 
     def keyholder_location(self) -> str:
         """Where this node's key holder listens; raises :class:`ConfigError` if none is set."""
@@ -119,13 +129,20 @@ class NodeConfig:
         if not isinstance(node, dict) or "name" not in node:
             raise ConfigError(f"{where}: a [node] table with name = \"...\" is required")
         policy = data.get("policy", {})
-        known = {"min_count", "allow_min_max", "allow_plain", "max_genotype_cells"}
+        known = {"min_count", "allow_min_max", "allow_plain", "max_genotype_cells", "min_cases", "min_controls", "glm_max_param_ratio"}
         unknown = set(policy) - known
         if unknown:
             raise ConfigError(f"{where}: unknown [policy] keys {sorted(unknown)}; known: {sorted(known)}")
         min_count = policy.get("min_count", DEFAULT_MIN_COUNT)
         if not isinstance(min_count, int) or min_count < 1:
             raise ConfigError(f"{where}: [policy] min_count must be an integer ≥ 1, got {min_count!r}")
+        for key in ("min_cases", "min_controls"):
+            v = policy.get(key, 5)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ConfigError(f"{where}: [policy] {key} must be an integer ≥ 0, got {v!r}")
+        ratio = policy.get("glm_max_param_ratio", 0.33)
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+            raise ConfigError(f"{where}: [policy] glm_max_param_ratio must be a number in (0, 1], got {ratio!r}")
         researchers = []
         for i, r in enumerate(data.get("researchers", [])):
             if "name" not in r or "token_sha256" not in r:
@@ -148,6 +165,9 @@ class NodeConfig:
             allow_plain=bool(policy.get("allow_plain", False)),
             mpc_host=str(node.get("mpc_host", "127.0.0.1")),
             max_genotype_cells=int(policy.get("max_genotype_cells", 200_000_000)),
+            min_cases=int(policy.get("min_cases", 5)),
+            min_controls=int(policy.get("min_controls", 5)),
+            glm_max_param_ratio=float(ratio),
             researchers=researchers,
             keyholder={k: str(v) for k, v in keyholder.items()},
             path=path,
@@ -161,6 +181,9 @@ class NodeConfig:
                 "allow_min_max": self.allow_min_max,
                 "allow_plain": self.allow_plain,
                 "max_genotype_cells": self.max_genotype_cells,
+                "min_cases": self.min_cases,
+                "min_controls": self.min_controls,
+                "glm_max_param_ratio": self.glm_max_param_ratio,
             },
             "researchers": [{"name": r.name, "token_sha256": r.token_sha256} for r in self.researchers],
             **({"keyholder": dict(self.keyholder)} if self.keyholder else {}),

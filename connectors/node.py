@@ -83,6 +83,15 @@ class NodeServer(flight.FlightServerBase):
     def _validate_uncached(self, sql: str):
         return validate_fragment(sql, self.catalog, allow_min_max=self.config.allow_min_max)
 
+    def _validate_any(self, sql: str):
+        """A SQL fragment (validation cached) or an analysis round (validated every time: its
+        state changes from round to round)."""
+        from genofed.engine.analysis import is_analysis, validate_analysis
+
+        if is_analysis(sql):
+            return validate_analysis(sql, self.catalog, self.config)
+        return self._validate(sql)
+
     def _researcher(self, context) -> str:
         mw = context.get_middleware("auth")
         return mw.researcher if mw else "?"
@@ -106,6 +115,7 @@ class NodeServer(flight.FlightServerBase):
             body["node"] = self.config.name
             body["min_count"] = self.config.min_count
             body["allow_plain"] = self.config.allow_plain
+            body["model_policy"] = self.config.model_policy()
             yield flight.Result(json.dumps(body).encode())
         elif kind in (P.ACTION_MPC_PREPARE, P.ACTION_MPC_RUN, P.ACTION_MPC_ABORT):
             body = self._json_body(action)
@@ -141,10 +151,10 @@ class NodeServer(flight.FlightServerBase):
                 raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, "mpc_prepare needs the fragment sql"))
             frag, table = self._run(sql, qid, researcher)
             try:
-                from genofed.privacy.secure.layout import count_partials
+                from genofed.privacy.secure.layout import lane_hints
 
-                counts = count_partials(frag.select, list(frag.partials))
-                addr = self._sessions().prepare(qid, table, list(frag.keys), list(frag.partials), sql, counts)
+                counts, finite = lane_hints(frag)
+                addr = self._sessions().prepare(qid, table, list(frag.keys), list(frag.partials), sql, counts, finite)
             except GenofedError as e:
                 raise flight.FlightServerError(P.encode_error("mpc", str(e))) from None
             log.info("query %s for %s: MPC party ready with %d groups", qid, researcher, table.num_rows)
@@ -174,7 +184,7 @@ class NodeServer(flight.FlightServerBase):
                 keys = kh.public_keys(refresh=True)
                 if req.get("key_id") != keys.key_id:
                     raise GenofedError("the coordinator's key holder is not this node's key holder (key ids differ); refusing to encrypt")
-            layout = L.layout_for(table.schema, list(frag.keys), list(frag.partials), L.count_partials(frag.select, list(frag.partials)))
+            layout = L.layout_for(table.schema, list(frag.keys), list(frag.partials), *L.lane_hints(frag))
             union = kh.align(qid, self.config.min_count, layout, L.key_table(table, layout.keys), timeout)
             g = union.num_rows
             aligned = L.align(table, union, layout.keys) if layout.keys else L.align(table, union, [])
@@ -200,8 +210,13 @@ class NodeServer(flight.FlightServerBase):
         """Validate and execute a fragment, translating errors to wire errors. No suppression:
         callers apply the rule their combine mode needs."""
         try:
-            frag = self._validate(sql)
-            return frag, self.backend.execute(frag)
+            frag = self._validate_any(sql)
+            table = self.backend.execute(frag)
+            if getattr(frag, "fn", None) == "pca" and frag.round == "project":
+                # the node now keeps the scores as a table: researchers can use them as covariates
+                self.catalog = Catalog.merge({self.config.name: self.backend.catalog()})
+                self._validate.cache_clear()
+            return frag, table
         except DisclosureError as e:
             log.info("refused query %s for %s: %s", qid, researcher, e.rule)
             raise flight.FlightServerError(P.encode_error(P.CODE_DISCLOSURE, str(e), e.rule)) from None

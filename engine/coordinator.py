@@ -46,6 +46,7 @@ class Provenance:
     timings: dict[str, float] = field(default_factory=dict)
     fragment_sql: str = ""
     wire_bytes: dict[str, int] = field(default_factory=dict)  # bytes each node sent for this query
+    details: dict[str, Any] = field(default_factory=dict)  # table functions: rounds, convergence, ...
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -92,7 +93,12 @@ class Coordinator:
         return self._catalog
 
     def plan(self, sql: str) -> Plan:
-        return plan_query(parse(sql), self.catalog())
+        select = parse(sql)
+        from .tablefunc import table_function
+
+        if table_function(select) is not None:
+            raise PlanningError("table functions run in several rounds and have no single fragment to explain")
+        return plan_query(select, self.catalog())
 
     def _fan_out(self, fn, transports: list[Transport] | None = None) -> dict[str, Any]:
         ts = transports or self.transports
@@ -111,12 +117,21 @@ class Coordinator:
                 f.cancel()
         return {t.name: results[t.name] for t in ts}
 
-    def query(self, sql: str, combine: str | None = None) -> QueryResult:
-        """Plan, dispatch, combine, apply disclosure control and finalize one query."""
+    def query(self, sql: str, combine: str | None = None, _allow_table_functions: bool = True) -> QueryResult:
+        """Plan, dispatch, combine, apply disclosure control and finalize one query (or run a
+        table function such as ``gwas_linear(...)``, see :mod:`genofed.engine.tablefunc`)."""
         t0 = time.perf_counter()
-        plan = self.plan(sql)
-        t1 = time.perf_counter()
         mode = check_mode(combine or self.default_combine)
+        select = parse(sql)
+        from .tablefunc import run_table_function, table_function
+
+        call = table_function(select)
+        if call is not None:
+            if not _allow_table_functions:
+                raise PlanningError("table functions cannot be nested")
+            return run_table_function(self, select, call[0], call[1], mode)
+        plan = plan_query(select, self.catalog())
+        t1 = time.perf_counter()
         qid = uuid.uuid4().hex[:16]
         targets = self.transports
         if plan.variants_only:
@@ -187,10 +202,34 @@ class Coordinator:
 
 def finalize(plan: Plan, combined: pa.Table) -> pa.Table:
     """Evaluate the plan's finalize SELECT over the combined partials."""
+    return finalize_sql(plan.final_sql, {COMBINED: combined})
+
+
+def finalize_sql(sql: str, tables: dict[str, pa.Table]) -> pa.Table:
+    """Run coordinator-side SQL over released tables, with genofed's finalize functions
+    (``genofed_hwe_p``) registered."""
     con = duckdb.connect()
     try:
-        con.register(COMBINED, combined)
-        out = con.sql(plan.final_sql).to_arrow_table()
+        if "genofed_hwe_p" in sql.lower():
+            _register_functions(con)
+        for name, t in tables.items():
+            con.register(name, t)
+        out = con.sql(sql).to_arrow_table()
     finally:
         con.close()
     return narrow_integers(out)
+
+
+def _hwe_udf(het: pa.Array, hom_ref: pa.Array, hom_alt: pa.Array) -> pa.Array:
+    from ..genomics.stats import hwe_exact
+
+    cols = [np.asarray(pc.fill_null(c, 0).to_numpy(zero_copy_only=False), np.int64) for c in (het, hom_ref, hom_alt)]
+    nulls = np.logical_or.reduce([np.asarray(c.is_null().to_numpy(zero_copy_only=False)) for c in (het, hom_ref, hom_alt)])
+    p = hwe_exact(*cols)
+    return pa.array(p, mask=nulls | np.isnan(p))
+
+
+def _register_functions(con: duckdb.DuckDBPyConnection) -> None:
+    from duckdb import sqltypes as T
+
+    con.create_function("genofed_hwe_p", _hwe_udf, [T.BIGINT, T.BIGINT, T.BIGINT], T.DOUBLE, type="arrow")

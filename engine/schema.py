@@ -57,6 +57,7 @@ class Catalog:
     tables: dict[str, dict[str, str]]
     variants_digest: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    policies: dict[str, dict] = field(default_factory=dict)  # node -> announced model policy
 
     def sample_tables(self) -> set[str]:
         """Tables holding one or more rows per sample (everything but ``variants``)."""
@@ -84,4 +85,16 @@ class Catalog:
                     notes.append(f"column {t}.{c} differs between nodes ({sorted(map(str, types))}) and is not queryable")
             tables[t] = merged
         digests = {n: per_node[n].get("variants_digest", "") for n in names}
-        return cls(tables, digests, notes)
+        policies = {n: dict(per_node[n].get("model_policy") or {}) for n in names}
+        return cls(tables, digests, notes, policies)
+
+    def model_policy(self) -> dict[str, float]:
+        """The strictest model-disclosure rules the nodes announced (defaults where none did)."""
+        out: dict[str, float] = {}
+        for p in self.policies.values():
+            for k in ("min_cases", "min_controls"):
+                if k in p:
+                    out[k] = max(out.get(k, 0.0), float(p[k]))
+            if "glm_max_param_ratio" in p:
+                out["glm_max_param_ratio"] = min(out.get("glm_max_param_ratio", 1.0), float(p["glm_max_param_ratio"]))
+        return {"min_cases": 5.0, "min_controls": 5.0, "glm_max_param_ratio": 0.33} | out

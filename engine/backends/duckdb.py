@@ -90,12 +90,18 @@ class DuckDBBackend(Backend):
             con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM _clin_arrow')
             con.unregister("_clin_arrow")
         self.con = con
+        from .analysis import load_derived
+
+        self.derived: list[str] = []
+        for name, table in load_derived(store.path).items():
+            if name not in CORE_TABLES and name not in store.manifest.clinical:
+                self._register_derived(name, table)
         self._digest = hashlib.sha256("\n".join(variants.column("variant_id").to_pylist()).encode()).hexdigest()
         self._catalog = self._build_catalog()
 
     def _build_catalog(self) -> dict[str, Any]:
         tables: dict[str, dict[str, str]] = {}
-        for t in ["samples", "variants", *self.store.manifest.clinical]:
+        for t in ["samples", "variants", *self.store.manifest.clinical, *self.derived]:
             rows = self.con.execute(f'DESCRIBE "{t}"').fetchall()
             tables[t] = {r[0]: str(r[1]) for r in rows}
         tables["genotypes"] = dict(CORE_TABLES["genotypes"])
@@ -103,6 +109,24 @@ class DuckDBBackend(Backend):
 
     def catalog(self) -> dict[str, Any]:
         return self._catalog
+
+    def _register_derived(self, name: str, table: pa.Table) -> None:
+        with self._lock:
+            self.con.register("_derived_arrow", table)
+            self.con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM _derived_arrow')
+            self.con.unregister("_derived_arrow")
+            if name not in self.derived:
+                self.derived.append(name)
+
+    def save_derived(self, name: str, table: pa.Table) -> None:
+        """Keep a derived sample-level table (e.g. PCA scores) at this node, on disk and queryable."""
+        from .analysis import write_derived
+
+        if name in CORE_TABLES or name in self.store.manifest.clinical:
+            raise FragmentError(f"cannot store results as {name!r}: a table of that name already exists; choose another name")
+        write_derived(self.store.path, name, table)
+        self._register_derived(name, table)
+        self._catalog = self._build_catalog()
 
     # -- compile ---------------------------------------------------------------------------
     def compile(self, fragment: Fragment) -> str:
@@ -126,7 +150,14 @@ class DuckDBBackend(Backend):
 
     # -- execute ---------------------------------------------------------------------------
     def execute(self, fragment: Fragment) -> pa.Table:
+        from ..analysis import AnalysisFragment
         from .genokernel import try_kernel
+
+        if isinstance(fragment, AnalysisFragment):
+            from ...genomics.analyses import ANALYSES
+            from .analysis import AnalysisData
+
+            return ANALYSES[fragment.fn].node_round(fragment, AnalysisData(self, fragment))
 
         if "genotypes" in fragment.tables:
             result = try_kernel(self, fragment)

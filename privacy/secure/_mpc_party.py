@@ -370,7 +370,7 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
     my_layout = None
     if pid:
         table = pa.ipc.open_file(cfg["input"]).read_all()
-        my_layout = L.layout_for(table.schema, cfg["keys"], cfg["partials"], cfg.get("counts")).to_json()
+        my_layout = L.layout_for(table.schema, cfg["keys"], cfg["partials"], cfg.get("counts"), cfg.get("finite")).to_json()
 
     # 1. public agreement: same plan, same layout; the strictest minimum count wins
     infos = await mpc.transfer({"plan": cfg["plan"], "layout": my_layout, "k": int(cfg["min_count"])})

@@ -44,13 +44,16 @@ _ROW = "_genofed_row"
 class PartialLayout:
     """One partial column: its name, ``int`` or ``real``, for ints the decimal scale, and
     whether it is a *count* (COUNT and the genomic counts: never NULL, never negative, so no
-    validity lane and, under HE, a single limb)."""
+    validity lane and, under HE, a single limb). A *finite* real (the statistics of an analysis
+    table function, computed by genofed's own kernels) is never NULL nor non-finite, so it needs
+    no validity or IEEE-special lanes."""
 
     name: str
     kind: str
     scale: int = 0
     decimal: bool = False
     count: bool = False
+    finite: bool = False  # a real that is never NULL and always finite (analysis statistics): one lane
 
 
 COUNT_FUNCTIONS = ("count", "allele_count", "allele_number", "het_count", "hom_alt_count")
@@ -71,6 +74,14 @@ def count_partials(select: Any, partials: list[str]) -> list[str]:
     return out
 
 
+def lane_hints(fragment: Any) -> tuple[list[str], list[str]]:
+    """``(counts, finite)`` partial names of a validated fragment: SQL fragments from their SQL
+    (:func:`count_partials`), analysis fragments from their declared statistics."""
+    if hasattr(fragment, "finite"):
+        return list(fragment.counts), list(fragment.finite)
+    return count_partials(fragment.select, list(fragment.partials)), []
+
+
 @dataclass(frozen=True)
 class Lane:
     column: str
@@ -89,9 +100,9 @@ class Layout:
         out = []
         for p in self.partials:
             out.append(Lane(p.name, VALUE, p.kind))
-            if not p.count:
+            if not (p.count or p.finite):
                 out.append(Lane(p.name, VALID, INT))
-            if p.kind == REAL:
+            if p.kind == REAL and not p.finite:
                 out += [Lane(p.name, NAN, INT), Lane(p.name, POSINF, INT), Lane(p.name, NEGINF, INT)]
         out.append(Lane(N_COLUMN, COUNT, INT))
         return out
@@ -113,11 +124,14 @@ class Layout:
             raise CombineError(f"malformed lane layout: {e}") from None
 
 
-def layout_for(schema: pa.Schema, keys: list[str], partials: list[str], counts: list[str] | None = None) -> Layout:
-    """The lane layout of a partial table's schema (``counts``: see :func:`count_partials`).
-    Refuses partial types that cannot be summed exactly or within a documented bound."""
+def layout_for(schema: pa.Schema, keys: list[str], partials: list[str], counts: list[str] | None = None,
+               finite: list[str] | None = None) -> Layout:
+    """The lane layout of a partial table's schema (``counts``: see :func:`count_partials`;
+    ``finite``: real partials declared never NULL and always finite). Refuses partial types that
+    cannot be summed exactly or within a documented bound."""
     out = []
     counts = counts or []
+    finite = finite or []
     for name in partials:
         if name not in schema.names:
             raise CombineError(f"partial table has no column {name!r}")
@@ -129,7 +143,7 @@ def layout_for(schema: pa.Schema, keys: list[str], partials: list[str], counts: 
         elif pa.types.is_decimal(t):
             out.append(PartialLayout(name, INT, scale=t.scale, decimal=True))
         elif pa.types.is_floating(t):
-            out.append(PartialLayout(name, REAL))
+            out.append(PartialLayout(name, REAL, finite=name in finite))
         else:
             raise CombineError(f"partial {name!r} has type {t}, which the secure combine modes cannot sum")
     return Layout(list(keys), out)
@@ -223,6 +237,11 @@ def lane_values(aligned: pa.Table, layout: Layout) -> dict[Lane, np.ndarray]:
             out[Lane(p.name, VALUE, INT)] = vals
         else:
             x = pc.fill_null(pc.cast(col, pa.float64()), 0.0).to_numpy(zero_copy_only=False).astype(np.float64)
+            if p.finite:
+                if not np.isfinite(x).all():
+                    raise CombineError(f"statistic {p.name!r} is not finite at this node; nothing was combined")
+                out[Lane(p.name, VALUE, REAL)] = x
+                continue
             nan, posinf, neginf = np.isnan(x), np.isposinf(x), np.isneginf(x)
             out[Lane(p.name, VALUE, REAL)] = np.where(np.isfinite(x), x, 0.0)
             out[Lane(p.name, NAN, INT)] = (nan & valid).astype(np.int64)
@@ -248,7 +267,7 @@ def assemble(union: pa.Table, layout: Layout, released: np.ndarray, sums: dict[L
     cols: dict[str, pa.Array | pa.ChunkedArray] = {k: union.column(k) for k in layout.keys}
     for p in layout.partials:
         nonnull = np.zeros(g, bool)
-        nonnull[idx] = True if p.count else flags[Lane(p.name, VALID, INT)]
+        nonnull[idx] = True if (p.count or p.finite) else flags[Lane(p.name, VALID, INT)]
         v = sums[Lane(p.name, VALUE, p.kind)]
         if p.kind == INT and not p.decimal and isinstance(v, np.ndarray) and v.dtype == np.int64:
             full64 = np.zeros(g, np.int64)
@@ -265,6 +284,10 @@ def assemble(union: pa.Table, layout: Layout, released: np.ndarray, sums: dict[L
                 arr = pa.array([None if x is None else decimal.Decimal(x).scaleb(-p.scale) for x in full], pa.decimal128(38, p.scale))
             else:
                 arr = _int_array(full)
+        elif p.finite:
+            x = np.zeros(g, np.float64)
+            x[idx] = np.asarray(v, np.float64)
+            arr = pa.array(x, mask=~nonnull)
         else:
             x = np.zeros(g, np.float64)
             x[idx] = np.asarray(v, np.float64)

@@ -212,6 +212,7 @@ class _Session:
     partials: list[str]
     plan: str
     counts: list[str]
+    finite: list[str]
     created: float = field(default_factory=time.monotonic)
 
 
@@ -224,7 +225,8 @@ class NodeSessions:
         self._sessions: dict[str, _Session] = {}
         self._lock = threading.Lock()
 
-    def prepare(self, query_id: str, table: pa.Table, keys: list[str], partials: list[str], fragment_sql: str, counts: list[str] | None = None) -> dict[str, Any]:
+    def prepare(self, query_id: str, table: pa.Table, keys: list[str], partials: list[str], fragment_sql: str, counts: list[str] | None = None,
+                finite: list[str] | None = None) -> dict[str, Any]:
         """Hold a partial table for ``query_id`` and start its party; returns the party's address."""
         require_mpyc("at this node")
         self._expire()
@@ -241,7 +243,8 @@ class NodeSessions:
             raise
         with self._lock:
             old = self._sessions.pop(query_id, None)
-            self._sessions[query_id] = _Session(party, workdir, path, keys, partials, plan_fingerprint(fragment_sql), list(counts or []))
+            self._sessions[query_id] = _Session(party, workdir, path, keys, partials, plan_fingerprint(fragment_sql), list(counts or []),
+                                               list(finite or []))
         if old:
             self._close(old)
         return {"host": self.host, "port": port}
@@ -269,6 +272,7 @@ class NodeSessions:
                 "keys": s.keys,
                 "partials": s.partials,
                 "counts": s.counts,
+                "finite": s.finite,
                 "min_count": min_count,  # this node's own policy, not the coordinator's
                 "input": str(s.input),
             }

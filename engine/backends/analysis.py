@@ -1,0 +1,154 @@
+"""Node-side data access for analysis fragments: the analysis samples (phenotype, covariates) from
+DuckDB, the analysis variants, and genotype dosages streamed from bit-packed planes in chunks.
+
+Dosage chunks are dense float64 [variants, samples] blocks of bounded size (a few MB), so memory
+stays bounded however many variants an analysis reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ...genomics.store import ALT1, ALT2, CALLED
+from ..errors import FragmentError
+
+if TYPE_CHECKING:
+    from ..analysis import AnalysisFragment
+    from .duckdb import DuckDBBackend
+
+CHUNK_BYTES = 16 << 20  # dense dosage per chunk
+
+
+@dataclass
+class Samples:
+    sidx: np.ndarray  # store sample rows, ascending
+    sample_id: pa.Array
+    y: np.ndarray | None
+    covariates: np.ndarray  # [n, k] float64
+    extra: dict[str, pa.Array]
+
+
+class AnalysisData:
+    """What an analysis reads at one node."""
+
+    def __init__(self, backend: DuckDBBackend, fragment: AnalysisFragment):
+        self.backend = backend
+        self.fragment = fragment
+        self.store = backend.store
+        self._samples: Samples | None = None
+        self._variants: pa.Table | None = None
+
+    def _sql(self, sql: str) -> pa.Table:
+        cur = self.backend.con.cursor()
+        try:
+            return cur.sql(sql).to_arrow_table()
+        except duckdb.ConversionException:
+            raise FragmentError("a phenotype, covariate or filter value could not be converted to a number; check the expressions") from None
+        except duckdb.Error as e:
+            raise FragmentError(f"the node could not select the analysis data: {str(e).strip().splitlines()[0][:300]}") from None
+        finally:
+            cur.close()
+
+    @property
+    def samples(self) -> Samples:
+        if self._samples is None:
+            f = self.fragment
+            if f.sample_sql is None:
+                raise FragmentError("this analysis round reads no samples")
+            t = self._sql(f"SELECT _q.*, _sidx.sidx AS _sidx FROM ({f.sample_sql}) AS _q JOIN _sidx USING (sample_id) ORDER BY _sidx")
+            sidx = t.column("_sidx").to_numpy().astype(np.int64)
+            if len(sidx) and (np.diff(sidx) == 0).any():
+                raise FragmentError("a clinical table has several rows for one sample; an analysis needs one row per sample")
+            y = t.column("y").to_numpy(zero_copy_only=False).astype(np.float64) if "y" in t.column_names else None
+            ks = sorted((c for c in t.column_names if c.startswith("c") and c[1:].isdigit()), key=lambda c: int(c[1:]))
+            cov = (np.column_stack([t.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in ks])
+                   if ks else np.zeros((len(sidx), 0)))
+            for arr, what in ((y, "phenotype"), (cov, "covariate")):
+                if arr is not None and arr.size and not np.isfinite(arr).all():
+                    raise FragmentError(f"a {what} value is not finite (NaN or infinity); filter it out with the samples argument")
+            extra = {c: t.column(c).combine_chunks() for c in t.column_names if c.startswith("x") and c[1:].isdigit()}
+            self._samples = Samples(sidx, t.column("sample_id").combine_chunks(), y, cov, extra)
+        return self._samples
+
+    @property
+    def variants(self) -> pa.Table:
+        """Analysis variants in store order: vidx, variant_id, chrom, pos, ref, alt."""
+        if self._variants is None:
+            t = self._sql(
+                f"SELECT _v.vidx, _q.* FROM ({self.fragment.variant_sql}) AS _q "
+                "JOIN _variants AS _v USING (variant_id) ORDER BY _v.vidx"
+            )
+            self._variants = t
+        return self._variants
+
+    def restrict(self, ids: list[str]) -> tuple[pa.Table, np.ndarray]:
+        """The analysis variants among ``ids`` (a round's active set) and, for each, its position
+        in ``ids``."""
+        v = self.variants
+        pos = {vid: i for i, vid in enumerate(ids)}
+        vids = v.column("variant_id").to_pylist()
+        keep = [i for i, vid in enumerate(vids) if vid in pos]
+        return v.take(pa.array(keep, pa.int64())), np.array([pos[vids[i]] for i in keep], np.int64)
+
+    def dosage_chunks(self, vidx: np.ndarray, sidx: np.ndarray | None = None, max_rows: int | None = None
+                      ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+        """Yield ``(offset, dosage, called)`` for consecutive chunks of ``vidx``: dosage float64
+        [chunk, samples] (0 where missing), called bool [chunk, samples] or None when every call
+        in the chunk is present."""
+        n = self.store.manifest.n_samples
+        sidx = self.samples.sidx if sidx is None else sidx
+        all_samples = len(sidx) == n
+        rows = max(1, CHUNK_BYTES // (8 * max(1, len(sidx))))
+        if max_rows:
+            rows = min(rows, max_rows)
+        complete = self.store.complete
+        planes = self.store.planes
+        vidx = np.asarray(vidx, np.int64)
+        for start in range(0, len(vidx), rows):
+            sel = vidx[start:start + rows]
+            full = complete is not None and bool(np.all(complete[sel]))
+            want = [ALT1, ALT2] if full else [ALT1, ALT2, CALLED]
+            contiguous = len(sel) and sel[-1] - sel[0] + 1 == len(sel)
+            raw = (planes.read_planes(int(sel[0]), int(sel[-1]) + 1, want) if contiguous
+                   else planes.read_planes_rows(sel, want))
+            bits = np.unpackbits(raw, axis=2, bitorder="little", count=n)
+            if not all_samples:
+                bits = bits[:, :, sidx]
+            g = bits[0].astype(np.float64)
+            g += bits[1]
+            called = None if full else bits[2].astype(bool)
+            yield start, g, called
+
+    def save_table(self, name: str, table: pa.Table) -> None:
+        """Keep a sample-level derived table (e.g. principal component scores) at this node,
+        queryable as ``name`` like a clinical table; it never leaves the node."""
+        self.backend.save_derived(name, table)
+
+
+def derived_dir(store_root: Path) -> Path:
+    return Path(store_root) / "derived"
+
+
+def write_derived(root: Path, name: str, table: pa.Table) -> Path:
+    d = derived_dir(root)
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{name}.parquet.tmp"
+    pq.write_table(table, tmp)
+    final = d / f"{name}.parquet"
+    tmp.replace(final)
+    return final
+
+
+def load_derived(root: Path) -> dict[str, Any]:
+    d = derived_dir(root)
+    if not d.is_dir():
+        return {}
+    return {p.stem: pq.read_table(p) for p in sorted(d.glob("*.parquet"))}

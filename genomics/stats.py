@@ -1,0 +1,172 @@
+"""Statistics on federation-wide sums: exact tests on genotype and allele counts, and regression
+from sufficient statistics.
+
+Everything here runs on combined (summed) quantities at the coordinator, vectorised over
+variants. Nothing here sees a node's partials or a sample.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import special
+from scipy import stats as sps
+
+# relative tolerance when comparing probabilities of tables (as plink2 and scipy do): tables
+# whose probability equals the observed one up to rounding count as "as extreme"
+_REL_TOL = 1e-7
+
+
+def _support_pvalue(logp: np.ndarray, valid: np.ndarray, obs: np.ndarray) -> np.ndarray:
+    """Two-sided exact p: the total probability of support points no more likely than the
+    observed one. ``logp`` [rows, support] unnormalised log-probabilities, ``valid`` the support
+    mask, ``obs`` the observed point's column per row."""
+    logp = np.where(valid, logp, -np.inf)
+    top = logp.max(axis=1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    prob = np.exp(logp - top)
+    p_obs = prob[np.arange(len(obs)), obs][:, None]
+    total = prob.sum(axis=1)
+    extreme = np.where(prob <= p_obs * (1 + _REL_TOL), prob, 0.0).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.minimum(1.0, extreme / total)
+
+
+def _chunks(order: np.ndarray, widths: np.ndarray, cells: int):
+    """Split ``order`` (rows sorted by ascending support width) into runs of at most ``cells``
+    support points (width of the run's widest row × rows)."""
+    w = widths[order]
+    start = 0
+    while start < len(order):
+        cost = w[start:] * np.arange(1, len(order) - start + 1)
+        stop = start + max(1, int(np.searchsorted(cost, cells, side="right")))
+        yield order[start:stop]
+        start = stop
+
+
+def hwe_exact(het: np.ndarray, hom1: np.ndarray, hom2: np.ndarray, *, chunk_cells: int = 4_000_000) -> np.ndarray:
+    """Exact Hardy–Weinberg test (Wigginton, Cutler & Abecasis 2005), two-sided, per variant.
+
+    ``het``, ``hom1``, ``hom2``: diploid genotype counts (heterozygous, homozygous for either
+    allele). Variants with no diploid call get NaN. The same p as ``plink2 --hardy``.
+    """
+    het, hom1, hom2 = (np.asarray(x, np.int64).ravel() for x in (het, hom1, hom2))
+    out = np.full(len(het), np.nan)
+    n = het + hom1 + hom2
+    rare = het + 2 * np.minimum(hom1, hom2)
+    ok = np.flatnonzero(n > 0)
+    if not len(ok):
+        return out
+    order = ok[np.argsort(rare[ok], kind="stable")]
+    for idx in _chunks(order, rare // 2 + 1, chunk_cells):
+        width = int(rare[idx].max()) // 2 + 1
+        nn, rr = n[idx][:, None], rare[idx][:, None]
+        j = np.arange(width)[None, :]
+        h = (rr % 2) + 2 * j  # heterozygote counts with the parity of the rare allele count
+        homr = (rr - h) // 2
+        homc = nn - h - homr
+        valid = (h <= rr) & (homc >= 0)
+        hs, hr, hc = (np.where(valid, x, 0).astype(np.float64) for x in (h, homr, homc))
+        logp = h * np.log(2.0) - special.gammaln(hs + 1) - special.gammaln(hr + 1) - special.gammaln(hc + 1)
+        obs = (het[idx] - rare[idx] % 2) // 2
+        out[idx] = _support_pvalue(logp, valid, obs)
+    return out
+
+
+def fisher_exact_2x2(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray, *, chunk_cells: int = 4_000_000) -> np.ndarray:
+    """Two-sided Fisher exact p per row for tables [[a, b], [c, d]], vectorised (the same p as
+    ``scipy.stats.fisher_exact``)."""
+    a, b, c, d = (np.asarray(x, np.int64).ravel() for x in (a, b, c, d))
+    out = np.full(len(a), np.nan)
+    r1, c1, n = a + b, a + c, a + b + c + d
+    lo = np.maximum(0, r1 + c1 - n)
+    hi = np.minimum(r1, c1)
+    ok = np.flatnonzero(n > 0)
+    order = ok[np.argsort((hi - lo)[ok], kind="stable")]
+    for idx in _chunks(order, hi - lo + 1, chunk_cells):
+        width = int((hi[idx] - lo[idx]).max()) + 1
+        x = lo[idx][:, None] + np.arange(width)[None, :]
+        valid = x <= hi[idx][:, None]
+        xs = np.where(valid, x, lo[idx][:, None]).astype(np.float64)
+        R1, C1, N = (v[idx][:, None].astype(np.float64) for v in (r1, c1, n))
+        logp = -(special.gammaln(xs + 1) + special.gammaln(R1 - xs + 1) + special.gammaln(C1 - xs + 1) + special.gammaln(N - R1 - C1 + xs + 1))
+        out[idx] = _support_pvalue(logp, valid, a[idx] - lo[idx])
+    return out
+
+
+def allelic_chi2(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson chi-square (1 df, no continuity correction) and its p for 2×2 tables
+    [[a, b], [c, d]]; NaN where a margin is zero."""
+    a, b, c, d = (np.asarray(x, np.float64) for x in (a, b, c, d))
+    n = a + b + c + d
+    den = (a + b) * (c + d) * (a + c) * (b + d)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chi2 = np.where(den > 0, n * (a * d - b * c) ** 2 / den, np.nan)
+    return chi2, sps.chi2.sf(chi2, 1)
+
+
+def unpack_sym(tri: np.ndarray, q: int) -> np.ndarray:
+    """[rows, q(q+1)/2] upper-triangle entries (row-major) to [rows, q, q] symmetric matrices."""
+    iu = np.triu_indices(q)
+    m = np.zeros((tri.shape[0], q, q))
+    m[:, iu[0], iu[1]] = tri
+    m[:, iu[1], iu[0]] = tri
+    return m
+
+
+def ols_from_stats(xtx: np.ndarray, xty: np.ndarray, yty: np.ndarray, n: np.ndarray, coef: int = 1) -> dict[str, np.ndarray]:
+    """Per-row OLS from sufficient statistics.
+
+    ``xtx`` [rows, q, q], ``xty`` [rows, q], ``yty`` [rows], ``n`` [rows]. Returns beta, se, t, p
+    for column ``coef`` of the design and the residual degrees of freedom; rows whose design is
+    singular (e.g. a monomorphic variant) get NaN.
+    """
+    rows, q, _ = xtx.shape
+    out = {k: np.full(rows, np.nan) for k in ("beta", "se", "t", "p")}
+    df = n.astype(np.float64) - q
+    out["df"] = df
+    # a row is usable when its design is well conditioned and there are residual degrees of freedom
+    scale = np.sqrt(np.clip(np.einsum("rii->ri", xtx), 1e-300, None))
+    norm = xtx / scale[:, :, None] / scale[:, None, :]
+    with np.errstate(all="ignore"):
+        cond = np.linalg.cond(norm) if rows else np.zeros(0)
+    good = np.flatnonzero(np.isfinite(cond) & (cond < 1e12) & (df > 0))
+    if not len(good):
+        return out
+    a, b = xtx[good], xty[good]
+    beta = np.linalg.solve(a, b[:, :, None])[:, :, 0]
+    inv = np.linalg.inv(a)
+    rss = yty[good] - np.einsum("ri,ri->r", beta, b)
+    sigma2 = np.maximum(rss, 0.0) / df[good]
+    se = np.sqrt(sigma2 * inv[:, coef, coef])
+    t = beta[:, coef] / se
+    out["beta"][good] = beta[:, coef]
+    out["se"][good] = se
+    out["t"][good] = t
+    out["p"][good] = 2 * sps.t.sf(np.abs(t), df[good])
+    return out
+
+
+def sym_solve(h: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Solve h x = g for stacked symmetric matrices; rows where h is singular get NaN and False."""
+    rows = h.shape[0]
+    x = np.full(g.shape, np.nan)
+    ok = np.zeros(rows, bool)
+    if not rows:
+        return x, ok
+    scale = np.sqrt(np.clip(np.einsum("rii->ri", h), 1e-300, None))
+    with np.errstate(all="ignore"):
+        cond = np.linalg.cond(h / scale[:, :, None] / scale[:, None, :])
+    good = np.flatnonzero(np.isfinite(cond) & (cond < 1e12))
+    if len(good):
+        x[good] = np.linalg.solve(h[good], g[good][:, :, None])[:, :, 0]
+        ok[good] = True
+    return x, ok
+
+
+def genomic_inflation(p: np.ndarray) -> float:
+    """λ_GC: the median 1-df chi-square of the p-values over its expected median."""
+    p = np.asarray(p, np.float64)
+    p = p[np.isfinite(p) & (p > 0) & (p <= 1)]
+    if not len(p):
+        return float("nan")
+    return float(np.median(sps.chi2.isf(p, 1)) / sps.chi2.ppf(0.5, 1))
