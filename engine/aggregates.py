@@ -30,7 +30,7 @@ Decomposer = Callable[[exp.Expression, AddPartial], exp.Expression]
 REGISTRY: dict[str, Decomposer] = {}
 
 # genomic partial aggregates a node computes natively (all combine by sum)
-GENOMIC_PARTIALS = ("allele_count", "allele_number", "het_count", "hom_alt_count")
+GENOMIC_PARTIALS = ("allele_count", "allele_number", "het_count", "hom_alt_count", "hom_ref_count", "hom_alt_diploid_count")
 
 
 def register(*names: str) -> Callable[[Decomposer], Decomposer]:
@@ -226,6 +226,17 @@ def _allele_freq(node: exp.Expression, add: AddPartial) -> exp.Expression:
     ac = add(_genomic("allele_count", d), "sum")
     an = add(_genomic("allele_number", d), "sum")
     return tmpl("CAST(:ac AS DOUBLE) / NULLIF(:an, 0)", ac=ac, an=an)
+
+
+@register("hwe_p")
+def _hwe_p(node: exp.Expression, add: AddPartial) -> exp.Expression:
+    """Exact HWE test on the combined diploid genotype counts (the test itself runs at the
+    coordinator, on sums: see :func:`genofed.genomics.stats.hwe_exact`)."""
+    d = _genomic_arg(node)
+    het = add(_genomic("het_count", d), "sum")
+    hom_ref = add(_genomic("hom_ref_count", d), "sum")
+    hom_alt = add(_genomic("hom_alt_diploid_count", d), "sum")
+    return tmpl("genofed_hwe_p(CAST(:h AS BIGINT), CAST(:r AS BIGINT), CAST(:a AS BIGINT))", h=het, r=hom_ref, a=hom_alt)
 
 
 @register("call_rate")

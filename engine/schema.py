@@ -42,6 +42,9 @@ GENOMIC_AGGREGATES: dict[str, str] = {
     "allele_freq": "allele_count / allele_number",
     "het_count": "diploid calls with exactly one ALT copy",
     "hom_alt_count": "calls whose every called allele is this ALT",
+    "hom_ref_count": "diploid calls with no copy of this ALT",
+    "hom_alt_diploid_count": "diploid calls with two copies of this ALT",
+    "hwe_p": "exact Hardy–Weinberg p (Wigginton 2005) on the federation-wide diploid genotype counts",
     "call_rate": "count(dosage) / count(*)",
 }
 

@@ -948,7 +948,8 @@ class Heterozygosity(Analysis):
 
         pop = args.get("population")
         sel = ["g.variant_id AS variant_id", "allele_count(g.dosage) AS ac", "allele_number(g.dosage) AS an",
-               "het_count(g.dosage) AS het", "COUNT(g.dosage) FILTER (WHERE g.ploidy = 2) AS n_diploid"]
+               "het_count(g.dosage) AS het",
+               "het_count(g.dosage) + hom_ref_count(g.dosage) + hom_alt_diploid_count(g.dosage) AS n_diploid"]
         group = ["g.variant_id"]
         if pop:
             parse_expression(pop, "population")

@@ -526,6 +526,18 @@ def _hom_alt(d: exp.Expression) -> exp.Expression:
     return _count_when(cond)
 
 
+def _hom_ref(d: exp.Expression) -> exp.Expression:
+    cond = exp.and_(
+        exp.EQ(this=_p(_dosage_to_ploidy(d)), expression=exp.Literal.number(2)),
+        exp.EQ(this=_p(d.copy()), expression=exp.Literal.number(0)),
+    )
+    return _count_when(cond)
+
+
+def _hom_alt_diploid(d: exp.Expression) -> exp.Expression:
+    return _count_when(exp.EQ(this=_p(d.copy()), expression=exp.Literal.number(2)))
+
+
 def _call_rate(d: exp.Expression) -> exp.Expression:
     return exp.Div(
         this=_cast_double(exp.Count(this=d.copy())),
@@ -548,6 +560,8 @@ GENOMIC_AGGREGATES: dict[str, Callable[[exp.Expression], exp.Expression]] = {
     "allele_freq": _af,
     "het_count": _het,
     "hom_alt_count": _hom_alt,
+    "hom_ref_count": _hom_ref,
+    "hom_alt_diploid_count": _hom_alt_diploid,
     "call_rate": _call_rate,
 }
 

@@ -38,6 +38,9 @@ _GENOMIC_SQL = {
     "allele_number": lambda d, p: exp.Coalesce(this=exp.Sum(this=p), expressions=[exp.Literal.number(0)]),
     "het_count": lambda d, p: _zero_if_null(exp.CountIf(this=exp.and_(exp.EQ(this=p, expression=exp.Literal.number(2)),
                                                         exp.EQ(this=d.copy(), expression=exp.Literal.number(1))))),
+    "hom_ref_count": lambda d, p: _zero_if_null(exp.CountIf(this=exp.and_(exp.EQ(this=p, expression=exp.Literal.number(2)),
+                                                            exp.EQ(this=d.copy(), expression=exp.Literal.number(0))))),
+    "hom_alt_diploid_count": lambda d, p: _zero_if_null(exp.CountIf(this=exp.EQ(this=d, expression=exp.Literal.number(2)))),
     "hom_alt_count": lambda d, p: _zero_if_null(exp.CountIf(this=exp.and_(exp.EQ(this=d, expression=p),
                                                             exp.GT(this=d.copy(), expression=exp.Literal.number(0))))),
 }

@@ -196,6 +196,7 @@ _NEEDS = {
     "sum_dosage": ("alt1", "alt2", "called"), "sum_dosage_sq": ("alt1", "alt2", "called"),
     "allele_count": ("alt1", "alt2"), "allele_number": ("called", "diploid"),
     "het_count": ("het",), "hom_alt_count": ("alt2", "hap_alt"),
+    "hom_ref_count": ("diploid", "het", "alt2"), "hom_alt_diploid_count": ("alt2",),
 }
 
 
@@ -281,6 +282,10 @@ def _partial(kind: str, a: dict[str, np.ndarray], rows_v: np.ndarray, rows_s: np
         return pa.array(a["called"] + a["diploid"]).cast(SUM_T)
     if kind == "het_count":
         return pa.array(a["het"].astype(np.int64))
+    if kind == "hom_ref_count":
+        return pa.array((a["diploid"] - a["het"] - a["alt2"]).astype(np.int64))
+    if kind == "hom_alt_diploid_count":
+        return pa.array(a["alt2"].astype(np.int64))
     if kind == "hom_alt_count":
         return pa.array((a["alt2"] + a["hap_alt"]).astype(np.int64))
     raise ValueError(kind)

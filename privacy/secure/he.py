@@ -90,7 +90,10 @@ def channels(layout: L.Layout) -> list[Channel]:
     out: list[Channel] = []
     for lane in layout.value_lanes():
         if lane.kind == L.REAL:
-            out.append(Channel("ckks", lane))
+            if _finite(layout, lane):  # exact fixed point in BFV, two limbs
+                out += [Channel("fixed", lane, k) for k in range(2)]
+            else:
+                out.append(Channel("ckks", lane))
             continue
         p = next(x for x in layout.partials if x.name == lane.column)
         n = 1 if p.count else math.ceil(_int_width(p) / LIMB_BITS)
@@ -107,6 +110,36 @@ def channels(layout: L.Layout) -> list[Channel]:
         used += FLAG_BITS
     out.append(Channel("word", fields=tuple(word)))
     return out
+
+
+FIXED_FRAC_BITS = 32  # finite reals: round(x * 2**32), exact sums (as MPC)
+_FIXED_OFFSET = 1 << 61  # |x| < 2**61
+
+
+def _finite(layout: L.Layout, lane: L.Lane) -> bool:
+    return any(p.name == lane.column and p.finite for p in layout.partials)
+
+
+def _fixed_limbs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A finite real as a 96-bit offset fixed-point integer ``(floor(x) + 2**61) * 2**32 +
+    round(frac(x) * 2**32)``, in two 48-bit limbs (vectorised, exact)."""
+    x = np.asarray(x, np.float64)
+    if x.size and not (np.isfinite(x).all() and np.abs(x).max() < 2.0**60):
+        raise CombineError("a statistic is out of range for HE fixed-point encoding (|x| < 2^60)")
+    hi = np.floor(x)
+    lo = np.rint((x - hi) * 2.0**FIXED_FRAC_BITS).astype(np.int64)
+    carry = lo >> FIXED_FRAC_BITS
+    hu = (hi.astype(np.int64) + carry + _FIXED_OFFSET).astype(np.uint64)
+    lo = lo & ((1 << FIXED_FRAC_BITS) - 1)
+    limb0 = ((hu & np.uint64(0xFFFF)) << np.uint64(32)) | lo.astype(np.uint64)
+    limb1 = hu >> np.uint64(16)
+    return limb0.astype(np.int64), limb1.astype(np.int64)
+
+
+def _fixed_value(s0: np.ndarray, s1: np.ndarray, n_nodes: int) -> np.ndarray:
+    """The real sum from the summed limbs of ``n_nodes`` encodings."""
+    a = np.asarray(s1, np.int64) - (n_nodes << (61 + 32 - LIMB_BITS))
+    return a.astype(np.float64) * 2.0 ** (LIMB_BITS - FIXED_FRAC_BITS) + np.asarray(s0, np.float64) / 2.0**FIXED_FRAC_BITS
 
 
 def _slots(ch: Channel) -> int:
@@ -203,6 +236,9 @@ def _channel_values(ch: Channel, lanes: dict[L.Lane, np.ndarray], layout: L.Layo
     if ch.kind == "ckks":
         assert ch.lane is not None
         return np.asarray(lanes[ch.lane], np.float64)
+    if ch.kind == "fixed":
+        assert ch.lane is not None
+        return _fixed_limbs(lanes[ch.lane])[ch.limb]
     if ch.kind == "word":
         acc = None
         for lane, shift in ch.fields:
@@ -264,8 +300,12 @@ def decrypt_release(sums: pa.Table, layout: L.Layout, union: pa.Table, n_groups:
             raise CombineError(f"a summed ciphertext could not be decrypted ({e}); nothing was released") from None
     dec: dict[L.Lane, Any] = {}
     limbs: dict[L.Lane, dict[int, np.ndarray]] = {}
+    fixed: dict[L.Lane, dict[int, np.ndarray]] = {}
     for i, ch in enumerate(chs):
-        if ch.kind == "ckks":
+        if ch.kind == "fixed":
+            assert ch.lane is not None
+            fixed.setdefault(ch.lane, {})[ch.limb] = np.asarray(_join(parts[i])[:n_groups], np.int64)
+        elif ch.kind == "ckks":
             assert ch.lane is not None
             dec[ch.lane] = np.asarray(_join(parts[i])[:n_groups], np.float64)
         elif ch.kind == "word":
@@ -276,6 +316,8 @@ def decrypt_release(sums: pa.Table, layout: L.Layout, union: pa.Table, n_groups:
         else:
             assert ch.lane is not None
             limbs.setdefault(ch.lane, {})[ch.limb] = np.asarray(_join(parts[i])[:n_groups], np.int64)
+    for lane, fl in fixed.items():
+        dec[lane] = _fixed_value(fl[0], fl[1], n_nodes)
     for lane, ls in limbs.items():
         p = next(x for x in layout.partials if x.name == lane.column)
         if p.count:
@@ -297,7 +339,9 @@ def decrypt_release(sums: pa.Table, layout: L.Layout, union: pa.Table, n_groups:
     flags: dict[L.Lane, np.ndarray] = {}
     for lane in layout.value_lanes():
         v = dec[lane]
-        if lane.kind == L.REAL:
+        if lane.kind == L.REAL and lane in fixed:
+            values[lane] = np.asarray(v, np.float64)[idx]  # exact fixed-point sums, no CKKS noise to hide
+        elif lane.kind == L.REAL:
             values[lane] = round_ckks(np.asarray(v, np.float64)[idx])
         elif isinstance(v, np.ndarray):
             values[lane] = v[idx]

@@ -56,7 +56,7 @@ class PartialLayout:
     finite: bool = False  # a real that is never NULL and always finite (analysis statistics): one lane
 
 
-COUNT_FUNCTIONS = ("count", "allele_count", "allele_number", "het_count", "hom_alt_count")
+COUNT_FUNCTIONS = ("count", "allele_count", "allele_number", "het_count", "hom_alt_count", "hom_ref_count", "hom_alt_diploid_count")
 
 
 def count_partials(select: Any, partials: list[str]) -> list[str]:
