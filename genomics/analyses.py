@@ -350,6 +350,8 @@ class GwasLinear(Analysis):
         return [KEY], self._layout(1 + len(args.get("covariates") or []))
 
     def node_round(self, frag, data):
+        from .glm_kernels import linear_sums, missing_sums, row_map
+
         s = data.samples
         c = _design(s)
         y = s.y
@@ -360,30 +362,29 @@ class GwasLinear(Analysis):
         vidx = v.column("vidx").to_numpy().astype(np.int64)
         prods = _products(c)
         cy_i = c * y[:, None]
-        g_cc, g_cy, g_yy = prods.sum(axis=0), cy_i.sum(axis=0), float(y @ y)
-        zc = np.column_stack([c, y])
+        t_n = prods.shape[1]
+        w = np.column_stack([prods, cy_i, y * y])  # what a missing call removes from the sums
+        glob = w.sum(axis=0)
+        zc = np.ascontiguousarray(np.column_stack([c, y]))
+        rows = row_map(s.sidx, data.store.manifest.width)
+        sidx = np.ascontiguousarray(s.sidx)
         nv = len(vidx)
-        cols = {name: np.zeros(nv) for name, _ in layout}
-        for off, g, called in data.dosage_chunks(vidx):
-            sl = slice(off, off + len(g))
-            gz = g @ zc
-            for j in range(q):
-                cols[f"gc{j}"][sl] = gz[:, j]
-            cols["gy"][sl] = gz[:, q]
-            cols["sgg"][sl] = np.einsum("ij,ij->i", g, g)
-            if called is None:
-                cols["n"][sl] = n_all
-                cc, cyv, yy = np.broadcast_to(g_cc, (len(g), len(g_cc))), np.broadcast_to(g_cy, (len(g), q)), g_yy
-            else:
-                miss = (~called).astype(np.float64)
-                cols["n"][sl] = called.sum(axis=1)
-                cc, cyv, yy = g_cc - miss @ prods, g_cy - miss @ cy_i, g_yy - miss @ (y * y)
-            for j, name in enumerate(_tri_names("cc", q)):
-                cols[name][sl] = cc[:, j]
-            for j in range(q):
-                cols[f"cy{j}"][sl] = cyv[:, j]
-            cols["yy"][sl] = yy
-        return _table({KEY: v.column("variant_id")}, cols, cols["n"], layout)
+        gz, gg = np.zeros((nv, q + 1)), np.zeros(nv)
+        rest, n = np.broadcast_to(glob, (nv, len(glob))).copy(), np.full(nv, float(n_all))
+        for off, alt1, alt2, called in data.plane_chunks(vidx):
+            sl = slice(off, off + len(alt1))
+            gz[sl], gg[sl] = linear_sums(alt1, alt2, rows, zc)
+            if called is not None:
+                miss, cnt = missing_sums(called, sidx, w)
+                rest[sl] -= miss
+                n[sl] -= cnt
+        cols: dict[str, np.ndarray] = {"n": n, "sgg": gg, "gy": gz[:, q], "yy": rest[:, -1]}
+        for j in range(q):
+            cols[f"gc{j}"] = gz[:, j]
+            cols[f"cy{j}"] = rest[:, t_n + j]
+        for j, name in enumerate(_tri_names("cc", q)):
+            cols[name] = rest[:, j]
+        return _table({KEY: v.column("variant_id")}, cols, n, layout)
 
     def drive(self, args, run):
         q = 1 + len(args.get("covariates") or [])
@@ -464,49 +465,29 @@ class GwasLogistic(Analysis):
                 raise FragmentError("analysis state 'start' has the wrong shape")
             v = data.variants
             b = np.broadcast_to(start, (v.num_rows, q + 1))
+        from .glm_kernels import logistic_sums
+
         vidx = v.column("vidx").to_numpy().astype(np.int64)
         nv = len(vidx)
-        prods = _products(c)
-        names = _tri_names("h", q + 1)
+        prods = np.ascontiguousarray(_products(c))
+        cc = np.ascontiguousarray(c)
+        sidx = np.ascontiguousarray(data.samples.sidx)
+        b = np.ascontiguousarray(b)
         cols = {name: np.zeros(nv) for name, _ in layout}
-        for off, g, called in data.dosage_chunks(vidx, max_rows=1024):
-            sl = slice(off, off + len(g))
-            bc = b[sl]
-            eta = bc[:, 1:] @ c.T
-            eta += bc[:, :1] * g
-            p = _expit(eta)
-            w = p * (1 - p)
-            r = y[None, :] - p
-            ll = y[None, :] * eta - np.logaddexp(0, eta)
-            if called is not None:
-                w *= called
-                r *= called
-                ll *= called
-                cols["n"][sl] = called.sum(axis=1)
-                cols["n_case"][sl] = called @ y
-                cols["ac_ctrl"][sl] = g @ (1 - y)
-            else:
-                cols["n"][sl] = n_all
-                cols["n_case"][sl] = y.sum()
-                cols["ac_ctrl"][sl] = g @ (1 - y)
-            cols["ac_case"][sl] = g @ y
-            cols["ll"][sl] = ll.sum(axis=1)
-            cols["grad0"][sl] = np.einsum("ij,ij->i", r, g)
-            rc = r @ c
-            for j in range(q):
-                cols[f"grad{j + 1}"][sl] = rc[:, j]
-            wg = w * g
-            cols["h0_0"][sl] = np.einsum("ij,ij->i", wg, g)
-            wgc = wg @ c
-            for j in range(q):
-                cols[f"h0_{j + 1}"][sl] = wgc[:, j]
-            wcc = w @ prods
+        for off, alt1, alt2, called in data.plane_chunks(vidx, rows=1024):
+            sl = slice(off, off + len(alt1))
+            has = called is not None
+            grad, hg, hcc, ll, cnt = logistic_sums(alt1, alt2, called if has else alt1, has, sidx, cc, y, prods, b[sl])
+            cols["n"][sl], cols["n_case"][sl], cols["ac_case"][sl], cols["ac_ctrl"][sl] = cnt.T
+            cols["ll"][sl] = ll
+            for j in range(q + 1):
+                cols[f"grad{j}"][sl] = grad[:, j]
+                cols[f"h0_{j}"][sl] = hg[:, j]
             k = 0
             for a in range(q):
                 for bb in range(a, q):
-                    cols[f"h{a + 1}_{bb + 1}"][sl] = wcc[:, k]
+                    cols[f"h{a + 1}_{bb + 1}"][sl] = hcc[:, k]
                     k += 1
-        assert set(names) <= set(cols)
         return _table({KEY: v.column("variant_id")}, cols, cols["n"], layout)
 
     def drive(self, args, run):

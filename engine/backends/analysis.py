@@ -127,6 +127,19 @@ class AnalysisData:
             called = None if full else bits[2].astype(bool)
             yield start, g, called
 
+    def plane_chunks(self, vidx: np.ndarray, rows: int = 4096) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]:
+        """Yield ``(offset, alt1, alt2, called)`` packed planes (uint8 [chunk, width]) for
+        consecutive chunks of ``vidx``; ``called`` is None when every call in the chunk is present."""
+        complete = self.store.complete
+        planes = self.store.planes
+        vidx = np.asarray(vidx, np.int64)
+        for start in range(0, len(vidx), rows):
+            sel = vidx[start:start + rows]
+            full = complete is not None and bool(np.all(complete[sel]))
+            want = [ALT1, ALT2] if full else [ALT1, ALT2, CALLED]
+            raw = planes.read_planes_rows(sel, want)
+            yield start, raw[0], raw[1], (None if full else raw[2])
+
     def save_table(self, name: str, table: pa.Table) -> None:
         """Keep a sample-level derived table (e.g. principal component scores) at this node,
         queryable as ``name`` like a clinical table; it never leaves the node."""
