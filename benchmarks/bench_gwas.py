@@ -730,7 +730,9 @@ def main(argv: list[str] | None = None) -> int:
     pf, make_s = ensure_pgen(vcf)
     R["plink_make_pgen_s"] = make_s
     pheno, covar = plink_pheno_files(PHENO_CSV, PLINK_DIR)
-    pvar = pd.read_csv(f"{pf}.pvar", sep="\t", comment=None, dtype={"#CHROM": str}, usecols=["#CHROM", "POS"])
+    with open(f"{pf}.pvar") as fh:
+        skip = sum(1 for line in iter(fh.readline, "") if line.startswith("##"))
+    pvar = pd.read_csv(f"{pf}.pvar", sep="\t", skiprows=skip, dtype={"#CHROM": str}, usecols=["#CHROM", "POS"])
     R["n_variants"], R["n_samples"] = len(pvar), R["phenotypes"]["n"]
     chrom = str(pvar["#CHROM"].iloc[0])
     pos_sorted = np.sort(pvar["POS"].to_numpy())

@@ -11,6 +11,7 @@ import pyarrow as pa
 from genofed.connectors.client import FlightTransport
 from genofed.connectors.federation import FederationConfig
 from genofed.engine.coordinator import Coordinator, Provenance, QueryResult
+from genofed.engine.errors import GenofedError
 from genofed.engine.schema import Catalog
 
 
@@ -39,6 +40,11 @@ class Result:
         except ImportError:
             raise ImportError("to_polars() needs polars: pip install 'genofed[polars]'") from None
         return pl.from_arrow(self._table)
+
+    def plot(self, kind: str = "manhattan", **options: Any):
+        """A matplotlib figure of this result: ``manhattan``, ``qq``, ``pca`` or ``ld-decay``
+        (see :mod:`genofed.genomics.plots` for the options)."""
+        return plot(kind, self._table, **options)
 
     @property
     def num_rows(self) -> int:
@@ -110,6 +116,36 @@ class Federation:
 
         return self.sql(get_query(name).render(**params))
 
+    def pca_cells(self, scores: str = "pca", x: str = "pc1", y: str = "pc2", group: str | None = "population",
+                  bins: int = 30, combine: str | None = None) -> Result:
+        """Binned principal-component scores for a PCA scatter, without any sample leaving a node.
+
+        The scores stay at the nodes (table ``scores``, written by ``pca(name => ...)``); this
+        runs two ordinary federated aggregates: the federation-wide mean and SD of each axis (to
+        place a ``bins`` × ``bins`` grid over mean ± 4 SD), then the count of samples per grid
+        cell and group. Cells below the minimum count are suppressed like any other group.
+        Returns columns ``group, x, y, n`` (cell centres) for :func:`genofed.genomics.plots.pca_scatter`.
+        """
+        from genofed.engine.analysis import check_name
+
+        for name, what in ((scores, "scores table"), (x, "x"), (y, "y")):
+            check_name(name, what)
+        if group is not None:
+            check_name(group, "group")
+        stats = self.sql(f"SELECT avg({x}) AS mx, stddev_samp({x}) AS sx, avg({y}) AS my, stddev_samp({y}) AS sy "
+                         f"FROM samples JOIN {scores} USING (sample_id)", combine=combine).to_arrow().to_pylist()
+        if not stats or stats[0]["sx"] is None:
+            raise GenofedError(f"no scores to bin in {scores!r}")
+        s = stats[0]
+        cells = []
+        for axis, m, sd in ((x, s["mx"], s["sx"]), (y, s["my"], s["sy"])):
+            w = 8 * float(sd) / bins or 1.0
+            lo = float(m) - 4 * float(sd)
+            cells.append(f"{lo!r} + ({w!r}) * (floor(({axis} - {lo!r}) / {w!r}) + 0.5) AS {axis}")
+        keys = ([f"{group} AS \"group\""] if group else []) + cells
+        return self.sql(f"SELECT {', '.join(keys)}, count(*) AS n FROM samples JOIN {scores} USING (sample_id) GROUP BY ALL",
+                        combine=combine)
+
     def explain(self, query: str) -> dict[str, str]:
         """The node fragment and the finalize step a query plans into."""
         plan = self._coord.plan(query)
@@ -127,6 +163,21 @@ class Federation:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def plot(kind: str, data: Any, **options: Any):
+    """A matplotlib figure of a result table: ``manhattan``, ``qq``, ``pca`` or ``ld-decay``.
+
+    ``data`` is a :class:`Result`, an Arrow table or a pandas DataFrame; options go to the
+    function in :mod:`genofed.genomics.plots` (e.g. ``threshold=5e-8``, ``group="population"``).
+    """
+    from genofed.genomics.plots import PLOTS
+
+    if kind not in PLOTS:
+        raise GenofedError(f"unknown plot {kind!r}; choose one of {', '.join(PLOTS)}")
+    if isinstance(data, Result):
+        data = data.to_arrow()
+    return PLOTS[kind](data, **options)
 
 
 class _LazyKeyHolder:

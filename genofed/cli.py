@@ -224,6 +224,74 @@ def _fmt(v) -> str:
     return str(v)
 
 
+@main.command()
+@click.argument("kind", type=click.Choice(["manhattan", "qq", "pca", "ld-decay"]))
+@click.argument("sql", required=False)
+@click.option("--federation", "fed_dir", type=click.Path(path_type=Path), help="run SQL (or --name) on this federation")
+@click.option("--name", "name", help="a named query from queries/")
+@click.option("--param", multiple=True, metavar="NAME=VALUE", help="named query parameter")
+@click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="plot a saved result instead (CSV, Parquet or the JSON of `genofed query --format json`)")
+@click.option("--scores", help="pca: the node-local scores table written by pca(name => ...); bins it with federated counts")
+@click.option("--group", help="pca: column naming each sample's group (default population)")
+@click.option("--combine", type=click.Choice(["plain", "mpc", "he"]), help="override federation.toml")
+@click.option("--title")
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="PNG, SVG or PDF file")
+def plot(kind: str, sql: str | None, fed_dir: Path | None, name: str | None, param: tuple[str, ...], input_path: Path | None,
+         scores: str | None, group: str | None, combine: str | None, title: str | None, output: Path) -> None:
+    """Plot a result: Manhattan, QQ (with λ), PCA scatter or LD decay, to PNG/SVG/PDF."""
+    from genofed.api import plot as make_plot
+    from genofed.genomics.plots import save
+
+    opts: dict[str, object] = {"title": title} if title else {}
+    if input_path is not None:
+        if sql or name or fed_dir:
+            raise click.UsageError("--input plots a saved result: give no SQL, --name or --federation with it")
+        data = _read_result(input_path)
+    else:
+        import genofed
+
+        if fed_dir is None:
+            raise click.UsageError("give --federation (with SQL, --name or --scores) or --input FILE")
+        with genofed.connect(fed_dir) as fed:
+            if kind == "pca" and scores:
+                data = fed.pca_cells(scores, group=group or "population", combine=combine).to_arrow()
+                opts |= {"x": "pc1", "y": "pc2", "group": "group", "count": "n"}
+            else:
+                if (sql is None) == (name is None):
+                    raise click.UsageError("give SQL or --name QUERY (one of them)")
+                if name is not None:
+                    from genofed.named import get_query
+
+                    sql = get_query(name).render(**_kv(param, "--param"))
+                assert sql is not None
+                data = fed.sql(sql, combine=combine).to_arrow()
+    if kind == "pca" and "group" not in opts and group:
+        opts["group"] = group
+    try:
+        fig = make_plot(kind, data, **opts)
+        path = save(fig, output)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    click.echo(f"wrote {path}")
+
+
+def _read_result(path: Path):
+    import pyarrow as pa
+
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path)
+    if suffix == ".json":
+        rows = json.loads(path.read_text())
+        return pa.Table.from_pylist(rows["rows"] if isinstance(rows, dict) else rows)
+    import pyarrow.csv as pcsv
+
+    return pcsv.read_csv(path)
+
+
 @main.group()
 def queries() -> None:
     """List and show the named queries."""

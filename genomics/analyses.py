@@ -261,8 +261,16 @@ def _finish(ids: list[str], cols: dict[str, Any], keep: np.ndarray | None = None
         arr = v if isinstance(v, (pa.Array, pa.ChunkedArray)) else pa.array(np.asarray(v)[idx] if np.ndim(v) else v)
         if isinstance(v, (pa.Array, pa.ChunkedArray)):
             arr = v.take(pa.array(idx))
+        if pa.types.is_floating(arr.type):
+            arr = _nullable(arr.to_numpy(zero_copy_only=False))
         out[k] = arr
     return pa.table(out)
+
+
+def _nullable(x: np.ndarray) -> pa.Array:
+    """Floats with NaN (undefined statistics, e.g. a monomorphic variant) as NULL."""
+    x = np.asarray(x, np.float64)
+    return pa.array(x, mask=np.isnan(x))
 
 
 def _col(t: pa.Table, name: str) -> np.ndarray:
@@ -676,7 +684,8 @@ class LdR2(Analysis):
         a, b = _ids(t, KEY), _ids(t, KEY_B)
         va, vb = variant_columns(a), variant_columns(b)
         pa_, pb_ = va["pos"].to_numpy(), vb["pos"].to_numpy()
-        keep = ~(r * r < float(args.get("min_r2") or 0.0))
+        min_r2 = float(args.get("min_r2") or 0.0)
+        keep = (r * r >= min_r2) if min_r2 > 0 else np.ones(len(r), bool)
         order = np.array(sorted(range(len(a)), key=lambda i: (chrom_rank(a[i].split(":")[0]), pa_[i], pb_[i])), np.int64)
         order = order[keep[order]] if len(order) else order
         tk = pa.array(order, pa.int64())
@@ -684,7 +693,7 @@ class LdR2(Analysis):
             "variant_id_a": pa.array(a, pa.string()).take(tk), "variant_id_b": pa.array(b, pa.string()).take(tk),
             "chrom": va["chrom"].take(tk), "pos_a": va["pos"].take(tk), "pos_b": vb["pos"].take(tk),
             "distance": pa.array(np.abs(pb_ - pa_)[order] if len(order) else np.zeros(0, np.int64)),
-            "n": pa.array(n[order].astype(np.int64)), "r": pa.array(r[order]), "r2": pa.array((r * r)[order]),
+            "n": pa.array(n[order].astype(np.int64)), "r": _nullable(r[order]), "r2": _nullable((r * r)[order]),
         })
 
 
@@ -698,8 +707,8 @@ class Pca(Analysis):
         "k": Param("int", 10, "number of components"),
         "name": Param("str", "pca", "table that keeps each node's sample scores at the node"),
         "min_maf": Param("float", 0.01, "use variants with minor allele frequency at least this"),
-        "max_iter": Param("int", 100, "subspace iterations at most"),
-        "tol": Param("float", 1e-10, "convergence: relative change of the top eigenvalues"),
+        "max_iter": Param("int", 60, "subspace iterations at most"),
+        "tol": Param("float", 1e-9, "convergence: relative change of the top eigenvalues"),
         "seed": Param("int", 1, "seed of the starting subspace"),
     }
     FREQ = [("n", COUNT), ("sg", COUNT), ("sgg", COUNT)]
@@ -716,7 +725,7 @@ class Pca(Analysis):
     @staticmethod
     def _width(args):
         k = int(args.get("k") or 10)
-        return k + min(10, max(4, k))
+        return k + max(10, k)
 
     def node_fragment(self, args, round_, state, catalog, policy):
         check_name(args.get("name"), "pca name")

@@ -161,12 +161,3 @@ def sym_solve(h: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x[good] = np.linalg.solve(h[good], g[good][:, :, None])[:, :, 0]
         ok[good] = True
     return x, ok
-
-
-def genomic_inflation(p: np.ndarray) -> float:
-    """λ_GC: the median 1-df chi-square of the p-values over its expected median."""
-    p = np.asarray(p, np.float64)
-    p = p[np.isfinite(p) & (p > 0) & (p <= 1)]
-    if not len(p):
-        return float("nan")
-    return float(np.median(sps.chi2.isf(p, 1)) / sps.chi2.ppf(0.5, 1))

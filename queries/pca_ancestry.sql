@@ -1,0 +1,11 @@
+-- name: pca_ancestry
+-- title: Federated principal components of ancestry
+-- description: PCA of the standardized genotypes (Patterson scaling, as scikit-allel) by
+--   federated subspace iteration: each round combines the nodes' G'GV, never anything
+--   sample-sized. Returns the variant loadings; each node keeps its samples' scores as the
+--   table named by `name` (sample_id, pc1..pck), usable as GWAS covariates ('pca.pc1') and
+--   in aggregates (`genofed plot pca --scores pca`).
+-- param: k BIGINT = 4  -- number of components
+-- param: min_maf DOUBLE = 0.05  -- use variants with minor allele frequency at least this
+-- param: name VARCHAR = 'pca'  -- the node-local scores table
+SELECT * FROM pca(k => :k, min_maf => :min_maf, name => :name)
