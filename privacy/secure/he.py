@@ -9,7 +9,9 @@ coefficient modulus; both schemes use 3 x 60 = 180 bits):
   ``BFV_T`` (a 58-bit prime, 1 mod 2N, so slots batch). Integers are written as limbs of 48
   bits after an offset (``v + 2**(w-1)`` for a w-bit type), so sums over up to 512 nodes never
   wrap; counts and flags are one limb.
-- **CKKS** for real lanes: N = 8192, 4096 slots, scale 2**50. Measured error of a sum of five
+- **Fixed point in BFV** for *finite* real lanes (analysis statistics): ``round(x * 2**32)``
+  offset by ``2**61 * 2**32``, as two 48-bit limbs; exact sums, released without rounding.
+- **CKKS** for the other real lanes: N = 8192, 4096 slots, scale 2**50. Measured error of a sum of five
   public-key encryptions: ~2e-11 absolute, ~1e-12 relative for large values; magnitudes up
   to ~2**68 fit. Released values are rounded to 32 significant bits and never finer than
   2**-28 (about 8 bits above the noise), so |released - exact| <= max(2**-29, |x| 2**-32)
