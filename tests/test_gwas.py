@@ -295,3 +295,18 @@ def test_table_function_errors(fed1126):
     # the outer query runs over the released result
     top = fed.sql("SELECT variant_id, p FROM gwas_linear('samples.outcome', chrom => '21') WHERE p < 0.05 ORDER BY p LIMIT 3").to_pandas()
     assert len(top) == 3 and top["p"].is_monotonic_increasing
+
+
+def test_pca_and_ld_same_in_secure_modes(fed1126):
+    q = "SELECT * FROM pca(k => 2, min_maf => 0.1, chrom => '22', name => 'pcs_secure')"
+    plain = fed1126.sql(q, combine="plain")
+    mpc = fed1126.sql(q, combine="mpc")
+    a, b = plain.to_pandas(), mpc.to_pandas()
+    assert list(a["variant_id"]) == list(b["variant_id"])
+    for j in (1, 2):
+        assert abs(np.corrcoef(a[f"pc{j}"], b[f"pc{j}"])[0, 1]) > 0.9999
+    np.testing.assert_allclose(mpc.provenance.details["eigenvalues"], plain.provenance.details["eigenvalues"], rtol=1e-6)
+    ld = "SELECT * FROM ld_r2(chrom => '22', stop => 18000000, window_kb => 100)"
+    p, h = fed1126.sql(ld, combine="plain").to_pandas(), fed1126.sql(ld, combine="he").to_pandas()
+    assert len(p) > 20 and p["n"].equals(h["n"])
+    np.testing.assert_allclose(h["r2"].fillna(-1), p["r2"].fillna(-1), rtol=1e-12)
