@@ -41,6 +41,14 @@ def run_demo(directory: str | Path, n_samples: int = 3000, keep_running: bool = 
                 causal = _first_causal(truth)
                 if any(p.name == "variant_id" for p in q.params) and causal:
                     params["variant_id"] = causal
+                t2d = [c["variant_id"] for c in truth.get("t2d", {}).get("causal", []) if isinstance(c, dict)]
+                if q.name == "gwas_t2d_logistic" and t2d:
+                    # logistic regression iterates (one secure combine per Newton round): the demo
+                    # scans 400 kb around a planted t2d locus; drop start/stop for the whole region
+                    pos = int(t2d[0].split(":")[1])
+                    params.update(start=pos - 200_000, stop=pos + 200_000)
+                if q.name == "pca_ancestry":
+                    params.update(k=2)  # three populations: two components carry the structure
                 if q.name == "ldl_assoc_region" and causal:
                     # a 200 kb window around a planted LDL locus: the scan runs row-wise (a
                     # dosage x phenotype regression per variant), so keep the demo's window small

@@ -764,7 +764,11 @@ class Pca(Analysis):
         v, mu, scale, basis = self._standardized(frag, data)
         ns = len(data.samples.sidx)
         y = np.zeros((ns, basis.shape[1]))
-        for off, x, _ in self._chunks(data, v, mu, scale):
+        # two passes over the standardized genotypes; keep them in memory when they are small
+        chunks = self._chunks(data, v, mu, scale)
+        if v.num_rows * ns * 8 <= 256 << 20:
+            chunks = list(chunks)
+        for off, x, _ in chunks:
             y += x.T @ basis[off:off + len(x)]
         if frag.round == "project":
             k = basis.shape[1]
@@ -774,7 +778,7 @@ class Pca(Analysis):
             return _table({}, {"n": np.array([ns])}, np.array([ns]), [("n", COUNT)])
         z = np.zeros((v.num_rows, basis.shape[1]))
         n = np.zeros(v.num_rows)
-        for off, x, called in self._chunks(data, v, mu, scale):
+        for off, x, called in (chunks if isinstance(chunks, list) else self._chunks(data, v, mu, scale)):
             z[off:off + len(x)] = x @ y
             n[off:off + len(x)] = ns if called is None else called.sum(axis=1)
         lay = self.layout(frag.args, "power")[1]

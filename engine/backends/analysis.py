@@ -116,9 +116,7 @@ class AnalysisData:
             sel = vidx[start:start + rows]
             full = complete is not None and bool(np.all(complete[sel]))
             want = [ALT1, ALT2] if full else [ALT1, ALT2, CALLED]
-            contiguous = len(sel) and sel[-1] - sel[0] + 1 == len(sel)
-            raw = (planes.read_planes(int(sel[0]), int(sel[-1]) + 1, want) if contiguous
-                   else planes.read_planes_rows(sel, want))
+            raw = _read_rows(planes, sel, want)
             bits = np.unpackbits(raw, axis=2, bitorder="little", count=n)
             if not all_samples:
                 bits = bits[:, :, sidx]
@@ -137,13 +135,25 @@ class AnalysisData:
             sel = vidx[start:start + rows]
             full = complete is not None and bool(np.all(complete[sel]))
             want = [ALT1, ALT2] if full else [ALT1, ALT2, CALLED]
-            raw = planes.read_planes_rows(sel, want)
+            raw = _read_rows(planes, sel, want)
             yield start, raw[0], raw[1], (None if full else raw[2])
 
     def save_table(self, name: str, table: pa.Table) -> None:
         """Keep a sample-level derived table (e.g. principal component scores) at this node,
         queryable as ``name`` like a clinical table; it never leaves the node."""
         self.backend.save_derived(name, table)
+
+
+def _read_rows(planes: Any, sel: np.ndarray, want: list[int]) -> np.ndarray:
+    """Planes of the (sorted) rows ``sel``: one read of their span when it is dense enough,
+    else one read per run of consecutive rows."""
+    span = int(sel[-1]) - int(sel[0]) + 1
+    if span == len(sel):
+        return planes.read_planes(int(sel[0]), int(sel[-1]) + 1, want)
+    if span <= 4 * len(sel):
+        block = planes.read_planes(int(sel[0]), int(sel[-1]) + 1, want)
+        return np.ascontiguousarray(block[:, sel - sel[0]])
+    return planes.read_planes_rows(sel, want)
 
 
 def derived_dir(store_root: Path) -> Path:
