@@ -710,6 +710,8 @@ class Pca(Analysis):
         "max_iter": Param("int", 60, "subspace iterations at most"),
         "tol": Param("float", 1e-9, "convergence: relative change of the top eigenvalues"),
         "seed": Param("int", 1, "seed of the starting subspace"),
+        "prune_r2": Param("float", None, "LD-prune first: drop one variant of each pair with r² above this"),
+        "prune_window_kb": Param("float", 250.0, "window of the LD pruning (kb)"),
     }
     FREQ = [("n", COUNT), ("sg", COUNT), ("sgg", COUNT)]
 
@@ -784,6 +786,30 @@ class Pca(Analysis):
         lay = self.layout(frag.args, "power")[1]
         return _table({KEY: v.column("variant_id")}, {"n": n, **{f"z{j}": z[:, j] for j in range(z.shape[1])}}, n, lay)
 
+    @staticmethod
+    def _prune(args, run, ids_all, use, maf):
+        """Greedy LD pruning on federation-wide r² (as plink's --indep-pairwise, by distance):
+        in genome order, of each pair above ``prune_r2`` the variant with the lower minor allele
+        frequency is dropped."""
+        ld = ANALYSES["ld_r2"]
+        ld_args = ld.parse_args({"variants": args.get("variants"), "samples": args.get("samples"),
+                                 "window_kb": float(args["prune_window_kb"])})
+        t = run.round(ld.name, ld_args, "pairs", {}, [KEY, KEY_B], LdR2.LAYOUT)
+        n, sa, sb, saa, sbb, sab = (_col(t, c).astype(np.float64) for c, _ in LdR2.LAYOUT)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r2 = (n * sab - sa * sb) ** 2 / ((n * saa - sa * sa) * (n * sbb - sb * sb))
+        where = {vid: i for i, vid in enumerate(ids_all)}
+        keep = np.zeros(len(ids_all), bool)
+        keep[use] = True
+        a = np.array([where.get(v, -1) for v in _ids(t, KEY)], np.int64)
+        b = np.array([where.get(v, -1) for v in _ids(t, KEY_B)], np.int64)
+        hi = (r2 > float(args["prune_r2"])) & (a >= 0) & (b >= 0)
+        order = genome_order([ids_all[i] for i in a[hi]]) if hi.any() else np.zeros(0, np.int64)
+        for x, y in zip(a[hi][order], b[hi][order]):
+            if keep[x] and keep[y]:
+                keep[y if maf[y] < maf[x] or (maf[y] == maf[x] and y > x) else x] = False
+        return np.flatnonzero(keep)
+
     def drive(self, args, run):
         from ..engine.analysis import pack_array
 
@@ -800,6 +826,11 @@ class Pca(Analysis):
         m = self._width(args)
         if len(use) < m:
             raise PlanningError(f"pca(): only {len(use)} variants pass min_maf; k = {k} needs at least {m}")
+        if args.get("prune_r2") is not None:
+            use = self._prune(args, run, ids_all, use, maf)
+            run.note("ld_pruned_variants", int(len(use)))
+            if len(use) < m:
+                raise PlanningError(f"pca(): only {len(use)} variants remain after LD pruning; k = {k} needs at least {m}")
         ids = [ids_all[i] for i in use]
         mu, scale = 2 * p[use], np.sqrt(p[use] * (1 - p[use]))
         total = float(np.sum((sgg[use] - 2 * mu * sg[use] + n[use] * mu * mu) / scale**2))

@@ -196,9 +196,15 @@ def test_assoc_case_control_equals_scipy_on_pooled_counts(fed1126, pooled, mode)
 
 def test_pca_matches_scikit_allel_and_scores_stay_at_nodes(fed1126, fed_dir_1126, pooled):
     k = 4
-    res = fed1126.sql(f"SELECT * FROM pca(k => {k}, min_maf => 0.05, name => 'pcs', variants => {_str(WHERE)})")
+    res = fed1126.sql(f"SELECT * FROM pca(k => {k}, min_maf => 0.05, name => 'pcs', variants => {_str(WHERE)}, "
+                      "prune_r2 => 0.2, prune_window_kb => 500)")
     load = _df(res)
     assert res.provenance.details["scores_table"] == "pcs"
+    # LD pruning dropped variants (correlated pairs within 500 kb), using federation-wide r²
+    maf = np.minimum(load["alt_freq"], 1 - load["alt_freq"])
+    assert (maf >= 0.05).all() and res.provenance.details["ld_pruned_variants"] == len(load)
+    unpruned = fed1126.sql(f"SELECT count(*) AS n FROM pca(k => 1, min_maf => 0.05, name => 'pcs_tmp', variants => {_str(WHERE)})").to_pandas()
+    assert len(load) < unpruned["n"][0]
     # the pooled reference on exactly the variants the federation used
     ids = list(load.index)
     pos = {v: i for i, v in enumerate(pooled["ids"])}
