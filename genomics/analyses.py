@@ -927,6 +927,7 @@ class Fst(Analysis):
         "population": Param("str", "super_pop", "expression naming each sample's population"),
         "pop1": Param("str", None, "first population", required=True),
         "pop2": Param("str", None, "second population", required=True),
+        "window_kb": Param("float", None, "report windowed Fst (ratio of sums per window of this size) instead of per variant"),
     }
 
     def layout(self, args, round_):
@@ -953,10 +954,37 @@ class Fst(Analysis):
         with np.errstate(divide="ignore", invalid="ignore"):
             fst = num / den
         run.note("fst_hudson_overall", float(np.nansum(num) / np.nansum(den)) if len(vids) else None)
+        if args.get("window_kb"):
+            return _windows(vids, num, den, float(args["window_kb"]))
         return _finish(vids, {
             "n": (ac1.sum(axis=1) + ac2.sum(axis=1)).astype(np.int64), "alt_freq_1": ac1[:, 1] / ac1.sum(axis=1),
             "alt_freq_2": ac2[:, 1] / ac2.sum(axis=1), "fst": fst, "num": num, "den": den,
         })
+
+
+def _windows(vids: list[str], num: np.ndarray, den: np.ndarray, window_kb: float) -> pa.Table:
+    """Windowed Hudson Fst as scikit-allel's ``windowed_hudson_fst``: per window of
+    ``window_kb`` (1-based, starting at position 1), sum(num) / sum(den)."""
+    size = int(round(window_kb * 1000))
+    cols = variant_columns(vids)
+    chrom = cols["chrom"].to_pylist()
+    pos = cols["pos"].to_numpy()
+    acc: dict[tuple[str, int], list[float]] = {}
+    for c, p, a, b in zip(chrom, pos, num, den):
+        w = acc.setdefault((c, (int(p) - 1) // size), [0.0, 0.0, 0])
+        w[0] += a
+        w[1] += b
+        w[2] += 1
+    keys = sorted(acc, key=lambda k: (chrom_rank(k[0]), k[1]))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fst = np.array([acc[k][0] / acc[k][1] for k in keys]) if keys else np.zeros(0)
+    return pa.table({
+        "chrom": pa.array([k[0] for k in keys], pa.string()),
+        "start": pa.array([k[1] * size + 1 for k in keys], pa.int64()),
+        "stop": pa.array([(k[1] + 1) * size for k in keys], pa.int64()),
+        "n_variants": pa.array([acc[k][2] for k in keys], pa.int64()),
+        "fst": _nullable(fst),
+    })
 
 
 class Heterozygosity(Analysis):

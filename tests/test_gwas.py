@@ -258,6 +258,11 @@ def test_fst_and_heterozygosity_equal_scikit_allel_on_pooled(fed1126, pooled):
     np.testing.assert_allclose(fst["num"], num, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(fst["den"], den, rtol=1e-12, atol=1e-15)
     assert 0.05 < np.nansum(num) / np.nansum(den) < 0.3  # YRI vs CEU
+    win = fed1126.sql("SELECT * FROM fst(population => 'population', pop1 => 'YRI', pop2 => 'CEU', chrom => '22', window_kb => 5000)").to_pandas()
+    ref_fst, windows, counts = allel.windowed_hudson_fst(np.array([int(v.split(":")[1]) for v in fst.index]), ac1, ac2, size=5_000_000, start=1)
+    keep = counts > 0
+    np.testing.assert_allclose(win["fst"], ref_fst[keep], rtol=1e-10)
+    assert list(win["n_variants"]) == list(counts[keep]) and list(win["start"]) == list(windows[keep][:, 0])
     het = _df(fed1126.sql("SELECT * FROM heterozygosity(chrom => '22')"))
     gd = pooled["dosage"][[pos[v] for v in het.index]]
     np.testing.assert_allclose(het["het_observed"], (gd == 1).mean(axis=1), rtol=1e-12)
