@@ -233,21 +233,37 @@ def chrom_rank(c: str) -> int:
     return _CHROM_ORDER.get(c.upper(), 100)
 
 
-def variant_columns(ids: list[str]) -> dict[str, pa.Array]:
-    """``variant_id, chrom, pos, ref, alt`` from ``chrom:pos:ref:alt`` ids."""
-    parts = [v.split(":", 3) for v in ids]
+def variant_columns(ids: list[str] | pa.Array) -> dict[str, pa.Array]:
+    """``variant_id, chrom, pos, ref, alt`` from ``chrom:pos:ref:alt`` ids (vectorised)."""
+    import pyarrow.compute as pc
+
+    arr = ids if isinstance(ids, (pa.Array, pa.ChunkedArray)) else pa.array(ids, pa.string())
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    parts = pc.split_pattern(arr, ":", max_splits=3)
+    field = [pc.list_element(parts, i) for i in range(4)]
     return {
-        "variant_id": pa.array(ids, pa.string()),
-        "chrom": pa.array([p[0] for p in parts], pa.string()),
-        "pos": pa.array([int(p[1]) for p in parts], pa.int64()),
-        "ref": pa.array([p[2] for p in parts], pa.string()),
-        "alt": pa.array([p[3] for p in parts], pa.string()),
+        "variant_id": arr.cast(pa.string()),
+        "chrom": field[0].cast(pa.string()),
+        "pos": pc.cast(field[1], pa.int64()),
+        "ref": field[2].cast(pa.string()),
+        "alt": field[3].cast(pa.string()),
     }
 
 
-def genome_order(ids: list[str]) -> np.ndarray:
-    parts = [v.split(":", 3) for v in ids]
-    return np.array(sorted(range(len(ids)), key=lambda i: (chrom_rank(parts[i][0]), int(parts[i][1]), parts[i][2], parts[i][3])), np.int64)
+def genome_order(ids: list[str] | pa.Array) -> np.ndarray:
+    """Indices sorting variant ids by chromosome (1..22, X, Y, MT, others), position, REF, ALT."""
+    if not len(ids):
+        return np.zeros(0, np.int64)
+    cols = variant_columns(ids)
+    chroms = cols["chrom"].to_pylist()
+    rank_of = {c: chrom_rank(c) for c in set(chroms)}
+    rank = np.array([rank_of[c] for c in chroms], np.int64)
+    t = pa.table({"r": rank, "c": cols["chrom"], "p": cols["pos"], "ref": cols["ref"], "alt": cols["alt"]})
+    import pyarrow.compute as pc
+
+    return pc.sort_indices(t, sort_keys=[("r", "ascending"), ("c", "ascending"), ("p", "ascending"),
+                                         ("ref", "ascending"), ("alt", "ascending")]).to_numpy().astype(np.int64)
 
 
 def _finish(ids: list[str], cols: dict[str, Any], keep: np.ndarray | None = None) -> pa.Table:
@@ -255,7 +271,8 @@ def _finish(ids: list[str], cols: dict[str, Any], keep: np.ndarray | None = None
     idx = genome_order(ids)
     if keep is not None:
         idx = idx[np.asarray(keep)[idx]]
-    base = variant_columns([ids[i] for i in idx])
+    arr = ids if isinstance(ids, (pa.Array, pa.ChunkedArray)) else pa.array(ids, pa.string())
+    base = variant_columns(arr.take(pa.array(idx, pa.int64())))
     out = dict(base)
     for k, v in cols.items():
         arr = v if isinstance(v, (pa.Array, pa.ChunkedArray)) else pa.array(np.asarray(v)[idx] if np.ndim(v) else v)
@@ -514,7 +531,7 @@ class GwasLogistic(Analysis):
                 raise DisclosureError("the null model was withheld by disclosure control (too few samples)", rule="min_count")
             grad = np.array([_col(t, f"grad{j}")[0] for j in range(q)], np.float64)
             h = S.unpack_sym(np.array([[_col(t, n)[0] for n in _tri_names("h", q)]], np.float64), q)
-            step, ok = S.sym_solve(h, grad[None, :])
+            step, ok, _ = S.sym_solve(h, grad[None, :])
             if not ok[0]:
                 raise PlanningError("the covariates-only logistic model is singular (collinear or constant covariates)")
             beta0 = beta0 + step[0]
@@ -574,7 +591,7 @@ class GwasLogistic(Analysis):
             fresh = rows[~worse]
             grad = np.column_stack([_col(t, f"grad{j}") for j in range(qq)])[sel][~worse]
             h = S.unpack_sym(np.column_stack([_col(t, nm) for nm in names])[sel][~worse], qq)
-            step, ok = S.sym_solve(h, grad)
+            step, ok, hinv = S.sym_solve(h, grad)
             iters[fresh] += 1
             prev_ll[fresh] = ll[~worse]
             done[fresh[~ok]] = True
@@ -582,7 +599,7 @@ class GwasLogistic(Analysis):
             beta[good] += step[ok]
             prev_step[good] = step[ok]
             if ok.any():
-                se[good] = np.sqrt(np.linalg.inv(h[ok])[:, 0, 0])
+                se[good] = np.sqrt(hinv[ok][:, 0, 0])
             small = np.max(np.abs(step[ok]), axis=1) < tol * np.maximum(1.0, np.max(np.abs(beta[good]), axis=1))
             diverged = (np.max(np.abs(beta[good]), axis=1) > 1e4) | (iters[good] >= max_iter)
             conv[good[small & ~diverged]] = True

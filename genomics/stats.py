@@ -113,6 +113,32 @@ def unpack_sym(tri: np.ndarray, q: int) -> np.ndarray:
     return m
 
 
+def _safe_inverse(m: np.ndarray, max_cond: float = 1e12) -> tuple[np.ndarray, np.ndarray]:
+    """Inverses of stacked symmetric matrices that are well conditioned (after scaling to unit
+    diagonal, 1-norm condition number below ``max_cond``); NaN and False for the others
+    (singular designs: a monomorphic variant, collinear covariates)."""
+    rows, q, _ = m.shape
+    inv = np.full(m.shape, np.nan)
+    ok = np.zeros(rows, bool)
+    if not rows:
+        return inv, ok
+    d = np.einsum("rii->ri", m)
+    pos = (d > 0).all(axis=1) & np.isfinite(m).all(axis=(1, 2))
+    scale = np.sqrt(np.where(d > 0, d, 1.0))
+    norm = m / scale[:, :, None] / scale[:, None, :]
+    with np.errstate(all="ignore"):
+        det = np.where(pos, np.linalg.det(np.where(pos[:, None, None], norm, np.eye(q))), 0.0)
+    cand = np.flatnonzero(pos & (det > 1.0 / max_cond))
+    if len(cand):
+        ni = np.linalg.inv(norm[cand])
+        cond = np.abs(norm[cand]).sum(axis=1).max(axis=1) * np.abs(ni).sum(axis=1).max(axis=1)
+        fine = cond < max_cond
+        idx = cand[fine]
+        inv[idx] = ni[fine] / scale[idx][:, :, None] / scale[idx][:, None, :]
+        ok[idx] = True
+    return inv, ok
+
+
 def ols_from_stats(xtx: np.ndarray, xty: np.ndarray, yty: np.ndarray, n: np.ndarray, coef: int = 1) -> dict[str, np.ndarray]:
     """Per-row OLS from sufficient statistics.
 
@@ -124,20 +150,15 @@ def ols_from_stats(xtx: np.ndarray, xty: np.ndarray, yty: np.ndarray, n: np.ndar
     out = {k: np.full(rows, np.nan) for k in ("beta", "se", "t", "p")}
     df = n.astype(np.float64) - q
     out["df"] = df
-    # a row is usable when its design is well conditioned and there are residual degrees of freedom
-    scale = np.sqrt(np.clip(np.einsum("rii->ri", xtx), 1e-300, None))
-    norm = xtx / scale[:, :, None] / scale[:, None, :]
-    with np.errstate(all="ignore"):
-        cond = np.linalg.cond(norm) if rows else np.zeros(0)
-    good = np.flatnonzero(np.isfinite(cond) & (cond < 1e12) & (df > 0))
+    inv, ok = _safe_inverse(xtx)
+    good = np.flatnonzero(ok & (df > 0))
     if not len(good):
         return out
-    a, b = xtx[good], xty[good]
-    beta = np.linalg.solve(a, b[:, :, None])[:, :, 0]
-    inv = np.linalg.inv(a)
+    b = xty[good]
+    beta = np.einsum("rij,rj->ri", inv[good], b)
     rss = yty[good] - np.einsum("ri,ri->r", beta, b)
     sigma2 = np.maximum(rss, 0.0) / df[good]
-    se = np.sqrt(sigma2 * inv[:, coef, coef])
+    se = np.sqrt(sigma2 * inv[good, coef, coef])
     t = beta[:, coef] / se
     out["beta"][good] = beta[:, coef]
     out["se"][good] = se
@@ -146,18 +167,10 @@ def ols_from_stats(xtx: np.ndarray, xty: np.ndarray, yty: np.ndarray, n: np.ndar
     return out
 
 
-def sym_solve(h: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Solve h x = g for stacked symmetric matrices; rows where h is singular get NaN and False."""
-    rows = h.shape[0]
+def sym_solve(h: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Solve h x = g for stacked symmetric matrices; also returns the inverses (for standard
+    errors). Rows where h is singular get NaN and False."""
+    inv, ok = _safe_inverse(h)
     x = np.full(g.shape, np.nan)
-    ok = np.zeros(rows, bool)
-    if not rows:
-        return x, ok
-    scale = np.sqrt(np.clip(np.einsum("rii->ri", h), 1e-300, None))
-    with np.errstate(all="ignore"):
-        cond = np.linalg.cond(h / scale[:, :, None] / scale[:, None, :])
-    good = np.flatnonzero(np.isfinite(cond) & (cond < 1e12))
-    if len(good):
-        x[good] = np.linalg.solve(h[good], g[good][:, :, None])[:, :, 0]
-        ok[good] = True
-    return x, ok
+    x[ok] = np.einsum("rij,rj->ri", inv[ok], g[ok])
+    return x, ok, inv
