@@ -12,8 +12,8 @@ Measured (wall time, this machine, one run of this script):
 - genofed end to end (``genofed.connect(root).sql(query)``, 3 node processes on loopback):
   ``gwas_linear`` in plain (median of 3 after a warm-up), in mpc and in he (one run each, after a
   small warm-up query in that mode; a run estimated over ~5 minutes is restricted to a documented
-  subset of variants), ``gwas_logistic`` in plain (median of 3 after a warm-up when a run takes
-  < 20 s, else a single run).
+  subset of variants), ``gwas_logistic`` in plain (median of 3; after a warm-up when a run takes
+  < 20 s).
 - plink2 on the pooled pgen (``--threads 2``): ``--glm hide-covar`` linear, and logistic with
   ``no-firth`` (what genofed computes; compared) and with the default firth-fallback (timed only).
   plink2's and genofed's runs of the same analysis alternate, so both see the same load.
@@ -29,7 +29,7 @@ Writes the section between ``<!-- gwas:begin -->`` and ``<!-- gwas:end -->`` of
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_gwas.py              # full run (~10 min on 2 cores)
+    .venv/bin/python benchmarks/bench_gwas.py              # full run (~6 min on 2 cores)
     .venv/bin/python benchmarks/bench_gwas.py --no-profile # skip the in-process cProfile runs
 """
 
@@ -246,14 +246,15 @@ def timed_reps(fn, label: str, reps: int = 3) -> dict:
     t_first = time.perf_counter() - t0
     if t_first >= SLOW_S:
         log(f"{label}: {t_first:.2f} s (single run)")
-        return {"times_s": [t_first], "median_s": t_first, "warmup_s": None, "last": first, "load_before": load}
+        return {"times_s": [t_first], "median_s": t_first, "warmup_s": None, "last": first, "load_before": load, "load_after": RA.loadavg()}
     times, last = [], first
     for _ in range(reps):
         t = time.perf_counter()
         last = fn()
         times.append(time.perf_counter() - t)
     log(f"{label}: median {statistics.median(times):.3f} s ({', '.join(f'{x:.3f}' for x in times)}; warm-up {t_first:.3f})")
-    return {"times_s": times, "median_s": statistics.median(times), "warmup_s": t_first, "last": last, "load_before": load}
+    return {"times_s": times, "median_s": statistics.median(times), "warmup_s": t_first, "last": last, "load_before": load,
+            "load_after": RA.loadavg()}
 
 
 PLINK_RUNS = {
@@ -281,18 +282,19 @@ def plink_job(pf: Path, pheno: Path, covar: Path, key: str):
     return run, finish
 
 
-def interleaved(jobs: dict[str, Any], label: str, reps: int = 3) -> dict[str, dict]:
+def interleaved(jobs: dict[str, Any], label: str, reps: int = 3, slow_reps: int = 1) -> dict[str, dict]:
     """Each job once, in turn; a job whose first run took < SLOW_S gets ``reps`` more timed runs
-    (the first was its warm-up), the jobs alternating run by run so that they see the same load
-    on this shared machine."""
+    (the first was its warm-up), a slower one ``slow_reps - 1`` more (the first counts); the jobs
+    alternate run by run so that they see the same load on this shared machine."""
     first: dict[str, tuple[float, Any]] = {}
     load = RA.loadavg()
     for k, fn in jobs.items():
         t = time.perf_counter()
         r = fn()
         first[k] = (time.perf_counter() - t, r)
-    need = {k: reps if first[k][0] < SLOW_S else 0 for k in jobs}
-    times: dict[str, list[float]] = {k: [] if need[k] else [first[k][0]] for k in jobs}
+    fast = {k: first[k][0] < SLOW_S for k in jobs}
+    need = {k: reps if fast[k] else slow_reps - 1 for k in jobs}
+    times: dict[str, list[float]] = {k: [] if fast[k] else [first[k][0]] for k in jobs}
     last = {k: first[k][1] for k in jobs}
     for i in range(max(need.values())):
         for k, fn in jobs.items():
@@ -302,10 +304,10 @@ def interleaved(jobs: dict[str, Any], label: str, reps: int = 3) -> dict[str, di
                 times[k].append(time.perf_counter() - t)
     out = {}
     for k in jobs:
-        out[k] = {"times_s": times[k], "median_s": statistics.median(times[k]), "warmup_s": first[k][0] if need[k] else None,
-                  "last": last[k], "load_before": load}
+        out[k] = {"times_s": times[k], "median_s": statistics.median(times[k]), "warmup_s": first[k][0] if fast[k] else None,
+                  "last": last[k], "load_before": load, "load_after": RA.loadavg()}
         log(f"{label} {k}: median {out[k]['median_s']:.3f} s ({', '.join(f'{x:.3f}' for x in times[k])}"
-            + (f"; warm-up {first[k][0]:.3f})" if need[k] else "; single run)"))
+            + (f"; warm-up {first[k][0]:.3f})" if fast[k] else "; no warm-up)"))
     return out
 
 
@@ -467,7 +469,7 @@ def bench_genofed(n_variants: int, pos_sorted: np.ndarray, chrom: str, skip_secu
 
             # plain logistic, interleaved with plink2 --glm no-firth
             run, finish = plink["logistic_nofirth"]
-            both = interleaved({"plink2": run, "genofed": lambda: fed.sql(q_logistic(), combine="plain")}, "logistic:")
+            both = interleaved({"plink2": run, "genofed": lambda: fed.sql(q_logistic(), combine="plain")}, "logistic:", slow_reps=3)
             PL["logistic_nofirth"] = finish(both["plink2"])
             res = both["genofed"]
             r = res.pop("last")
@@ -698,7 +700,10 @@ def human(n: float) -> str:
 
 def runs(r: dict) -> str:
     s = ", ".join(f"{t:.2f}" for t in r["times_s"])
-    return s + (f" (warm-up {r['warmup_s']:.2f})" if r.get("warmup_s") is not None else " (single run)")
+    s += f" (warm-up {r['warmup_s']:.2f})" if r.get("warmup_s") is not None else (" (single run)" if len(r["times_s"]) == 1 else " (no warm-up)")
+    if r.get("load_before"):
+        s += f" [load {r['load_before']}" + (f" → {r['load_after']}" if r.get("load_after") else "") + "]"
+    return s
 
 
 def report(R: dict) -> str:
@@ -726,7 +731,8 @@ def report(R: dict) -> str:
       "3 node server processes sharing the 2 cores): `SELECT * FROM gwas_linear(phenotype => 'phenotypes.y', covariates => "
       "['phenotypes.c1', 'phenotypes.c2', 'phenotypes.c3'])` and `gwas_logistic(phenotype => 'phenotypes.case', covariates => [same])`. "
       f"plink2: wall time of the process on the pooled pgen, `--threads {THREADS}`, pgen conversion excluded. A measurement whose "
-      f"first run took < {SLOW_S:g} s: that run is a warm-up, then median of 3; slower: that one run. The plink2 and genofed runs "
+      f"first run took < {SLOW_S:g} s: that run is a warm-up, then median of 3; slower: median of 3 runs without a warm-up for "
+      "genofed's logistic (the nodes are warm from the linear runs), one run for plink2's firth-fallback. The plink2 and genofed runs "
       "of an analysis alternate (plink2, genofed, plink2, ...) with the nodes up and idle during plink2's runs, so both see "
       "the same load.")
     a("")
@@ -762,12 +768,10 @@ def report(R: dict) -> str:
       "(firth-fallback) refits with Firth's penalised likelihood every variant whose plain fit fails or is too rare, which is what "
       "makes it slow here (most of this window's variants are rare); genofed reports those as `separation` with no estimate.")
     a("")
-    a("Individual runs (s) and load average before each block: " + "; ".join([
-        f"genofed linear plain {runs(G['linear_plain'])} [load {G['linear_plain'].get('load_before', '?')}]",
-        f"plink2 linear {runs(P['linear'])} [{P['linear'].get('load_before', '?')}]",
-        f"genofed logistic plain {runs(G['logistic_plain'])} [{G['logistic_plain'].get('load_before', '?')}]",
-        f"plink2 logistic no-firth {runs(P['logistic_nofirth'])} [{P['logistic_nofirth'].get('load_before', '?')}]",
-        f"plink2 logistic firth-fallback {runs(P['logistic_firth_fallback'])} [{P['logistic_firth_fallback'].get('load_before', '?')}]"]) + ".")
+    a("Individual runs (s), with the load average before → after each block: " + "; ".join([
+        f"genofed linear plain {runs(G['linear_plain'])}", f"plink2 linear {runs(P['linear'])}",
+        f"genofed logistic plain {runs(G['logistic_plain'])}", f"plink2 logistic no-firth {runs(P['logistic_nofirth'])}",
+        f"plink2 logistic firth-fallback {runs(P['logistic_firth_fallback'])}"]) + ".")
     a("")
     a("plink2 commands (in `benchmarks/work/gwas_plink/`): `" + P["linear"]["cmd"] + "`; logistic: `--pheno-name case` (coded 1/2) with "
       "`--glm hide-covar no-firth` and `--glm hide-covar`. Pgen made once with "

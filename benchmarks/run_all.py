@@ -582,6 +582,7 @@ def verdict(ratio: float, limit: float) -> str:
 
 
 SECURE_BEGIN, SECURE_END = "<!-- secure-combine:begin -->", "<!-- secure-combine:end -->"
+GWAS_BEGIN, GWAS_END = "<!-- gwas:begin -->", "<!-- gwas:end -->"
 
 
 def write_report(path: Path, results: dict, info: dict, command: str, started: str, elapsed: float, load: tuple[str, str]) -> None:
@@ -868,10 +869,11 @@ def write_report(path: Path, results: dict, info: dict, command: str, started: s
     a("- Raw numbers: `benchmarks/work/results.json` (gitignored).")
     a("")
     text = "\n".join(L)
-    # keep the secure-combine section bench_secure.py maintains in the same file
+    # keep the sections bench_secure.py and bench_gwas.py maintain in the same file
     old = path.read_text() if path.exists() else ""
-    if SECURE_BEGIN in old and SECURE_END in old:
-        text += "\n\n" + old[old.index(SECURE_BEGIN) : old.index(SECURE_END) + len(SECURE_END)] + "\n"
+    for begin, end in ((SECURE_BEGIN, SECURE_END), (GWAS_BEGIN, GWAS_END)):
+        if begin in old and end in old:
+            text += "\n\n" + old[old.index(begin) : old.index(end) + len(end)] + "\n"
     path.write_text(text)
 
 
