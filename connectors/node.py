@@ -79,6 +79,7 @@ class NodeServer(flight.FlightServerBase):
         from genofed.privacy.secure.mpc import prewarm
 
         prewarm()
+        threading.Thread(target=_warm_kernels, name="genofed-warm", daemon=True).start()
 
     def _validate_uncached(self, sql: str):
         return validate_fragment(sql, self.catalog, allow_min_max=self.config.allow_min_max)
@@ -257,6 +258,15 @@ class NodeServer(flight.FlightServerBase):
         table = table.replace_schema_metadata(meta)
         log.info("query %s for %s: %d groups, %d suppressed", req.get(P.KEY_QUERY_ID), researcher, table.num_rows, n_suppressed)
         return flight.RecordBatchStream(table)
+
+
+def _warm_kernels() -> None:
+    try:
+        from genofed.genomics.glm_kernels import warm
+
+        warm()
+    except Exception:  # noqa: BLE001 - warming is an optimisation; a failure shows on first use
+        log.debug("kernel warm-up failed", exc_info=True)
 
 
 def serve(config: NodeConfig, host: str = "127.0.0.1", port: int = 0, ready: Any = None) -> None:

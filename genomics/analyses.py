@@ -290,6 +290,16 @@ def _nullable(x: np.ndarray) -> pa.Array:
     return pa.array(x, mask=np.isnan(x))
 
 
+def _positions(keys: Any, ids: list[str]) -> np.ndarray:
+    """Index in ``ids`` of each key (all keys must be in ``ids``)."""
+    import pyarrow.compute as pc
+
+    pos = pc.index_in(keys, value_set=pa.array(ids, pa.string()))
+    if pos.null_count:
+        raise FragmentError("a round returned a variant outside the analysis")
+    return pos.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 def _col(t: pa.Table, name: str) -> np.ndarray:
     return t.column(name).to_numpy(zero_copy_only=False)
 
@@ -416,6 +426,15 @@ class GwasLinear(Analysis):
         layout = self._layout(q)
         t = run.round(self.name, args, "stats", {}, [KEY], layout)
         r = t.num_rows
+        n = _col(t, "n").astype(np.int64)
+        gc = np.column_stack([_col(t, f"gc{j}") for j in range(q)]) if r else np.zeros((0, q))
+        cc = S.unpack_sym(np.column_stack([_col(t, nm) for nm in _tri_names("cc", q)]) if r else np.zeros((0, q * (q + 1) // 2)), q)
+        cy = np.column_stack([_col(t, f"cy{j}") for j in range(q)]) if r else np.zeros((0, q))
+        fast = S.ols_genotype_effect(_col(t, "sgg").astype(np.float64), gc, _col(t, "gy"), cc, cy, _col(t, "yy").astype(np.float64), n)
+        if fast is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                af = gc[:, 0] / (2.0 * n)
+            return _finish(t.column(KEY), {"n": n, "alt_freq": af, **{k: fast[k] for k in ("beta", "se", "t", "p")}})
         xtx = np.zeros((r, q + 1, q + 1))
         xtx[:, 0, 0] = _col(t, "sgg")
         for j in range(q):
@@ -449,6 +468,8 @@ class GwasLogistic(Analysis):
 
     def layout(self, args, round_):
         q = 1 + len(args.get("covariates") or [])
+        if round_ == "counts":
+            return [KEY], AssocCaseControl.LAYOUT
         if round_ == "null":
             return [], self._layout(q, False)
         if round_ == "fit":
@@ -461,6 +482,8 @@ class GwasLogistic(Analysis):
         y = _binary(s.y)
         n_all, q = c.shape
         _check_params(q + 1, n_all, data.fragment.policy)
+        if frag.round == "counts":  # allele counts in cases and controls: separation, min cases
+            return ANALYSES["assoc_case_control"].node_round(frag, data)
         if frag.round == "null":
             beta = frag.array("beta").reshape(-1)
             if beta.shape != (q,):
@@ -479,11 +502,17 @@ class GwasLogistic(Analysis):
             ids = frag.state["ids"]
             if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
                 raise FragmentError("analysis state 'ids' must be a list of variant ids")
-            beta = frag.array("beta")
-            if beta.shape != (len(ids), q + 1):
-                raise FragmentError("analysis state 'beta' has the wrong shape")
             v, pos = data.restrict(ids)
-            b = beta[pos]
+            if "start" in frag.state:  # every listed variant starts at the same point
+                start = frag.array("start").reshape(-1)
+                if start.shape != (q + 1,):
+                    raise FragmentError("analysis state 'start' has the wrong shape")
+                b = np.broadcast_to(start, (len(pos), q + 1))
+            else:
+                beta = frag.array("beta")
+                if beta.shape != (len(ids), q + 1):
+                    raise FragmentError("analysis state 'beta' has the wrong shape")
+                b = beta[pos]
         else:
             start = frag.array("start").reshape(-1)
             if start.shape != (q + 1,):
@@ -538,44 +567,36 @@ class GwasLogistic(Analysis):
             if np.max(np.abs(step)) < tol:
                 break
         run.note("null_model_iterations", it)
-        # 2. all variants at once, each round one combine of gradients and Hessians
+        # 2. allele counts in cases and controls: variants below the minimum cases/controls and
+        # variants with separation (an allele only in cases or only in controls: no MLE) are
+        # settled without fitting
+        tc = run.round(self.name, args, "counts", {}, [KEY], AssocCaseControl.LAYOUT)
+        ids = _ids(tc)
+        nv = len(ids)
+        n_case, n = _col(tc, "n_case").astype(np.int64), (_col(tc, "n_case") + _col(tc, "n_ctrl")).astype(np.int64)
+        ac1, an1, ac0, an0 = (_col(tc, k).astype(np.int64) for k in ("ac_case", "an_case", "ac_ctrl", "an_ctrl"))
+        ok_counts = (n_case >= pol["min_cases"]) & (n - n_case >= pol["min_controls"])
+        run.note("withheld_min_cases_controls", int((~ok_counts).sum()))
+        separated = (ac1 == 0) | (ac0 == 0) | (ac1 == an1) | (ac0 == an0)
+        # 3. the other variants at once, each round one combine of gradients and Hessians
         qq = q + 1
         lay = self._layout(qq, True)
         names = _tri_names("h", qq)
-        state: dict[str, Any] = {"start": pack_array(np.concatenate([[0.0], beta0]))}
-        ids: list[str] = []
-        beta = np.zeros((0, qq))
-        se = np.zeros(0)
-        n = n_case = iters = np.zeros(0, np.int64)
-        done = conv = np.zeros(0, bool)
-        active = np.zeros(0, np.int64)
-        prev_ll = np.zeros(0)
-        prev_step = np.zeros((0, qq))
-        for it in range(1, 4 * max_iter + 1):
+        beta = np.tile(np.concatenate([[0.0], beta0]), (nv, 1))
+        se = np.full(nv, np.nan)
+        iters = np.zeros(nv, np.int64)
+        conv = np.zeros(nv, bool)
+        done = ~ok_counts | separated
+        prev_ll = np.full(nv, -np.inf)
+        prev_step = np.zeros((nv, qq))
+        active = np.flatnonzero(~done)
+        state: dict[str, Any] = {"ids": [ids[i] for i in active], "start": pack_array(np.concatenate([[0.0], beta0]))}
+        it = 0
+        while len(active) and it < 4 * max_iter:
+            it += 1
             t = run.round(self.name, args, "fit", state, [KEY], lay)
-            tid = _ids(t)
-            if it == 1:
-                ids = tid
-                nv = len(ids)
-                n, n_case = _col(t, "n").astype(np.int64), _col(t, "n_case").astype(np.int64)
-                beta = np.tile(np.concatenate([[0.0], beta0]), (nv, 1))
-                se = np.full(nv, np.nan)
-                iters = np.zeros(nv, np.int64)
-                conv = np.zeros(nv, bool)
-                ok_counts = (n_case >= pol["min_cases"]) & (n - n_case >= pol["min_controls"])
-                # separation: the ALT (or REF) allele only in cases or only in controls; the
-                # likelihood has no maximum (plink2: SEPARATION), so no estimate
-                ac1, ac0 = _col(t, "ac_case"), _col(t, "ac_ctrl")
-                separated = (ac1 == 0) | (ac0 == 0) | (ac1 >= 2 * n_case) | (ac0 >= 2 * (n - n_case))
-                done = ~ok_counts | separated
-                run.note("withheld_min_cases_controls", int((~ok_counts).sum()))
-                rows = np.arange(nv)
-                prev_ll = np.full(nv, -np.inf)
-                prev_step = np.zeros((nv, qq))
-            else:
-                where = {vid: i for i, vid in enumerate(ids)}
-                rows = np.array([where[v] for v in tid], np.int64)
-                done[np.setdiff1d(active, rows)] = True  # withheld this round: no estimate
+            rows = _positions(t.column(KEY), ids)
+            done[np.setdiff1d(active, rows)] = True  # withheld this round: no estimate
             sel = ~done[rows]
             rows = rows[sel]
             if not len(rows):

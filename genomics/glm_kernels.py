@@ -148,3 +148,14 @@ def row_map(sidx: np.ndarray, width: int) -> np.ndarray:
     out = np.full(width * 8, -1, np.int64)
     out[np.asarray(sidx, np.int64)] = np.arange(len(sidx), dtype=np.int64)
     return out
+
+
+def warm() -> None:
+    """Compile (or load from numba's cache) every kernel on tiny inputs, so a node's first
+    analysis does not pay for it."""
+    one = np.zeros((1, 8), np.uint8)
+    sidx = np.zeros(1, np.int64)
+    c = np.ones((1, 1))
+    linear_sums(one, one, row_map(sidx, 8), np.ones((1, 2)))
+    missing_sums(one, sidx, np.ones((1, 2)))
+    logistic_sums(one, one, one, False, sidx, c, np.zeros(1), np.ones((1, 1)), np.zeros((1, 2)))

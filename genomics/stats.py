@@ -167,6 +167,43 @@ def ols_from_stats(xtx: np.ndarray, xty: np.ndarray, yty: np.ndarray, n: np.ndar
     return out
 
 
+def ols_genotype_effect(gg: np.ndarray, gc: np.ndarray, gy: np.ndarray, cc: np.ndarray, cy: np.ndarray,
+                        yy: np.ndarray, n: np.ndarray) -> dict[str, np.ndarray] | None:
+    """The genotype coefficient of ``y ~ g + C`` per row by partialling out the covariates
+    (Frisch–Waugh–Lovell): ``beta = g'My / g'Mg`` with ``M = I - C (C'C)^-1 C'``. Identical to
+    the full OLS, but it inverts each distinct covariate block once instead of one
+    (q+1)×(q+1) system per variant; the blocks differ only where calls are missing. Returns None
+    when there are too many distinct blocks (the caller solves per variant instead)."""
+    rows, q = gc.shape
+    out = {k: np.full(rows, np.nan) for k in ("beta", "se", "t", "p")}
+    if not rows:
+        return out
+    block = np.column_stack([cc.reshape(rows, -1), cy, yy])
+    uniq, inverse = np.unique(block, axis=0, return_inverse=True)
+    if len(uniq) > 64:
+        return None
+    inverse = inverse.reshape(-1)
+    inv, ok = _safe_inverse(uniq[:, : q * q].reshape(-1, q, q))
+    df = n.astype(np.float64) - q - 1
+    for k in np.flatnonzero(ok):
+        idx = np.flatnonzero(inverse == k)
+        a = inv[k]
+        cyk = uniq[k, q * q : q * q + q]
+        ymy = uniq[k, -1] - cyk @ a @ cyk
+        u = gc[idx] @ a
+        gmg = gg[idx] - np.einsum("ri,ri->r", u, gc[idx])
+        gmy = gy[idx] - u @ cyk
+        good = (gmg > 1e-10 * np.maximum(gg[idx], 1e-300)) & (df[idx] > 0)
+        i = idx[good]
+        beta = gmy[good] / gmg[good]
+        rss = np.maximum(ymy - gmy[good] * beta, 0.0)
+        se = np.sqrt(rss / df[i] / gmg[good])
+        t = beta / se
+        out["beta"][i], out["se"][i], out["t"][i] = beta, se, t
+        out["p"][i] = 2 * sps.t.sf(np.abs(t), df[i])
+    return out
+
+
 def sym_solve(h: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Solve h x = g for stacked symmetric matrices; also returns the inverses (for standard
     errors). Rows where h is singular get NaN and False."""

@@ -59,6 +59,10 @@ class AnalysisData:
 
     @property
     def samples(self) -> Samples:
+        if self._samples is None and self.fragment.sample_sql is not None:
+            # the samples of an analysis are the same in every round: cached by the backend
+            # (cleared when a derived table changes)
+            self._samples = self.backend.analysis_cache.get(("samples", self.fragment.sample_sql))
         if self._samples is None:
             f = self.fragment
             if f.sample_sql is None:
@@ -76,27 +80,32 @@ class AnalysisData:
                     raise FragmentError(f"a {what} value is not finite (NaN or infinity); filter it out with the samples argument")
             extra = {c: t.column(c).combine_chunks() for c in t.column_names if c.startswith("x") and c[1:].isdigit()}
             self._samples = Samples(sidx, t.column("sample_id").combine_chunks(), y, cov, extra)
+            self.backend.cache_analysis(("samples", f.sample_sql), self._samples)
         return self._samples
 
     @property
     def variants(self) -> pa.Table:
         """Analysis variants in store order: vidx, variant_id, chrom, pos, ref, alt."""
         if self._variants is None:
+            self._variants = self.backend.analysis_cache.get(("variants", self.fragment.variant_sql))
+        if self._variants is None:
             t = self._sql(
                 f"SELECT _v.vidx, _q.* FROM ({self.fragment.variant_sql}) AS _q "
                 "JOIN _variants AS _v USING (variant_id) ORDER BY _v.vidx"
             )
             self._variants = t
+            self.backend.cache_analysis(("variants", self.fragment.variant_sql), t)
         return self._variants
 
     def restrict(self, ids: list[str]) -> tuple[pa.Table, np.ndarray]:
         """The analysis variants among ``ids`` (a round's active set) and, for each, its position
         in ``ids``."""
+        import pyarrow.compute as pc
+
         v = self.variants
-        pos = {vid: i for i, vid in enumerate(ids)}
-        vids = v.column("variant_id").to_pylist()
-        keep = [i for i, vid in enumerate(vids) if vid in pos]
-        return v.take(pa.array(keep, pa.int64())), np.array([pos[vids[i]] for i in keep], np.int64)
+        pos = pc.index_in(v.column("variant_id"), value_set=pa.array(ids, pa.string()))
+        keep = pc.is_valid(pos)
+        return v.filter(keep), pc.drop_null(pos).to_numpy(zero_copy_only=False).astype(np.int64)
 
     def dosage_chunks(self, vidx: np.ndarray, sidx: np.ndarray | None = None, max_rows: int | None = None
                       ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:

@@ -96,6 +96,7 @@ class DuckDBBackend(Backend):
         from .analysis import load_derived
 
         self.derived: list[str] = []
+        self.analysis_cache: dict[tuple[str, str], Any] = {}  # samples/variants of recent analysis rounds
         for name, table in load_derived(store.path).items():
             if name not in CORE_TABLES and name not in store.manifest.clinical:
                 self._register_derived(name, table)
@@ -121,6 +122,13 @@ class DuckDBBackend(Backend):
             if name not in self.derived:
                 self.derived.append(name)
 
+    def cache_analysis(self, key: tuple[str, str], value: Any) -> None:
+        """Keep what an analysis round selected for its next rounds (a few entries)."""
+        with self._lock:
+            if len(self.analysis_cache) >= 16:
+                self.analysis_cache.pop(next(iter(self.analysis_cache)))
+            self.analysis_cache[key] = value
+
     def save_derived(self, name: str, table: pa.Table) -> None:
         """Keep a derived sample-level table (e.g. PCA scores) at this node, on disk and queryable."""
         from .analysis import write_derived
@@ -129,6 +137,7 @@ class DuckDBBackend(Backend):
             raise FragmentError(f"cannot store results as {name!r}: a table of that name already exists; choose another name")
         write_derived(self.store.path, name, table)
         self._register_derived(name, table)
+        self.analysis_cache.clear()
         self._catalog = self._build_catalog()
 
     # -- compile ---------------------------------------------------------------------------
