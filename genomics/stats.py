@@ -179,10 +179,20 @@ def ols_genotype_effect(gg: np.ndarray, gc: np.ndarray, gy: np.ndarray, cc: np.n
     if not rows:
         return out
     block = np.column_stack([cc.reshape(rows, -1), cy, yy])
-    uniq, inverse = np.unique(block, axis=0, return_inverse=True)
-    if len(uniq) > 64:
+    # usually every variant has the same block (no missing calls); group the others exactly
+    same = (block == block[0]).all(axis=1)
+    others = np.flatnonzero(~same)
+    if len(others) > 4096:
         return None
-    inverse = inverse.reshape(-1)
+    inverse = np.zeros(rows, np.int64)
+    if len(others):
+        u, inv_o = np.unique(block[others], axis=0, return_inverse=True)
+        if len(u) > 64:
+            return None
+        uniq = np.vstack([block[:1], u])
+        inverse[others] = inv_o.reshape(-1) + 1
+    else:
+        uniq = block[:1]
     inv, ok = _safe_inverse(uniq[:, : q * q].reshape(-1, q, q))
     df = n.astype(np.float64) - q - 1
     for k in np.flatnonzero(ok):
