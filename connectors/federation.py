@@ -226,10 +226,14 @@ def up(root: str | os.PathLike[str], timeout: float = 60.0) -> dict[str, int]:
         if not n.config:
             raise ConfigError(f"node {n.name!r} has no local config; 'up' starts local federations only")
         log = open(ndir / "node.log", "ab")  # noqa: SIM115
+        # the nodes of a local federation share this machine's cores: split the compiled
+        # kernels' threads between them instead of oversubscribing
+        env = dict(os.environ)
+        env.setdefault("NUMBA_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, len(fed.nodes)))))
         procs[n.name] = subprocess.Popen(
             [sys.executable, "-m", "genofed.cli", "node", "serve", "--config", str(root / n.config),
              "--host", n.host, "--port", str(n.port), "--port-file", str(ndir / "node.port")],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
         )
         pidf.write_text(str(procs[n.name].pid))
     deadline = time.monotonic() + timeout
