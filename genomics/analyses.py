@@ -379,10 +379,19 @@ class GwasLinear(Analysis):
         cols += [(c, REAL) for c in _tri_names("cc", q)] + [(f"cy{j}", REAL) for j in range(q)] + [("yy", REAL)]
         return cols
 
+    def _global_layout(self, q: int) -> list[tuple[str, str]]:
+        cols = [("n", COUNT), ("incomplete", COUNT)]
+        return cols + [(c, REAL) for c in _tri_names("cc", q)] + [(f"cy{j}", REAL) for j in range(q)] + [("yy", REAL)]
+
     def layout(self, args, round_):
-        if round_ != "stats":
-            raise PlanningError(f"unknown round {round_!r}")
-        return [KEY], self._layout(1 + len(args.get("covariates") or []))
+        q = 1 + len(args.get("covariates") or [])
+        if round_ == "stats":  # per variant, covariate blocks included (some calls are missing)
+            return [KEY], self._layout(q)
+        if round_ == "global":  # once: the covariate block, and whether any variant has a missing call
+            return [], self._global_layout(q)
+        if round_ == "gstats":  # per variant, genotype sums only (no call is missing anywhere)
+            return [KEY], self._layout(q)[: q + 3]
+        raise PlanningError(f"unknown round {round_!r}")
 
     def node_round(self, frag, data):
         from .glm_kernels import linear_sums, missing_sums, row_map
@@ -392,7 +401,17 @@ class GwasLinear(Analysis):
         y = s.y
         n_all, q = c.shape
         _check_params(q + 1, n_all, data.fragment.policy)
-        layout = self._layout(q)
+        if frag.round == "global":
+            complete = data.store.complete
+            vidx = data.variants.column("vidx").to_numpy().astype(np.int64)
+            incomplete = len(vidx) if complete is None else int((~np.asarray(complete)[vidx].astype(bool)).sum())
+            prods = _products(c)
+            tri = prods.sum(axis=0)
+            cols = {"n": np.array([n_all]), "incomplete": np.array([incomplete]), "yy": np.array([float(y @ y)])}
+            cols |= {nm: np.array([tri[j]]) for j, nm in enumerate(_tri_names("cc", q))}
+            cols |= {f"cy{j}": np.array([float(c[:, j] @ y)]) for j in range(q)}
+            return _table({}, cols, np.array([n_all]), self._global_layout(q))
+        layout = self._layout(q) if frag.round == "stats" else self._layout(q)[: q + 3]
         v = data.variants
         vidx = v.column("vidx").to_numpy().astype(np.int64)
         prods = _products(c)
@@ -419,18 +438,35 @@ class GwasLinear(Analysis):
             cols[f"cy{j}"] = rest[:, t_n + j]
         for j, name in enumerate(_tri_names("cc", q)):
             cols[name] = rest[:, j]
-        return _table({KEY: v.column("variant_id")}, cols, n, layout)
+        if frag.round == "gstats" and (n != n_all).any():
+            raise FragmentError("a variant has a missing call, but the coordinator asked for genotype sums only; rerun the query")
+        return _table({KEY: v.column("variant_id")}, {k: cols[k] for k, _ in layout}, n, layout)
 
     def drive(self, args, run):
         q = 1 + len(args.get("covariates") or [])
         layout = self._layout(q)
-        t = run.round(self.name, args, "stats", {}, [KEY], layout)
+        # one combine of the covariate block; when no analysis variant has a missing call at
+        # any node, the per-variant round carries genotype sums only (a third of the lanes)
+        tg = run.round(self.name, args, "global", {}, [], self._global_layout(q))
+        if tg.num_rows != 1:
+            raise DisclosureError("the analysis samples were withheld by disclosure control (too few samples)", rule="min_count")
+        complete = int(_col(tg, "incomplete")[0]) == 0
+        run.note("compact_round", complete)
+        t = run.round(self.name, args, "gstats" if complete else "stats", {}, [KEY], layout[: q + 3] if complete else layout)
         r = t.num_rows
         n = _col(t, "n").astype(np.int64)
         gc = np.column_stack([_col(t, f"gc{j}") for j in range(q)]) if r else np.zeros((0, q))
-        cc = S.unpack_sym(np.column_stack([_col(t, nm) for nm in _tri_names("cc", q)]) if r else np.zeros((0, q * (q + 1) // 2)), q)
-        cy = np.column_stack([_col(t, f"cy{j}") for j in range(q)]) if r else np.zeros((0, q))
-        fast = S.ols_genotype_effect(_col(t, "sgg").astype(np.float64), gc, _col(t, "gy"), cc, cy, _col(t, "yy").astype(np.float64), n)
+        if complete:
+            blk = {k: _col(tg, k)[0] for k, _ in self._global_layout(q)}
+            cc1 = S.unpack_sym(np.array([[blk[nm] for nm in _tri_names("cc", q)]], np.float64), q)[0]
+            cc = np.broadcast_to(cc1, (r, q, q))
+            cy = np.broadcast_to(np.array([blk[f"cy{j}"] for j in range(q)], np.float64), (r, q))
+            yy = np.full(r, float(blk["yy"]))
+        else:
+            cc = S.unpack_sym(np.column_stack([_col(t, nm) for nm in _tri_names("cc", q)]) if r else np.zeros((0, q * (q + 1) // 2)), q)
+            cy = np.column_stack([_col(t, f"cy{j}") for j in range(q)]) if r else np.zeros((0, q))
+            yy = _col(t, "yy").astype(np.float64)
+        fast = S.ols_genotype_effect(_col(t, "sgg").astype(np.float64), gc, _col(t, "gy"), cc, cy, yy, n)
         if fast is not None:
             with np.errstate(divide="ignore", invalid="ignore"):
                 af = gc[:, 0] / (2.0 * n)
