@@ -94,11 +94,20 @@ class NodeConfig:
     glm_max_param_ratio: float = 0.33
     researchers: list[Researcher] = field(default_factory=list)
     keyholder: dict[str, str] = field(default_factory=dict)
+    audit: str = ""  # [audit] path
     path: Path | None = None
 
     def model_policy(self) -> dict[str, float]:
         """The model-disclosure rules this node announces to coordinators (and enforces itself)."""
         return {"min_cases": self.min_cases, "min_controls": self.min_controls, "glm_max_param_ratio": self.glm_max_param_ratio}
+
+    def audit_path(self) -> Path | None:
+        """Where this node appends its hash-chained audit log: ``[audit] path`` (relative to
+        node.toml), by default ``audit.log`` next to node.toml; None for a config without a file."""
+        if self.audit:
+            p = Path(self.audit)
+            return p if p.is_absolute() or self.path is None else self.path.parent / p
+        return self.path.parent / "audit.log" if self.path is not None else None
 
     def keyholder_location(self) -> str:
         """Where this node's key holder listens; raises :class:`ConfigError` if none is set."""
@@ -170,6 +179,7 @@ class NodeConfig:
             glm_max_param_ratio=float(ratio),
             researchers=researchers,
             keyholder={k: str(v) for k, v in keyholder.items()},
+            audit=str((data.get("audit") or {}).get("path", "")),
             path=path,
         )
 
@@ -187,4 +197,5 @@ class NodeConfig:
             },
             "researchers": [{"name": r.name, "token_sha256": r.token_sha256} for r in self.researchers],
             **({"keyholder": dict(self.keyholder)} if self.keyholder else {}),
+            **({"audit": {"path": self.audit}} if self.audit else {}),
         }

@@ -39,11 +39,17 @@ class _AuthMiddleware(flight.ServerMiddleware):
 
 
 class _AuthFactory(flight.ServerMiddlewareFactory):
-    def __init__(self, config: NodeConfig):
+    def __init__(self, config: NodeConfig, audit: Any = None):
         self.tokens = {r.token_sha256: r.name for r in config.researchers}
+        self.audit = audit
 
     def start_call(self, info, headers):
-        return _AuthMiddleware(match_bearer(headers, self.tokens, "this node"))
+        try:
+            return _AuthMiddleware(match_bearer(headers, self.tokens, "this node"))
+        except flight.FlightUnauthenticatedError:
+            if self.audit is not None:  # refused calls are audited too (who tried is unknown)
+                self.audit.append("auth_failed", method=str(info.method).rsplit(".", 1)[-1].lower(), decision="refused", rule="auth")
+            raise
 
 
 def make_backend(config: NodeConfig) -> Backend:
@@ -68,7 +74,11 @@ class NodeServer(flight.FlightServerBase):
     """
 
     def __init__(self, config: NodeConfig, location: str = "grpc://127.0.0.1:0", backend: Backend | None = None):
-        super().__init__(location, middleware={"auth": _AuthFactory(config)})
+        from genofed.privacy.audit import AuditLog
+
+        audit_path = config.audit_path()
+        self.audit = AuditLog(audit_path) if audit_path is not None else None
+        super().__init__(location, middleware={"auth": _AuthFactory(config, self.audit)})
         self.config = config
         self.backend = backend or make_backend(config)
         self.catalog = Catalog.merge({config.name: self.backend.catalog()})
@@ -108,8 +118,22 @@ class NodeServer(flight.FlightServerBase):
             (P.ACTION_MPC_ABORT, "drop a prepared fragment"),
         ]
 
+    def _record(self, event: str, researcher: str, sql: str | None = None, **fields: Any) -> None:
+        """Audit one decision. Fails closed: if the log cannot be written, nothing is released."""
+        if self.audit is None:
+            return
+        from genofed.privacy.audit import fragment_digest
+
+        try:
+            self.audit.append(event, researcher=researcher, fragment_sha256=fragment_digest(sql) if sql else None, **fields)
+        except OSError as e:
+            log.error("audit log %s cannot be written: %s", self.audit.path, e)
+            raise flight.FlightServerError(P.encode_error(P.CODE_INTERNAL, "the node's audit log cannot be written; nothing was released")) from None
+
     def do_action(self, context, action):
         kind = action.type
+        if kind == P.ACTION_CATALOG:
+            self._record("catalog", self._researcher(context), decision="answered")
         if kind == P.ACTION_PING:
             yield flight.Result(b"ok")
         elif kind == P.ACTION_CATALOG:
@@ -156,6 +180,7 @@ class NodeServer(flight.FlightServerBase):
                 from genofed.privacy.secure.layout import lane_hints
 
                 counts, finite = lane_hints(frag)
+                self._record("release", researcher, sql, query_id=qid, combine="mpc", decision="shared", groups=table.num_rows)
                 addr = self._sessions().prepare(qid, table, list(frag.keys), list(frag.partials), sql, counts, finite)
             except GenofedError as e:
                 raise flight.FlightServerError(P.encode_error("mpc", str(e))) from None
@@ -168,6 +193,7 @@ class NodeServer(flight.FlightServerBase):
         except GenofedError as e:
             raise flight.FlightServerError(P.encode_error("mpc", str(e))) from None
         log.info("query %s for %s: MPC protocol done, %d bytes sent", qid, researcher, sent)
+        self._record("mpc_done", researcher, query_id=qid, combine="mpc", decision="combined")
         return {"ok": True, "bytes_sent": sent}
 
     def _he(self, req: dict[str, Any], researcher: str):
@@ -195,6 +221,7 @@ class NodeServer(flight.FlightServerBase):
             raise flight.FlightServerError(P.encode_error(e.node_code, e.reason, party=e.node)) from None
         except GenofedError as e:
             raise flight.FlightServerError(P.encode_error("he", str(e))) from None
+        self._record("release", researcher, req[P.KEY_SQL], query_id=qid, combine="he", decision="encrypted", groups=g)
         meta = {b"genofed.node": self.config.name.encode(), b"genofed.key_id": keys.key_id.encode(),
                 b"genofed.groups": str(g).encode(), b"genofed.layout": json.dumps(layout.to_json()).encode()}
         log.info("query %s for %s: %d groups encrypted as %d ciphertexts", qid, researcher, g, cts.num_rows)
@@ -221,11 +248,14 @@ class NodeServer(flight.FlightServerBase):
             return frag, table
         except DisclosureError as e:
             log.info("refused query %s for %s: %s", qid, researcher, e.rule)
+            self._record("refused", researcher, sql, query_id=qid, decision="refused", rule=e.rule)
             raise flight.FlightServerError(P.encode_error(P.CODE_DISCLOSURE, str(e), e.rule)) from None
         except (FragmentError, GenofedError) as e:
+            self._record("refused", researcher, sql, query_id=qid, decision="refused", rule="invalid_fragment")
             raise flight.FlightServerError(P.encode_error(P.CODE_FRAGMENT, str(e))) from None
         except Exception:
             log.exception("internal error on query %s", qid)
+            self._record("error", researcher, sql, query_id=qid, decision="error")
             raise flight.FlightServerError(P.encode_error(P.CODE_INTERNAL, "internal error at the node; the steward can see it in the node log")) from None
 
     # -- fragments -------------------------------------------------------------------------
@@ -238,6 +268,7 @@ class NodeServer(flight.FlightServerBase):
             if req.get(P.KEY_VERSION) != P.PROTOCOL_VERSION:
                 raise ValueError(f"protocol version {req.get(P.KEY_VERSION)} not supported (this node speaks {P.PROTOCOL_VERSION})")
         except (ValueError, UnicodeDecodeError) as e:
+            self._record("bad_request", researcher, decision="refused", rule="malformed")
             raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, f"malformed ticket: {e}")) from None
         mode = req.get(P.KEY_COMBINE, "plain")
         if mode == "he":
@@ -245,6 +276,7 @@ class NodeServer(flight.FlightServerBase):
         if mode != "plain":
             raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, f"combine mode {mode!r} is not served by do_get; see the mpc_* actions"))
         if not self.config.allow_plain:
+            self._record("refused", researcher, req[P.KEY_SQL], query_id=req.get(P.KEY_QUERY_ID), decision="refused", rule="plain_not_allowed")
             raise flight.FlightServerError(P.encode_error(
                 P.CODE_POLICY,
                 "this node's policy does not allow combine='plain' (the coordinator would see this node's partials); use combine='mpc' or 'he'",
@@ -257,6 +289,8 @@ class NodeServer(flight.FlightServerBase):
             P.META_MIN_COUNT: str(self.config.min_count).encode(),
         }
         table = table.replace_schema_metadata(meta)
+        self._record("release", researcher, req[P.KEY_SQL], query_id=req.get(P.KEY_QUERY_ID), combine="plain", decision="released",
+                     groups=table.num_rows, suppressed=n_suppressed)
         log.info("query %s for %s: %d groups, %d suppressed", req.get(P.KEY_QUERY_ID), researcher, table.num_rows, n_suppressed)
         # large partial tables (e.g. per-variant GWAS statistics, many of them constant) go
         # LZ4-compressed: cheaper than the bytes on any real network

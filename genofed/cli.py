@@ -293,6 +293,59 @@ def _read_result(path: Path):
 
 
 @main.group()
+def audit() -> None:
+    """A node's hash-chained audit log (for data stewards)."""
+
+
+def _audit_file(path: Path) -> Path:
+    if path.suffix == ".toml":  # a node.toml: its configured log
+        from genofed.connectors.config import NodeConfig
+
+        p = NodeConfig.load(path).audit_path()
+        assert p is not None
+        return p
+    return path
+
+
+@audit.command("verify")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def audit_verify(path: Path) -> None:
+    """Check the log's hash chain (PATH: the log, or the node.toml that names it)."""
+    from genofed.privacy.audit import verify
+
+    v = verify(_audit_file(path))
+    if v.ok:
+        click.echo(f"ok: {v.lines} records, chain intact")
+        return
+    click.echo(f"TAMPERED or damaged at line {v.line}: {v.problem} ({v.lines} records verified before it)", err=True)
+    sys.exit(1)
+
+
+@audit.command("show")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--researcher", help="only this researcher's records")
+@click.option("--event", help="only this event (release, refused, auth_failed, ...)")
+@click.option("--last", "last", type=int, default=50, show_default=True, help="the last N matching records (0: all)")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table")
+def audit_show(path: Path, researcher: str | None, event: str | None, last: int, as_json: bool) -> None:
+    """Show audit records (verify the chain first with `genofed audit verify`)."""
+    from genofed.privacy.audit import records
+
+    rows = [r for r in records(_audit_file(path))
+            if (researcher is None or r.get("researcher") == researcher) and (event is None or r.get("event") == event)]
+    if last:
+        rows = rows[-last:]
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r, sort_keys=True))
+        return
+    cols = ["seq", "time", "event", "researcher", "decision", "rule", "combine", "groups", "query_id", "fragment_sha256"]
+    click.echo("\t".join(cols))
+    for r in rows:
+        click.echo("\t".join("" if r.get(c) is None else str(r.get(c))[:16] if c == "fragment_sha256" else str(r.get(c)) for c in cols))
+
+
+@main.group()
 def queries() -> None:
     """List and show the named queries."""
 
