@@ -15,6 +15,7 @@ Example::
     min_cases = 5              # association tests and logistic GWAS: fewest cases per test
     min_controls = 5           # ... and fewest controls
     glm_max_param_ratio = 0.33 # model parameters ≤ ratio × this node's samples (DataSHIELD nfilter.glm)
+    hidden_columns = ["phenotypes.zip", "samples.family_id"]   # never queryable, not in the catalog
 
     [[researchers]]
     name = "alice"
@@ -92,6 +93,7 @@ class NodeConfig:
     min_cases: int = 5
     min_controls: int = 5
     glm_max_param_ratio: float = 0.33
+    hidden_columns: list[str] = field(default_factory=list)  # "table.column": not queryable, not in the catalog
     researchers: list[Researcher] = field(default_factory=list)
     keyholder: dict[str, str] = field(default_factory=dict)
     audit: str = ""  # [audit] path
@@ -138,7 +140,8 @@ class NodeConfig:
         if not isinstance(node, dict) or "name" not in node:
             raise ConfigError(f"{where}: a [node] table with name = \"...\" is required")
         policy = data.get("policy", {})
-        known = {"min_count", "allow_min_max", "allow_plain", "max_genotype_cells", "min_cases", "min_controls", "glm_max_param_ratio"}
+        known = {"min_count", "allow_min_max", "allow_plain", "max_genotype_cells", "min_cases", "min_controls", "glm_max_param_ratio",
+                 "hidden_columns"}
         unknown = set(policy) - known
         if unknown:
             raise ConfigError(f"{where}: unknown [policy] keys {sorted(unknown)}; known: {sorted(known)}")
@@ -152,6 +155,11 @@ class NodeConfig:
         ratio = policy.get("glm_max_param_ratio", 0.33)
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
             raise ConfigError(f"{where}: [policy] glm_max_param_ratio must be a number in (0, 1], got {ratio!r}")
+        hidden = policy.get("hidden_columns", [])
+        if not isinstance(hidden, list) or not all(isinstance(h, str) and h.count(".") == 1 for h in hidden):
+            raise ConfigError(f"{where}: [policy] hidden_columns must be a list of \"table.column\" strings, got {hidden!r}")
+        if any(h.split(".")[1] == "sample_id" for h in hidden):
+            raise ConfigError(f"{where}: [policy] hidden_columns cannot hide sample_id (it joins the tables; it is never released anyway)")
         researchers = []
         for i, r in enumerate(data.get("researchers", [])):
             if "name" not in r or "token_sha256" not in r:
@@ -177,6 +185,7 @@ class NodeConfig:
             min_cases=int(policy.get("min_cases", 5)),
             min_controls=int(policy.get("min_controls", 5)),
             glm_max_param_ratio=float(ratio),
+            hidden_columns=[h.lower() for h in hidden],
             researchers=researchers,
             keyholder={k: str(v) for k, v in keyholder.items()},
             audit=str((data.get("audit") or {}).get("path", "")),
@@ -194,6 +203,7 @@ class NodeConfig:
                 "min_cases": self.min_cases,
                 "min_controls": self.min_controls,
                 "glm_max_param_ratio": self.glm_max_param_ratio,
+                **({"hidden_columns": list(self.hidden_columns)} if self.hidden_columns else {}),
             },
             "researchers": [{"name": r.name, "token_sha256": r.token_sha256} for r in self.researchers],
             **({"keyholder": dict(self.keyholder)} if self.keyholder else {}),

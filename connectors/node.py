@@ -81,7 +81,7 @@ class NodeServer(flight.FlightServerBase):
         super().__init__(location, middleware={"auth": _AuthFactory(config, self.audit)})
         self.config = config
         self.backend = backend or make_backend(config)
-        self.catalog = Catalog.merge({config.name: self.backend.catalog()})
+        self.catalog = Catalog.merge({config.name: self._visible(self.backend.catalog())})
         # validation depends only on the SQL text, this node's catalog and its policy, all fixed
         # for the server's lifetime: repeated fragments are validated once
         self._validate = functools.lru_cache(maxsize=256)(self._validate_uncached)
@@ -91,6 +91,15 @@ class NodeServer(flight.FlightServerBase):
 
         prewarm()
         threading.Thread(target=_warm_kernels, name="genofed-warm", daemon=True).start()
+
+    def _visible(self, catalog: dict[str, Any]) -> dict[str, Any]:
+        """The backend's catalog without the columns the policy hides: fragments naming them fail
+        validation as unknown columns, and coordinators never learn they exist."""
+        hidden = set(self.config.hidden_columns)
+        if not hidden:
+            return catalog
+        tables = {t: {c: typ for c, typ in cols.items() if f"{t}.{c}".lower() not in hidden} for t, cols in catalog["tables"].items()}
+        return {**catalog, "tables": tables}
 
     def _validate_uncached(self, sql: str):
         return validate_fragment(sql, self.catalog, allow_min_max=self.config.allow_min_max)
@@ -137,7 +146,7 @@ class NodeServer(flight.FlightServerBase):
         if kind == P.ACTION_PING:
             yield flight.Result(b"ok")
         elif kind == P.ACTION_CATALOG:
-            body = dict(self.backend.catalog())
+            body = self._visible(dict(self.backend.catalog()))
             body["node"] = self.config.name
             body["min_count"] = self.config.min_count
             body["allow_plain"] = self.config.allow_plain
@@ -243,7 +252,7 @@ class NodeServer(flight.FlightServerBase):
             table = self.backend.execute(frag)
             if getattr(frag, "fn", None) == "pca" and frag.round == "project":
                 # the node now keeps the scores as a table: researchers can use them as covariates
-                self.catalog = Catalog.merge({self.config.name: self.backend.catalog()})
+                self.catalog = Catalog.merge({self.config.name: self._visible(self.backend.catalog())})
                 self._validate.cache_clear()
             return frag, table
         except DisclosureError as e:
