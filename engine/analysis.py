@@ -77,7 +77,6 @@ class AnalysisFragment:
     sample_sql: str | None  # SELECT sample_id, y, c0.. FROM samples ... (qualified), or None
     variant_sql: str  # SELECT variant_id ... FROM variants WHERE ... (qualified)
     tables: set[str] = field(default_factory=set)
-    covariate_names: list[str] = field(default_factory=list)
     policy: Any = None  # the node's policy (model-disclosure rules)
 
     @property
@@ -140,7 +139,6 @@ def sample_query(phenotype: str | None, covariates: list[str], predicate: str | 
     """Qualified SQL selecting the analysis samples: ``sample_id``, ``y`` (the phenotype, DOUBLE)
     and ``c0..`` (covariates, DOUBLE); samples with a NULL phenotype or covariate are excluded
     (as plink2 does). Returns the SQL and the tables it reads."""
-    exprs: list[exp.Expression] = []
     y = parse_expression(phenotype, "phenotype") if phenotype is not None else None
     cs = [parse_expression(c, f"covariate {c!r}") for c in covariates]
     pred = parse_expression(predicate, "samples filter") if predicate else None

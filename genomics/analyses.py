@@ -14,12 +14,12 @@ finishes the result table.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
+from sqlglot import exp
 
 from ..engine.analysis import (
     AnalysisFragment,
@@ -274,10 +274,9 @@ def _finish(ids: list[str], cols: dict[str, Any], keep: np.ndarray | None = None
     arr = ids if isinstance(ids, (pa.Array, pa.ChunkedArray)) else pa.array(ids, pa.string())
     base = variant_columns(arr.take(pa.array(idx, pa.int64())))
     out = dict(base)
+    take = pa.array(idx, pa.int64())
     for k, v in cols.items():
-        arr = v if isinstance(v, (pa.Array, pa.ChunkedArray)) else pa.array(np.asarray(v)[idx] if np.ndim(v) else v)
-        if isinstance(v, (pa.Array, pa.ChunkedArray)):
-            arr = v.take(pa.array(idx))
+        arr = v.take(take) if isinstance(v, (pa.Array, pa.ChunkedArray)) else pa.array(np.asarray(v)[idx])
         if pa.types.is_floating(arr.type):
             arr = _nullable(arr.to_numpy(zero_copy_only=False))
         out[k] = arr
@@ -497,8 +496,8 @@ class GwasLogistic(Analysis):
         "tol": Param("float", 1e-8, "convergence: largest coefficient step"),
     }
 
-    def _layout(self, q: int, keyed: bool) -> list[tuple[str, str]]:
-        cols = [("n", COUNT), ("n_case", COUNT)] + ([("ac_case", COUNT), ("ac_ctrl", COUNT)] if keyed else [])
+    def _layout(self, q: int) -> list[tuple[str, str]]:
+        cols = [("n", COUNT), ("n_case", COUNT)]
         cols += [(f"grad{j}", REAL) for j in range(q)] + [(c, REAL) for c in _tri_names("h", q)] + [("ll", REAL)]
         return cols
 
@@ -507,9 +506,9 @@ class GwasLogistic(Analysis):
         if round_ == "counts":
             return [KEY], AssocCaseControl.LAYOUT
         if round_ == "null":
-            return [], self._layout(q, False)
+            return [], self._layout(q)
         if round_ == "fit":
-            return [KEY], self._layout(q + 1, True)
+            return [KEY], self._layout(q + 1)
         raise PlanningError(f"unknown round {round_!r}")
 
     def node_round(self, frag, data):
@@ -531,9 +530,9 @@ class GwasLogistic(Analysis):
             cols = {"n": n_all, "n_case": y.sum(), "ll": float(np.sum(y * eta - np.logaddexp(0, eta)))}
             cols |= {f"grad{j}": float(c[:, j] @ r) for j in range(q)}
             cols |= {name: float(h[j]) for j, name in enumerate(_tri_names("h", q))}
-            layout = self._layout(q, False)
+            layout = self._layout(q)
             return _table({}, {k: np.array([cols[k]]) for k, _ in layout}, np.array([n_all]), layout)
-        layout = self._layout(q + 1, True)
+        layout = self._layout(q + 1)
         if "ids" in frag.state:
             ids = frag.state["ids"]
             if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
@@ -568,7 +567,7 @@ class GwasLogistic(Analysis):
             sl = slice(off, off + len(alt1))
             has = called is not None
             grad, hg, hcc, ll, cnt = logistic_sums(alt1, alt2, called if has else alt1, has, sidx, cc, y, prods, b[sl])
-            cols["n"][sl], cols["n_case"][sl], cols["ac_case"][sl], cols["ac_ctrl"][sl] = cnt.T
+            cols["n"][sl], cols["n_case"][sl] = cnt[:, 0], cnt[:, 1]
             cols["ll"][sl] = ll
             for j in range(q + 1):
                 cols[f"grad{j}"][sl] = grad[:, j]
@@ -591,7 +590,7 @@ class GwasLogistic(Analysis):
         it = 0
         while it < max_iter:
             it += 1
-            t = run.round(self.name, args, "null", {"beta": pack_array(beta0)}, [], self._layout(q, False))
+            t = run.round(self.name, args, "null", {"beta": pack_array(beta0)}, [], self._layout(q))
             if t.num_rows != 1:
                 raise DisclosureError("the null model was withheld by disclosure control (too few samples)", rule="min_count")
             grad = np.array([_col(t, f"grad{j}")[0] for j in range(q)], np.float64)
@@ -616,7 +615,7 @@ class GwasLogistic(Analysis):
         separated = (ac1 == 0) | (ac0 == 0) | (ac1 == an1) | (ac0 == an0)
         # 3. the other variants at once, each round one combine of gradients and Hessians
         qq = q + 1
-        lay = self._layout(qq, True)
+        lay = self._layout(qq)
         names = _tri_names("h", qq)
         beta = np.tile(np.concatenate([[0.0], beta0]), (nv, 1))
         se = np.full(nv, np.nan)
@@ -966,12 +965,12 @@ def _genotype_sql(select: list[str], args: dict[str, Any], extra_where: list[str
     tables: list[str] = []
     if args.get("variants"):
         e = parse_expression(args["variants"], "variants filter")
-        for c in e.find_all(_Column):
-            c.set("table", _ident("v"))
+        for c in e.find_all(exp.Column):
+            c.set("table", exp.to_identifier("v"))
         conds.append(e.sql(DIALECT))
     exprs = [x for x in [args.get("samples"), args.get("population")] if x]
     for x in exprs:
-        for c in parse_expression(x, "expression").find_all(_Column):
+        for c in parse_expression(x, "expression").find_all(exp.Column):
             if c.table and c.table not in tables and c.table != "samples":
                 tables.append(c.table)
     q = f"SELECT {', '.join(select)} FROM genotypes g JOIN variants v USING (variant_id) JOIN samples USING (sample_id)"
@@ -982,15 +981,6 @@ def _genotype_sql(select: list[str], args: dict[str, Any], extra_where: list[str
     if conds:
         q += " WHERE " + " AND ".join(conds)
     return q + " GROUP BY " + ", ".join(group)
-
-
-from sqlglot import exp as _exp  # noqa: E402
-
-_Column = _exp.Column
-
-
-def _ident(name: str):
-    return _exp.to_identifier(name)
 
 
 class Fst(Analysis):
@@ -1099,5 +1089,3 @@ class Heterozygosity(Analysis):
 
 
 ANALYSES: dict[str, Analysis] = {a.name: a for a in (AssocCaseControl(), GwasLinear(), GwasLogistic(), LdR2(), Pca(), Fst(), Heterozygosity())}
-
-_NAME = re.compile(r"^[a-z_]+$")

@@ -47,13 +47,15 @@ class AnalysisData:
         self._variants: pa.Table | None = None
 
     def _sql(self, sql: str) -> pa.Table:
+        from .duckdb import _first_line
+
         cur = self.backend.con.cursor()
         try:
             return cur.sql(sql).to_arrow_table()
         except duckdb.ConversionException:
             raise FragmentError("a phenotype, covariate or filter value could not be converted to a number; check the expressions") from None
         except duckdb.Error as e:
-            raise FragmentError(f"the node could not select the analysis data: {str(e).strip().splitlines()[0][:300]}") from None
+            raise FragmentError(f"the node could not select the analysis data: {_first_line(e)}") from None
         finally:
             cur.close()
 
@@ -118,21 +120,13 @@ class AnalysisData:
         rows = max(1, CHUNK_BYTES // (8 * max(1, len(sidx))))
         if max_rows:
             rows = min(rows, max_rows)
-        complete = self.store.complete
-        planes = self.store.planes
-        vidx = np.asarray(vidx, np.int64)
-        for start in range(0, len(vidx), rows):
-            sel = vidx[start:start + rows]
-            full = complete is not None and bool(np.all(complete[sel]))
-            want = [ALT1, ALT2] if full else [ALT1, ALT2, CALLED]
-            raw = _read_rows(planes, sel, want)
-            bits = np.unpackbits(raw, axis=2, bitorder="little", count=n)
+        for start, alt1, alt2, called in self.plane_chunks(vidx, rows):
+            bits = np.unpackbits(np.stack([alt1, alt2] if called is None else [alt1, alt2, called]), axis=2, bitorder="little", count=n)
             if not all_samples:
                 bits = bits[:, :, sidx]
             g = bits[0].astype(np.float64)
             g += bits[1]
-            called = None if full else bits[2].astype(bool)
-            yield start, g, called
+            yield start, g, (None if called is None else bits[2].astype(bool))
 
     def plane_chunks(self, vidx: np.ndarray, rows: int = 4096) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]:
         """Yield ``(offset, alt1, alt2, called)`` packed planes (uint8 [chunk, width]) for
