@@ -3,7 +3,9 @@
 This is the only module that imports TenSEAL (lazily, on first use).
 
 Parameters (128-bit security by the HE standard's table: N = 8192 allows at most 218 bits of
-coefficient modulus; both schemes use 3 x 60 = 180 bits):
+coefficient modulus; both schemes use 3 x 60 = 180 bits). :func:`check_security` enforces the
+table wherever a context is made (the key holder) or loaded (nodes and coordinators, before
+SEAL parses the context), so a key holder cannot hand out weaker keys:
 
 - **BFV** for every integer lane (exact): N = 8192, 8192 slots, plain modulus
   ``BFV_T`` (a 58-bit prime, 1 mod 2N, so slots batch). Integers are written as limbs of 48
@@ -150,10 +152,93 @@ def _slots(ch: Channel) -> int:
 
 # -- keys ------------------------------------------------------------------------------------------
 
+# The HomomorphicEncryption.org security standard (Albrecht et al. 2018, table 1; SEAL's tc128):
+# the largest total coefficient modulus, in bits, for 128-bit classical security at each ring
+# dimension N (ternary secret, error width 3.2).
+HE_STANDARD_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
+
+
+def check_security(poly_modulus_degree: int, coeff_mod_bit_sizes: list[int] | tuple[int, ...]) -> None:
+    """Refuse RLWE parameters below 128-bit security (:data:`HE_STANDARD_128`)."""
+    n = int(poly_modulus_degree)
+    bits = [int(b) for b in coeff_mod_bit_sizes]
+    total = sum(bits)
+    limit = HE_STANDARD_128.get(n)
+    if limit is None:
+        raise CombineError(f"HE parameters below 128-bit security: poly_modulus_degree {n} is not one of the HE standard's "
+                           f"ring dimensions {sorted(HE_STANDARD_128)}; refusing these keys")
+    if not bits or total > limit:
+        raise CombineError(f"HE parameters below 128-bit security: poly_modulus_degree {n} with a {total}-bit coefficient modulus "
+                           f"({'+'.join(map(str, bits)) or 'none'}); the HE standard allows at most {limit} bits at N = {n}; "
+                           "refusing these keys")
+
+
+def context_parameters(blob: bytes) -> tuple[str, int, list[int]]:
+    """``(scheme, poly_modulus_degree, coeff_mod_bit_sizes)`` of a serialised TenSEAL context,
+    read without building it (SEAL refuses to build insecure contexts with an unhelpful message)."""
+    import os
+    import tempfile
+
+    _ts()
+    import tenseal.sealapi as sealapi
+
+    try:
+        params = _proto_field(blob, 1)  # TenSEALContextProto.encryption_parameters
+        with tempfile.TemporaryDirectory(prefix="genofed-he-") as d:
+            path = os.path.join(d, "parms")
+            with open(path, "wb") as f:
+                f.write(params)
+            parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.NONE)
+            parms.load(path)
+        scheme = parms.scheme().name.lower()
+        return scheme, int(parms.poly_modulus_degree()), [m.bit_count() for m in parms.coeff_modulus()]
+    except CombineError:
+        raise
+    except Exception as e:  # noqa: BLE001  (SEAL raises plain ValueError/RuntimeError)
+        raise CombineError(f"malformed HE context (its encryption parameters cannot be read: {e})") from None
+
+
+def _proto_field(buf: bytes, number: int) -> bytes:
+    """The first length-delimited field ``number`` of a protobuf message."""
+    def varint(i: int) -> tuple[int, int]:
+        x = shift = 0
+        while True:
+            if i >= len(buf) or shift > 63:
+                raise CombineError("malformed HE context (truncated protobuf)")
+            c = buf[i]
+            i += 1
+            x |= (c & 0x7F) << shift
+            shift += 7
+            if c < 0x80:
+                return x, i
+
+    i = 0
+    while i < len(buf):
+        key, i = varint(i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            _, i = varint(i)
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        elif wire == 2:
+            size, i = varint(i)
+            if i + size > len(buf):
+                raise CombineError("malformed HE context (truncated protobuf)")
+            if field == number:
+                return bytes(buf[i : i + size])
+            i += size
+        else:
+            raise CombineError(f"malformed HE context (protobuf wire type {wire})")
+    raise CombineError(f"malformed HE context (no field {number})")
+
+
 class KeyPair:
     """The key holder's BFV and CKKS contexts (secret keys stay in this object)."""
 
     def __init__(self) -> None:
+        check_security(N_POLY, COEFF_BITS)
         ts = _ts()
         self.bfv = ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=N_POLY, plain_modulus=BFV_T, coeff_mod_bit_sizes=COEFF_BITS)
         self.ckks = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=N_POLY, coeff_mod_bit_sizes=COEFF_BITS)
@@ -177,6 +262,11 @@ class PublicKeys:
         ts = _ts()
         if hashlib.sha256(bfv_bytes + ckks_bytes).hexdigest()[:16] != key_id:
             raise CombineError("the key holder's public keys do not match their key id")
+        for want, blob in (("bfv", bfv_bytes), ("ckks", ckks_bytes)):
+            scheme, n, bits = context_parameters(blob)
+            if scheme != want:
+                raise CombineError(f"the key holder sent a {scheme} context where a {want} context belongs; refusing its keys")
+            check_security(n, bits)
         try:
             bfv, ckks = ts.context_from(bfv_bytes), ts.context_from(ckks_bytes)
         except Exception as e:  # noqa: BLE001  (SEAL raises plain ValueError/RuntimeError)
@@ -300,6 +390,7 @@ def decrypt_release(sums: pa.Table, layout: L.Layout, union: pa.Table, n_groups:
             parts.setdefault(ch_i, []).append((chunk, ct.decrypt()))
         except Exception as e:  # noqa: BLE001
             raise CombineError(f"a summed ciphertext could not be decrypted ({e}); nothing was released") from None
+    _check_plausible(chs, parts, n_groups, n_nodes)
     dec: dict[L.Lane, Any] = {}
     limbs: dict[L.Lane, dict[int, np.ndarray]] = {}
     fixed: dict[L.Lane, dict[int, np.ndarray]] = {}
@@ -352,6 +443,38 @@ def decrypt_release(sums: pa.Table, layout: L.Layout, union: pa.Table, n_groups:
     for lane in layout.flag_lanes()[:-1]:
         flags[lane] = np.asarray(dec[lane])[idx] != 0
     return L.assemble(union, layout, released, values, flags)
+
+
+CKKS_PAD_TOLERANCE = 2.0**-10  # an honest sum's unused CKKS slots decrypt to noise ~1e-11
+CKKS_MAX_MAGNITUDE = 2.0**68  # the largest CKKS sum that fits (module docstring); noise decrypts to ~2**70
+
+
+def _check_plausible(chs: list[Channel], parts: dict[int, list[tuple[int, list]]], n_groups: int, n_nodes: int) -> None:
+    """Refuse decryptions no sum of ``n_nodes`` honest encodings can give: unused slots that are
+    not zero, BFV slots outside the range of a sum of limbs or words, CKKS slots beyond the
+    encodable magnitude. A corrupted or bit-flipped
+    ciphertext (its digest recomputed) decrypts to noise across every slot, so it is refused here
+    instead of being released. (A ciphertext crafted homomorphically under the public key passes:
+    this is a sanity check, not integrity.)"""
+    for i, ch in enumerate(chs):
+        v = np.asarray(_join(parts[i]), np.float64 if ch.kind == "ckks" else object)
+        if len(v) < n_groups:
+            raise CombineError(f"a summed ciphertext from the coordinator holds {len(v)} values where this query has {n_groups} groups "
+                               "(malformed); nothing was released")
+        pad, used = v[n_groups:], v[:n_groups]
+        if ch.kind == "ckks":
+            ok = (bool(np.isfinite(v).all()) and (used.size == 0 or float(np.abs(used).max()) < CKKS_MAX_MAGNITUDE)
+                  and (pad.size == 0 or float(np.abs(pad).max()) <= CKKS_PAD_TOLERANCE))
+        elif ch.kind == "word":  # the count field, then flag fields that each sum at most n_nodes ones
+            top = max(shift + (N_BITS if lane.role == L.COUNT else FLAG_BITS) for lane, shift in ch.fields)
+            flags = [shift for lane, shift in ch.fields if lane.role != L.COUNT]
+            ok = all(x == 0 for x in pad) and all(0 <= x < (1 << top) and all((x >> f) & ((1 << FLAG_BITS) - 1) <= n_nodes for f in flags)
+                                                  for x in used)
+        else:
+            ok = all(x == 0 for x in pad) and all(0 <= x < n_nodes * (1 << LIMB_BITS) for x in used)
+        if not ok:
+            raise CombineError("the summed ciphertexts from the coordinator decrypt to values no sum of node encodings can take "
+                               "(tampered or corrupted); nothing was released")
 
 
 def _join(chunks: list[tuple[int, list]]) -> list:
