@@ -11,6 +11,8 @@ import pyarrow.flight as flight
 from genofed.engine import protocol as P
 from genofed.engine.errors import AuthError, DisclosureError, NodeError
 
+from .tls import ClientTLS, flight_client, tls_problem
+
 
 class FlightTransport:
     """Talks to one node. Implements the engine's ``Transport`` interface.
@@ -23,13 +25,17 @@ class FlightTransport:
         ``grpc://host:port`` (or ``grpc+tls://``).
     token
         The researcher's bearer token for this node.
+    tls
+        For a ``grpc+tls://`` location: the CA that signed the node's certificate and, for
+        mutual TLS, the client certificate (:class:`~genofed.connectors.tls.ClientTLS`).
     """
 
-    def __init__(self, name: str, location: str, token: str, connect_timeout: float = 5.0):
+    def __init__(self, name: str, location: str, token: str, connect_timeout: float = 5.0, tls: ClientTLS | None = None):
         self.name = name
         self.location = location
+        self.tls = tls
         self._headers = [(P.AUTH_HEADER.encode(), (P.BEARER + token).encode())]
-        self._client = flight.FlightClient(location)
+        self._client = flight_client(location, tls)
 
     def _options(self, timeout: float | None) -> flight.FlightCallOptions:
         return flight.FlightCallOptions(headers=self._headers, timeout=timeout)
@@ -77,6 +83,9 @@ class FlightTransport:
         if isinstance(e, flight.FlightTimedOutError):
             return NodeError(self.name, "timeout", "did not answer within the timeout")
         if isinstance(e, flight.FlightUnavailableError):
+            problem = tls_problem(e, self.location, self.tls)
+            if problem is not None:  # a handshake failure: say which and how to fix it, not gRPC's text
+                return NodeError(self.name, "tls", f"{problem} [{self.location}]")
             return NodeError(self.name, "unavailable", f"cannot reach {self.location} (is the node running?)")
         return NodeError(self.name, "transport", type(e).__name__)
 

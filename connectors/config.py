@@ -24,6 +24,12 @@ Example::
     [keyholder]                # needed for combine = "he" only
     location = "grpc://keys.example.org:8815"   # or port_file = "..." for local federations
     token = "<this node's token at the key holder>"
+    ca = "../tls/ca.crt"        # TLS: the CA that signed the key holder's certificate (location grpc+tls://)
+
+    [tls]                      # serve grpc+tls:// (see genofed.connectors.tls); paths relative to this file
+    cert = "tls/node.crt"
+    key = "tls/node.key"
+    client_ca = "clients-ca.crt"   # optional: mutual TLS, callers need a certificate signed by it
 """
 
 from __future__ import annotations
@@ -97,6 +103,7 @@ class NodeConfig:
     researchers: list[Researcher] = field(default_factory=list)
     keyholder: dict[str, str] = field(default_factory=dict)
     audit: str = ""  # [audit] path
+    tls: dict[str, str] = field(default_factory=dict)  # [tls] cert, key, client_ca (read relative to node.toml)
     path: Path | None = None
 
     def model_policy(self) -> dict[str, float]:
@@ -121,10 +128,26 @@ class NodeConfig:
             if not f.is_absolute() and self.path is not None:
                 f = self.path.parent / f
             try:
-                return f"grpc://{kh.get('host', '127.0.0.1')}:{int(f.read_text().strip())}"
+                scheme = "grpc+tls" if kh.get("ca") else "grpc"
+                return f"{scheme}://{kh.get('host', '127.0.0.1')}:{int(f.read_text().strip())}"
             except (OSError, ValueError):
                 raise ConfigError(f"the key holder is not running (no port in {f})") from None
         raise ConfigError(f"node {self.name!r} has no [keyholder] in its config, so it cannot take part in combine='he'; add location and token")
+
+    def server_tls(self) -> Any:
+        """This node's TLS identity (:class:`~genofed.connectors.tls.ServerTLS`), or None to serve plain grpc://."""
+        from .tls import ServerTLS
+
+        return ServerTLS.load(self.tls, None, f"{self.path or 'node config'} [tls]")
+
+    def keyholder_tls(self) -> Any:
+        """How this node verifies its key holder (``[keyholder] ca``, and ``cert``/``key`` for
+        mutual TLS): a :class:`~genofed.connectors.tls.ClientTLS`, or None for plain grpc://."""
+        from .tls import ClientTLS, check_table
+
+        where = f"{self.path or 'node config'} [keyholder]"
+        table = check_table({k: v for k, v in self.keyholder.items() if k in ("ca", "cert", "key")}, where, "client")
+        return ClientTLS.load(table, self.path.parent if self.path else None, where)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> NodeConfig:
@@ -170,6 +193,10 @@ class NodeConfig:
         keyholder = data.get("keyholder", {})
         if keyholder and ("token" not in keyholder or not ({"location", "port_file"} & set(keyholder))):
             raise ConfigError(f"{where}: [keyholder] needs token and location (or port_file)")
+        from .tls import check_table
+
+        tls = check_table(data.get("tls"), where, "server", base=base)
+        check_table({k: v for k, v in keyholder.items() if k in ("ca", "cert", "key")}, f"{where} [keyholder]", "client")
         store = Path(node.get("store", "store"))
         if not store.is_absolute():
             store = base / store
@@ -189,6 +216,7 @@ class NodeConfig:
             researchers=researchers,
             keyholder={k: str(v) for k, v in keyholder.items()},
             audit=str((data.get("audit") or {}).get("path", "")),
+            tls=tls,
             path=path,
         )
 
@@ -208,4 +236,5 @@ class NodeConfig:
             "researchers": [{"name": r.name, "token_sha256": r.token_sha256} for r in self.researchers],
             **({"keyholder": dict(self.keyholder)} if self.keyholder else {}),
             **({"audit": {"path": self.audit}} if self.audit else {}),
+            **({"tls": dict(self.tls)} if self.tls else {}),
         }

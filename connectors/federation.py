@@ -2,6 +2,14 @@
 
 ``init`` splits one cohort over several node stores and writes ``DIR/federation.toml``; ``up``
 starts one node server process per node on free loopback ports; ``down`` stops them.
+
+By default ``init`` also makes a local CA (``DIR/tls``) and a server certificate for every node
+and the key holder, so every Flight link is ``grpc+tls://``; ``federation.toml`` then has::
+
+    [tls]
+    ca = "tls/ca.crt"          # verifies the nodes and the key holder (relative to this file)
+    cert = "..."               # optional: the researcher's client certificate (mutual TLS)
+    key = "..."
 """
 
 from __future__ import annotations
@@ -26,9 +34,11 @@ from genofed.privacy.disclosure import DEFAULT_MIN_COUNT
 
 from .config import NodeConfig, Researcher, hash_token
 from .ingest import _read_table, ingest, normalise_name, read_clinical, read_sample_sheet
+from .tls import ClientTLS, check_table
 
 FEDERATION_FILE = "federation.toml"
 KEYHOLDER_DIR = "keyholder"
+TLS_DIR = "tls"
 
 
 @dataclass
@@ -54,8 +64,13 @@ class FederationConfig:
     min_count: int = DEFAULT_MIN_COUNT
     combine: str = "mpc"
     timeout_s: float = 60.0
-    keyholder: dict[str, Any] = field(default_factory=dict)  # host, port, token, config
+    keyholder: dict[str, Any] = field(default_factory=dict)  # host, port, token, config, tls
     extra: dict[str, Any] = field(default_factory=dict)
+    tls: dict[str, str] = field(default_factory=dict)  # [tls] ca, cert, key (relative to root)
+
+    def client_tls(self) -> ClientTLS | None:
+        """The CA (and client certificate) this federation's clients dial ``grpc+tls://`` with."""
+        return ClientTLS.load(self.tls, self.root, f"{self.root / FEDERATION_FILE} [tls]")
 
     def keyholder_location(self) -> str | None:
         """Where the key holder listens (None when the federation has none)."""
@@ -63,7 +78,8 @@ class FederationConfig:
         if not kh:
             return None
         port = int(kh.get("port", 0)) or _read_port(self.root, KEYHOLDER_DIR, what="key holder")
-        return f"grpc://{kh.get('host', '127.0.0.1')}:{port}"
+        scheme = "grpc+tls" if kh.get("tls", bool(self.tls)) else "grpc"
+        return f"{scheme}://{kh.get('host', '127.0.0.1')}:{port}"
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> FederationConfig:
@@ -76,11 +92,12 @@ class FederationConfig:
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{f}: invalid TOML: {e}") from None
         fed = data.get("federation", {})
+        tls = check_table(data.get("tls"), str(f), "client")  # with [tls], nodes are grpc+tls:// unless tls = false
         nodes = []
         for i, n in enumerate(data.get("nodes", [])):
             if "name" not in n or "token" not in n:
                 raise ConfigError(f"{f}: [[nodes]] entry {i + 1} needs name and token")
-            nodes.append(NodeEntry(n["name"], n.get("host", "127.0.0.1"), int(n.get("port", 0)), n["token"], n.get("config", ""), bool(n.get("tls", False))))
+            nodes.append(NodeEntry(n["name"], n.get("host", "127.0.0.1"), int(n.get("port", 0)), n["token"], n.get("config", ""), bool(n.get("tls", bool(tls)))))
         if not nodes:
             raise ConfigError(f"{f}: no [[nodes]]; a federation needs at least one node")
         combine = fed.get("combine", "mpc")
@@ -91,7 +108,7 @@ class FederationConfig:
             raise ConfigError(f"{f}: [keyholder] needs a token (and host/port, or config for a local key holder)")
         if combine == "he" and not kh:
             raise ConfigError(f"{f}: combine = \"he\" needs a [keyholder] table")
-        return cls(f.parent, fed.get("name", f.parent.name), nodes, int(fed.get("min_count", DEFAULT_MIN_COUNT)), combine, float(fed.get("timeout_s", 60.0)), dict(kh))
+        return cls(f.parent, fed.get("name", f.parent.name), nodes, int(fed.get("min_count", DEFAULT_MIN_COUNT)), combine, float(fed.get("timeout_s", 60.0)), dict(kh), tls=tls)
 
     def save(self) -> Path:
         data = {
@@ -103,6 +120,8 @@ class FederationConfig:
         }
         if self.keyholder:
             data["keyholder"] = dict(self.keyholder)
+        if self.tls:
+            data["tls"] = dict(self.tls)
         path = self.root / FEDERATION_FILE
         tmp = path.with_suffix(".tmp")
         tmp.write_text(tomli_w.dumps(data))
@@ -132,6 +151,7 @@ def init_federation(
     allow_plain: bool = False,
     combine: str = "mpc",
     progress: bool = False,
+    tls: bool = True,
 ) -> FederationConfig:
     """Split a cohort over node stores and write ``ROOT/federation.toml``.
 
@@ -146,6 +166,10 @@ def init_federation(
         Write node policies that allow ``combine='plain'`` (development and testing only).
     combine
         The federation's default combine mode (``mpc``, ``he`` or ``plain``).
+    tls
+        Make a CA in ``ROOT/tls`` and a certificate for every node and the key holder (for
+        localhost and 127.0.0.1), and configure every Flight link as ``grpc+tls://`` (the
+        default). False: plain ``grpc://`` (bearer tokens and partials travel unencrypted).
     """
     if combine == "plain" and not allow_plain:
         raise ConfigError("combine='plain' as the default needs node policies that allow it: pass allow_plain=True (development only)")
@@ -171,6 +195,12 @@ def init_federation(
     token = secrets.token_urlsafe(24)
     kh_clients = [{"name": "researcher", "role": "coordinator", "token_sha256": hash_token(token)}]
     (root / KEYHOLDER_DIR).mkdir(exist_ok=True)
+    if tls:
+        from .tls import make_ca, make_cert
+
+        if not (root / TLS_DIR / "ca.crt").exists():
+            make_ca(root / TLS_DIR, name=f"genofed {root.name} local CA")
+        make_cert(root / TLS_DIR, root / KEYHOLDER_DIR / TLS_DIR, "keyholder")
     entries = []
     for name in node_names:
         members = pa.array([s for s, n in assign.items() if n == name], pa.string())
@@ -185,14 +215,20 @@ def init_federation(
             allow_min_max=allow_min_max,
             allow_plain=allow_plain,
             researchers=[Researcher("researcher", hash_token(token))],
-            keyholder={"port_file": f"../{KEYHOLDER_DIR}/keyholder.port", "token": (kh_token := secrets.token_urlsafe(24))},
+            keyholder={"port_file": f"../{KEYHOLDER_DIR}/keyholder.port", "token": (kh_token := secrets.token_urlsafe(24)),
+                       **({"ca": f"../{TLS_DIR}/ca.crt"} if tls else {})},
+            tls={"cert": f"{TLS_DIR}/node.crt", "key": f"{TLS_DIR}/node.key"} if tls else {},
         )
+        if tls:
+            make_cert(root / TLS_DIR, ndir / TLS_DIR, "node")
         kh_clients.append({"name": name, "role": "node", "token_sha256": hash_token(kh_token)})
         (ndir / "node.toml").write_text(tomli_w.dumps(cfg.to_toml()))
-        entries.append(NodeEntry(name, token=token, config=f"{name}/node.toml"))
-    (root / KEYHOLDER_DIR / "keyholder.toml").write_text(tomli_w.dumps({"keyholder": {"name": f"{root.name}-keys"}, "clients": kh_clients}))
+        entries.append(NodeEntry(name, token=token, config=f"{name}/node.toml", tls=tls))
+    kh_tls = {"tls": {"cert": f"{TLS_DIR}/keyholder.crt", "key": f"{TLS_DIR}/keyholder.key"}} if tls else {}
+    (root / KEYHOLDER_DIR / "keyholder.toml").write_text(tomli_w.dumps({"keyholder": {"name": f"{root.name}-keys"}, "clients": kh_clients, **kh_tls}))
     fed = FederationConfig(root, root.name, entries, min_count=min_count, combine=combine,
-                           keyholder={"token": token, "config": f"{KEYHOLDER_DIR}/keyholder.toml"})
+                           keyholder={"token": token, "config": f"{KEYHOLDER_DIR}/keyholder.toml", "tls": tls},
+                           tls={"ca": f"{TLS_DIR}/ca.crt"} if tls else {})
     fed.save()
     return fed
 
@@ -238,6 +274,7 @@ def up(root: str | os.PathLike[str], timeout: float = 60.0) -> dict[str, int]:
         pidf.write_text(str(procs[n.name].pid))
     deadline = time.monotonic() + timeout
     ports: dict[str, int] = {}
+    client_tls = fed.client_tls()
     for n in fed.nodes:
         while True:
             p = procs.get(n.name)
@@ -245,12 +282,15 @@ def up(root: str | os.PathLike[str], timeout: float = 60.0) -> dict[str, int]:
                 down(root)
                 raise NodeError(n.name, "start_failed", f"node server exited with code {p.returncode}; see {root / n.name / 'node.log'}")
             try:
-                t = FlightTransport(n.name, n.location(root), n.token)
+                t = FlightTransport(n.name, n.location(root), n.token, tls=client_tls)
                 t.catalog(timeout=2.0)
                 t.close()
                 ports[n.name] = _read_port(root, n.name) if not n.port else n.port
                 break
-            except GenofedError:
+            except GenofedError as e:
+                if isinstance(e, NodeError) and e.node_code == "tls":  # misconfigured, not starting: waiting will not help
+                    down(root)
+                    raise
                 if time.monotonic() > deadline:
                     down(root)
                     raise NodeError(n.name, "start_failed", f"did not answer within {timeout:g} s; see {root / n.name / 'node.log'}") from None
@@ -280,11 +320,13 @@ def _start_keyholder(fed: FederationConfig, timeout: float) -> None:
             raise NodeError("keyholder", "start_failed", f"key holder exited with code {proc.returncode}; see {kdir / 'keyholder.log'}")
         try:
             loc = fed.keyholder_location()
-            c = KeyHolderClient(str(loc), fed.keyholder["token"])
+            c = KeyHolderClient(str(loc), fed.keyholder["token"], tls=fed.client_tls())
             c.public_keys(timeout=2.0)
             c.close()
             return
-        except GenofedError:
+        except GenofedError as e:
+            if isinstance(e, NodeError) and e.node_code == "tls":
+                raise
             if time.monotonic() > deadline:
                 raise NodeError("keyholder", "start_failed", f"did not answer within {timeout:g} s; see {kdir / 'keyholder.log'}") from None
             time.sleep(0.1)

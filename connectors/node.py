@@ -70,7 +70,8 @@ class NodeServer(flight.FlightServerBase):
     config
         The node configuration (store, policy, researchers).
     location
-        ``grpc://host:port``; port 0 picks a free port (see :attr:`port`).
+        ``grpc://host:port``; port 0 picks a free port (see :attr:`port`). With a ``[tls]``
+        table in the config the server speaks ``grpc+tls://`` on it instead.
     """
 
     def __init__(self, config: NodeConfig, location: str = "grpc://127.0.0.1:0", backend: Backend | None = None):
@@ -78,7 +79,12 @@ class NodeServer(flight.FlightServerBase):
 
         audit_path = config.audit_path()
         self.audit = AuditLog(audit_path) if audit_path is not None else None
-        super().__init__(location, middleware={"auth": _AuthFactory(config, self.audit)})
+        tls = config.server_tls()  # [tls]: serve grpc+tls:// (and with client_ca, require client certificates)
+        if tls is not None:
+            from .tls import tls_location
+
+            location = tls_location(location)
+        super().__init__(location, middleware={"auth": _AuthFactory(config, self.audit)}, **(tls.server_kwargs() if tls else {}))
         self.config = config
         self.backend = backend or make_backend(config)
         self.catalog = Catalog.merge({config.name: self._visible(self.backend.catalog())})
@@ -241,7 +247,7 @@ class NodeServer(flight.FlightServerBase):
 
         loc = self.config.keyholder_location()
         if self._kh is None or self._kh.location != loc:
-            self._kh = KeyHolderClient(loc, self.config.keyholder["token"])
+            self._kh = KeyHolderClient(loc, self.config.keyholder["token"], tls=self.config.keyholder_tls())
         return self._kh
 
     def _run(self, sql: str, qid: str, researcher: str):
@@ -329,7 +335,9 @@ def serve(config: NodeConfig, host: str = "127.0.0.1", port: int = 0, ready: Any
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    print(f"genofed node {config.name!r} serving {config.store} on grpc://{host}:{server.port}", file=sys.stderr, flush=True)
+    scheme = "grpc+tls" if config.tls else "grpc"
+    mtls = " (client certificates required)" if config.tls.get("client_ca") else ""
+    print(f"genofed node {config.name!r} serving {config.store} on {scheme}://{host}:{server.port}{mtls}", file=sys.stderr, flush=True)
     try:
         server.serve()
     finally:

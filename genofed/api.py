@@ -72,7 +72,8 @@ class Federation:
 
     def __init__(self, config: FederationConfig, timeout: float | None = None):
         self.config = config
-        self._transports = [FlightTransport(n.name, n.location(config.root), n.token) for n in config.nodes]
+        tls = config.client_tls()  # [tls] ca (and cert/key for mutual TLS) in federation.toml
+        self._transports = [FlightTransport(n.name, n.location(config.root), n.token, tls=tls) for n in config.nodes]
         self._keyholder = None
         if config.keyholder:
             self._keyholder = _LazyKeyHolder(config)
@@ -192,7 +193,7 @@ class _LazyKeyHolder:
 
         loc = self._config.keyholder_location()
         if self._client is None or self._client.location != loc:
-            self._client = KeyHolderClient(str(loc), self._config.keyholder["token"])
+            self._client = KeyHolderClient(str(loc), self._config.keyholder["token"], tls=self._config.client_tls())
         return self._client
 
     def __getattr__(self, name: str) -> Any:

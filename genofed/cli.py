@@ -128,12 +128,15 @@ def federation() -> None:
 @click.option("--min-count", default=5, show_default=True, help="minimum samples per released group")
 @click.option("--combine", type=click.Choice(["mpc", "he", "plain"]), default="mpc", show_default=True, help="the federation's default combine mode")
 @click.option("--allow-plain", is_flag=True, help="node policies allow combine='plain' (the coordinator sees node partials; development only)")
-def federation_init(directory: Path, vcf: Path, samples: Path, split: Path | None, n_nodes: int, clinical: tuple[str, ...], min_count: int, combine: str, allow_plain: bool) -> None:
-    """Split a cohort over node stores (with a local HE key holder) and write DIRECTORY/federation.toml."""
+@click.option("--no-tls", is_flag=True, help="plain grpc:// links (no CA, no certificates; tokens travel unencrypted)")
+def federation_init(directory: Path, vcf: Path, samples: Path, split: Path | None, n_nodes: int, clinical: tuple[str, ...], min_count: int, combine: str,
+                    allow_plain: bool, no_tls: bool) -> None:
+    """Split a cohort over node stores (with a local HE key holder and, unless --no-tls, a local CA
+    and TLS certificates) and write DIRECTORY/federation.toml."""
     from genofed.connectors.federation import init_federation
 
     fed = init_federation(directory, vcf, samples, split, n_nodes=n_nodes, clinical=_kv(clinical, "--clinical"), min_count=min_count,
-                          combine=combine, allow_plain=allow_plain, progress=sys.stderr.isatty())
+                          combine=combine, allow_plain=allow_plain, progress=sys.stderr.isatty(), tls=not no_tls)
     click.echo(f"federation {fed.name!r}: nodes {', '.join(n.name for n in fed.nodes)} in {directory}")
 
 
@@ -142,10 +145,12 @@ def federation_init(directory: Path, vcf: Path, samples: Path, split: Path | Non
 @click.option("--timeout", default=60.0, show_default=True)
 def federation_up(directory: Path, timeout: float) -> None:
     """Start the key holder and one node server per node on free loopback ports."""
-    from genofed.connectors.federation import up
+    from genofed.connectors.federation import FederationConfig, up
 
-    for name, port in up(directory, timeout=timeout).items():
-        click.echo(f"{name}: grpc://127.0.0.1:{port}")
+    ports = up(directory, timeout=timeout)
+    nodes = {n.name: n for n in FederationConfig.load(directory).nodes}
+    for name, port in ports.items():
+        click.echo(f"{name}: {'grpc+tls' if nodes[name].tls else 'grpc'}://127.0.0.1:{port}")
 
 
 @federation.command("down")
@@ -156,6 +161,38 @@ def federation_down(directory: Path) -> None:
 
     stopped = down(directory)
     click.echo(f"stopped {', '.join(stopped) if stopped else 'nothing (no node was running)'}")
+
+
+@main.group()
+def certs() -> None:
+    """Certificates for TLS on the Flight links: a local CA, server and client certificates."""
+
+
+@certs.command("ca")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", default="genofed local CA", show_default=True, help="the CA's common name")
+@click.option("--days", default=825, show_default=True, help="validity")
+def certs_ca(directory: Path, name: str, days: int) -> None:
+    """Make a certificate authority: DIRECTORY/ca.crt and DIRECTORY/ca.key (mode 0600)."""
+    from genofed.connectors.tls import make_ca
+
+    cert, key = make_ca(directory, name=name, days=days)
+    click.echo(f"wrote {cert} (give it to clients as [tls] ca) and {key} (keep it private)")
+
+
+@certs.command("issue")
+@click.argument("name")
+@click.option("--ca", "ca_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="directory with ca.crt and ca.key")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="write NAME.crt and NAME.key here")
+@click.option("--host", "hosts", multiple=True, metavar="NAME|IP", help="server host name or IP (repeat; default localhost and 127.0.0.1)")
+@click.option("--client", is_flag=True, help="a client certificate for mutual TLS instead of a server certificate")
+@click.option("--days", default=825, show_default=True, help="validity (at most the CA's)")
+def certs_issue(name: str, ca_dir: Path, out_dir: Path, hosts: tuple[str, ...], client: bool, days: int) -> None:
+    """Issue a server (or --client) certificate NAME signed by the CA in --ca."""
+    from genofed.connectors.tls import DEFAULT_HOSTS, make_cert
+
+    cert, key = make_cert(ca_dir, out_dir, name, hosts or DEFAULT_HOSTS, client=client, days=days)
+    click.echo(f"wrote {cert} and {key} (mode 0600)")
 
 
 @main.command()

@@ -99,7 +99,10 @@ def clone_federation(src: Path, dst: Path, *, min_count: int, node_min_count: in
         node["policy"]["min_count"] = node_min_count if node_min_count is not None else min_count
         node["policy"].update(policy)
         (dst / n.config).write_text(tomli_w.dumps(node))
-    new = FederationConfig(dst, dst.name, cfg.nodes, min_count=min_count, combine=combine or cfg.combine, keyholder=dict(cfg.keyholder))
+    for tls_dir in [src / "tls", src / "keyholder" / "tls", *(src / n.name / "tls" for n in cfg.nodes)]:  # TLS material, when init made it
+        if tls_dir.exists():
+            shutil.copytree(tls_dir, dst / tls_dir.relative_to(src), dirs_exist_ok=True)
+    new = FederationConfig(dst, dst.name, cfg.nodes, min_count=min_count, combine=combine or cfg.combine, keyholder=dict(cfg.keyholder), tls=dict(cfg.tls))
     for n in new.nodes:
         n.port = 0
     new.save()

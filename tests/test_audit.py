@@ -14,6 +14,7 @@ from conftest import LocalFederation, clone_federation
 
 from genofed.cli import main
 from genofed.connectors.federation import FederationConfig
+from genofed.connectors.tls import flight_client
 from genofed.engine.errors import DisclosureError
 from genofed.privacy.audit import AuditLog, records, verify
 
@@ -81,7 +82,7 @@ def test_every_request_is_audited_without_protected_values(audited):
     cfg = FederationConfig.load(root)
     node = cfg.nodes[0]
     # no token, and a wrong token: refused and audited
-    client = flight.connect(node.location(root))
+    client = flight_client(node.location(root), cfg.client_tls())
     with pytest.raises(flight.FlightUnauthenticatedError):
         list(client.do_action(flight.Action("catalog", b"")))
     opts = flight.FlightCallOptions(headers=[(b"authorization", b"Bearer not-a-token")])

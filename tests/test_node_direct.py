@@ -8,6 +8,7 @@ import pytest
 from genofed import DisclosureError, NodeError
 from genofed.connectors.client import FlightTransport
 from genofed.connectors.federation import FederationConfig
+from genofed.connectors.tls import flight_client
 from genofed.engine import protocol as P
 
 
@@ -16,7 +17,7 @@ def node_a(fed_dir_1126, fed1126_k5):
     # the k5 federation's nodes run with min_count = 5
     cfg = FederationConfig.load(fed1126_k5.config.root)
     n = cfg.nodes[0]
-    t = FlightTransport(n.name, n.location(cfg.root), n.token)
+    t = FlightTransport(n.name, n.location(cfg.root), n.token, tls=cfg.client_tls())
     yield t
     t.close()
 
@@ -52,7 +53,7 @@ def test_node_applies_its_own_minimum_count(node_a):
 
 @pytest.mark.parametrize("ticket", [b"not json", b'{"kind": "fragment"}', b'{"v": 99, "kind": "fragment", "sql": "SELECT 1"}', b"[1, 2]"])
 def test_malformed_tickets(node_a, ticket):
-    client = flight.FlightClient(node_a.location)
+    client = flight_client(node_a.location, node_a.tls)
     opts = flight.FlightCallOptions(headers=node_a._headers, timeout=10)
     with pytest.raises(flight.FlightServerError) as e:
         client.do_get(flight.Ticket(ticket), opts).read_all()
@@ -63,7 +64,7 @@ def test_malformed_tickets(node_a, ticket):
 
 
 def test_no_token(node_a):
-    client = flight.FlightClient(node_a.location)
+    client = flight_client(node_a.location, node_a.tls)
     with pytest.raises(flight.FlightUnauthenticatedError, match="no bearer token"):
         list(client.do_action(flight.Action(P.ACTION_CATALOG, b""), flight.FlightCallOptions(timeout=10)))
     client.close()

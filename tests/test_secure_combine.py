@@ -132,7 +132,7 @@ def _node_partials(fed_dir: Path, fed) -> dict[str, list[list[int]]]:
     cfg = FederationConfig.load(fed_dir)
     out = {}
     for n in cfg.nodes:
-        t = FlightTransport(n.name, n.location(cfg.root), n.token)
+        t = FlightTransport(n.name, n.location(cfg.root), n.token, tls=cfg.client_tls())
         table = t.run_fragment(plan.fragment_sql, "probe", 30)
         t.close()
         cols = []

@@ -22,6 +22,11 @@ Configuration (``keyholder.toml``)::
     name = "biobank_A"
     role = "node"
     token_sha256 = "<sha256 hex>"
+
+    [tls]                       # optional: serve grpc+tls:// (paths relative to this file)
+    cert = "tls/keyholder.crt"
+    key = "tls/keyholder.key"
+    client_ca = "clients-ca.crt"  # optional: mutual TLS, callers need a certificate signed by it
 """
 
 from __future__ import annotations
@@ -56,10 +61,12 @@ class KeyHolderConfig:
     name: str
     clients: dict[str, tuple[str, str]]  # token sha256 -> (name, role)
     path: Path | None = None
+    tls: dict[str, str] = field(default_factory=dict)  # [tls] cert, key, client_ca (resolved paths)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> KeyHolderConfig:
         from genofed.connectors.config import load_toml
+        from genofed.connectors.tls import check_table
 
         p = Path(path)
         data = load_toml(p, "key holder config")
@@ -72,7 +79,8 @@ class KeyHolderConfig:
             clients[c["token_sha256"].lower()] = (c["name"], c["role"])
         if not clients:
             raise ConfigError(f"{p}: no [[clients]]; add the nodes (role node) and the researchers (role coordinator)")
-        return cls(data.get("keyholder", {}).get("name", "keyholder"), clients, p)
+        tls = check_table(data.get("tls"), str(p), "server", base=p.parent)
+        return cls(data.get("keyholder", {}).get("name", "keyholder"), clients, p, tls)
 
 
 @dataclass
@@ -112,7 +120,12 @@ class KeyHolderServer(flight.FlightServerBase):
     """The key holder service. ``session_ttl``: seconds a query may stay open."""
 
     def __init__(self, config: KeyHolderConfig, location: str = "grpc://127.0.0.1:0", session_ttl: float = 600.0):
-        super().__init__(location, middleware={"auth": _Auth(config.clients)})
+        from genofed.connectors.tls import ServerTLS, tls_location
+
+        tls = ServerTLS.load(config.tls, None, f"{config.path or 'key holder config'} [tls]")
+        if tls is not None:
+            location = tls_location(location)
+        super().__init__(location, middleware={"auth": _Auth(config.clients)}, **(tls.server_kwargs() if tls else {}))
         self.config = config
         self.keys = H.KeyPair()
         self.ttl = session_ttl
@@ -237,13 +250,17 @@ class KeyHolderServer(flight.FlightServerBase):
 
 
 class KeyHolderClient:
-    """How nodes and coordinators talk to the key holder."""
+    """How nodes and coordinators talk to the key holder. ``tls``: a
+    :class:`~genofed.connectors.tls.ClientTLS` for a ``grpc+tls://`` location."""
 
-    def __init__(self, location: str, token: str, name: str = "key holder"):
+    def __init__(self, location: str, token: str, name: str = "key holder", tls: Any = None):
+        from genofed.connectors.tls import flight_client
+
         self.location = location
         self.name = name
+        self._tls = tls
         self._headers = [(P.AUTH_HEADER.encode(), (P.BEARER + token).encode())]
-        self._client = flight.FlightClient(location)
+        self._client = flight_client(location, tls)
         self._keys: H.PublicKeys | None = None
 
     def _opts(self, timeout: float | None) -> flight.FlightCallOptions:
@@ -252,6 +269,11 @@ class KeyHolderClient:
     def _error(self, e: flight.FlightError) -> NodeError:
         body = P.decode_error(str(e)) or {}
         if isinstance(e, flight.FlightUnavailableError):
+            from genofed.connectors.tls import tls_problem
+
+            problem = tls_problem(e, self.location, self._tls)
+            if problem is not None:
+                return NodeError(self.name, "tls", f"{problem} [{self.location}]")
             return NodeError(self.name, "unavailable", f"cannot reach the key holder at {self.location}")
         if isinstance(e, flight.FlightTimedOutError):
             return NodeError(self.name, "timeout", "the key holder did not answer in time")
@@ -304,10 +326,10 @@ class KeyHolderClient:
 
 def serve(config: KeyHolderConfig, host: str = "127.0.0.1", port: int = 0, ready: Any = None) -> None:
     """Run the key holder in the foreground until SIGTERM/SIGINT."""
-    server = KeyHolderServer(config, f"grpc://{host}:{port}")
+    server = KeyHolderServer(config, f"grpc://{host}:{port}")  # grpc+tls:// with a [tls] table
     if ready is not None:
         ready(server.port)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     signal.signal(signal.SIGINT, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
-    print(f"genofed key holder {config.name!r} (key id {server.keys.key_id}) on grpc://{host}:{server.port}", file=sys.stderr, flush=True)
+    print(f"genofed key holder {config.name!r} (key id {server.keys.key_id}) on {'grpc+tls' if config.tls else 'grpc'}://{host}:{server.port}", file=sys.stderr, flush=True)
     server.serve()
