@@ -63,7 +63,7 @@ def validate_fragment(sql: str, catalog: Catalog, *, allow_min_max: bool = False
         name = p.alias_or_name
         body = p.unalias()
         if _KEY.match(name):
-            if reveals_sample_id(body):
+            if reveals_sample_id(body) or reveals_sample_id(_through_subqueries(body, q)):
                 raise DisclosureError("grouping by sample_id releases per-person rows; refused by the node", rule="row_level")
             if body.sql(DIALECT) not in group:
                 raise FragmentError(f"fragment refused: key {name} is not a GROUP BY expression")
@@ -122,3 +122,28 @@ def _sample_identity(q: exp.Select, catalog: Catalog) -> exp.Column | None:
             if isinstance(body, exp.Select) and SAMPLE_ID in [p.alias_or_name for p in body.expressions]:
                 return exp.column(SAMPLE_ID, table=alias)
     return None
+
+
+def _through_subqueries(e: exp.Expression, select: exp.Select, depth: int = 0) -> exp.Expression:
+    """``e`` with every column that comes from a subquery or CTE replaced by the expression that
+    defines it there (recursively), so ``t.sid`` from ``(SELECT sample_id AS sid ...) t`` is seen
+    as ``sample_id``."""
+    from .samplesets import _sources
+
+    if depth > 8:
+        return e
+    sources = _sources(select)
+    e = e.copy()
+    for col in list(e.find_all(exp.Column)):
+        src = sources.get(col.table)
+        body = src.this if isinstance(src, exp.Subquery) else None
+        if not isinstance(body, exp.Select):
+            continue
+        proj = next((p for p in body.expressions if p.alias_or_name == col.name), None)
+        if proj is None:
+            continue
+        inner = _through_subqueries(proj.unalias(), body, depth + 1)
+        if col is e:
+            return inner
+        col.replace(inner.copy())
+    return e

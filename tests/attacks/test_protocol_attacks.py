@@ -265,11 +265,6 @@ def test_hand_made_fragment_is_refused_and_audited(cfg, sql, match, rule):
     assert refused[0]["fragment_sha256"] == fragment_digest(sql)  # the steward can match it to the request
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine/fragment.py + sqlcheck.reveals_sample_id only look for a column NAMED sample_id in a key; "
-    "a subquery/CTE that keeps sample_id and also copies it as sid lets GROUP BY t.sid pass validation, "
-    "and every sample id leaves the node as a group key (released at min_count 1; at min_count 5 the "
-    "keys still leave, flagged suppressed, and the coordinator lists them in Result.suppressed)"))
 def test_renamed_sample_id_is_refused(cfg):
     """A sample_id copied under another name in a subquery must not become a group key."""
     sql = ("SELECT t.sid AS _k0, count(*) AS _p0 FROM (SELECT samples.sample_id AS sample_id, samples.sample_id AS sid "
