@@ -32,6 +32,14 @@ class Backend(ABC):
     def execute(self, fragment: Fragment) -> pa.Table:
         """Run a fragment; returns keys, partials and ``_n``."""
 
+    def sample_sets(self, fragment: Any) -> Any:
+        """The samples behind each sample-level group of a fragment
+        (:class:`genofed.engine.samplesets.SampleSets`), for the node's differencing defence.
+        A backend that cannot compute them makes a node with that defence on refuse to release."""
+        from ..errors import GenofedError
+
+        raise GenofedError(f"the {self.name} backend cannot compute sample sets for the differencing defence")
+
     def has_operation(self, fragment: Fragment) -> bool:  # noqa: ARG002
         """Whether this backend can run the fragment (the planner asks before shipping)."""
         return True

@@ -23,6 +23,7 @@ from ...genomics.kernels import genotype_rows
 from ...genomics.store import NodeStore
 from ..errors import FragmentError, GenofedError
 from ..fragment import Fragment
+from ..samplesets import SampleSets
 from ..schema import CORE_TABLES, GENOTYPE_VARIANT_COLUMNS
 from ..sqlcheck import DIALECT
 from .base import N_COLUMN, Backend
@@ -196,6 +197,53 @@ class DuckDBBackend(Backend):
             raise FragmentError(f"the node could not run the fragment: {_first_line(e)}") from None
         finally:
             cur.close()
+
+    def sample_sets(self, fragment: Any) -> SampleSets | None:
+        """The samples behind each sample-level group of a fragment (see
+        :mod:`genofed.engine.samplesets`), or None when it reads no sample data."""
+        from ..analysis import AnalysisFragment
+        from ..samplesets import plan_sample_sets
+
+        if isinstance(fragment, AnalysisFragment):
+            if fragment.sample_sql is None:
+                return None
+            from .analysis import AnalysisData
+
+            sidx = AnalysisData(self, fragment).samples.sidx
+            a = fragment.args
+            # the conditions that select an analysis's samples: its filter, and a value for the
+            # phenotype and every covariate (missing values drop the sample)
+            base = [f"samples => {a['samples']}"] if a.get("samples") else []
+            base += [f"{e} IS NOT NULL" for e in [a.get("phenotype"), *(a.get("covariates") or [])] if e]
+            return SampleSets([], [()], [np.asarray(sidx, np.int64)], sorted(set(base)))
+        plan = plan_sample_sets(fragment.select, list(fragment.keys), fragment.sample_id)
+        if plan is None:
+            return None
+        sql = (f"SELECT _t.*, _sidx.sidx AS _sidx FROM ({plan.select.sql(DIALECT)}) AS _t "
+               "JOIN _sidx ON _t._sid = _sidx.sample_id")
+        cur = self.con.cursor()
+        try:
+            if "genotypes" in fragment.tables:
+                vidx = self.variant_selection(fragment, cur)
+                if not plan.genotype_values:
+                    vidx = vidx[:1]  # who is counted does not depend on which variant
+                elif len(vidx) * self.store.manifest.n_samples > self.max_genotype_cells:
+                    raise FragmentError("the query's sample set depends on genotype values over more variants than this node's "
+                                        "row-wise limit; restrict the variants with a WHERE on chrom, pos or variant_id")
+                cur.register("_g", genotype_rows(self.store.planes, vidx, self.store.manifest.n_samples))
+                cur.execute(GENOTYPES_VIEW)
+            t = cur.sql(sql).to_arrow_table()
+        except duckdb.Error as e:
+            raise FragmentError(f"the node could not compute the query's sample set: {_first_line(e)}") from None
+        finally:
+            cur.close()
+        sidx_all = t.column("_sidx").to_numpy().astype(np.int64)
+        if not plan.keys:
+            return SampleSets([], [()], [np.unique(sidx_all)], plan.base)
+        grouped = t.select([*plan.keys, "_sidx"]).group_by(plan.keys, use_threads=False).aggregate([("_sidx", "list")])
+        cells = list(zip(*[grouped.column(k).to_pylist() for k in plan.keys], strict=True))
+        members = [np.unique(np.asarray(m, np.int64)) for m in grouped.column("_sidx_list").to_pylist()]
+        return SampleSets(plan.keys, cells, members, plan.base, plan.key_sql)
 
     def variant_selection(self, fragment: Fragment, cur: duckdb.DuckDBPyConnection | None = None) -> np.ndarray:
         """Variant rows (vidx) the fragment's genotype references can touch, from its WHERE clauses."""
