@@ -47,18 +47,20 @@ class FlightTransport:
         except flight.FlightError as e:
             raise self._error(e) from None
 
-    def run_fragment(self, sql: str, query_id: str, timeout: float) -> pa.Table:
-        """A plain-mode fragment: the node's partial table itself."""
+    def run_fragment(self, sql: str, query_id: str, timeout: float, dp: dict[str, Any] | None = None) -> pa.Table:
+        """A plain-mode fragment: the node's partial table itself (noised by the node when ``dp``
+        asks for it or its policy requires it)."""
         try:
-            reader = self._client.do_get(flight.Ticket(P.fragment_ticket(sql, query_id)), self._options(timeout))
+            ticket = P.fragment_ticket(sql, query_id, **({P.KEY_DP: dp} if dp else {}))
+            reader = self._client.do_get(flight.Ticket(ticket), self._options(timeout))
             return reader.read_all()
         except flight.FlightError as e:
             raise self._error(e) from None
 
-    def run_he(self, sql: str, query_id: str, key_id: str, timeout: float) -> pa.Table:
+    def run_he(self, sql: str, query_id: str, key_id: str, timeout: float, dp: dict[str, Any] | None = None) -> pa.Table:
         """An HE-mode fragment: the node's lanes as ciphertexts (schema metadata: layout, groups)."""
         try:
-            ticket = P.fragment_ticket(sql, query_id, "he", key_id=key_id, timeout=timeout)
+            ticket = P.fragment_ticket(sql, query_id, "he", key_id=key_id, timeout=timeout, **({P.KEY_DP: dp} if dp else {}))
             return self._client.do_get(flight.Ticket(ticket), self._options(timeout + 10.0)).read_all()
         except flight.FlightError as e:
             raise self._error(e) from None

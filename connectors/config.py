@@ -16,10 +16,18 @@ Example::
     min_controls = 5           # ... and fewest controls
     glm_max_param_ratio = 0.33 # model parameters ≤ ratio × this node's samples (DataSHIELD nfilter.glm)
     hidden_columns = ["phenotypes.zip", "samples.family_id"]   # never queryable, not in the catalog
+    differencing = true        # refuse releases whose samples differ from an earlier one by < min_count
+    quasi_identifiers = ["phenotypes.zip", "phenotypes.birth_date", "samples.sex"]  # k-anonymous at this node
+    rate_limit_per_minute = 600   # requests per researcher (0: unlimited); roles may set their own
+
+    [roles.genetics]           # optional: what researchers with this role may read
+    tables = ["samples", "variants", "genotypes"]   # "*" (the default) is every table
+    rate_limit_per_minute = 120
 
     [[researchers]]
     name = "alice"
     token_sha256 = "<sha256 hex of alice's token>"
+    roles = ["genetics"]       # optional; without roles a researcher may read every table
 
     [keyholder]                # needed for combine = "he" only
     location = "grpc://keys.example.org:8815"   # or port_file = "..." for local federations
@@ -34,6 +42,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tomllib
@@ -81,9 +90,19 @@ def load_toml(path: Path, what: str) -> dict[str, Any]:
 
 
 @dataclass
+class Role:
+    """What researchers holding a role may do at this node."""
+
+    name: str
+    tables: list[str] = field(default_factory=lambda: ["*"])
+    rate_limit_per_minute: int | None = None
+
+
+@dataclass
 class Researcher:
     name: str
     token_sha256: str
+    roles: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -100,15 +119,57 @@ class NodeConfig:
     min_controls: int = 5
     glm_max_param_ratio: float = 0.33
     hidden_columns: list[str] = field(default_factory=list)  # "table.column": not queryable, not in the catalog
+    differencing: bool = True  # the tracker defence (privacy/tracker.py)
+    state: str = ""  # [node] state: directory of the node's privacy state (tracker, ledger); default state/ next to node.toml
+    quasi_identifiers: list[str] = field(default_factory=list)  # "table.column": groups keyed on them are k-anonymous here
+    rate_limit_per_minute: int = 600  # per researcher; 0 is unlimited
+    roles: dict[str, Role] = field(default_factory=dict)
+    dp: Any = None  # [dp]: genofed.privacy.dpnode.DPPolicy (defaults when absent)
+    risk: Any = None  # [risk]: genofed.privacy.membership.RiskPolicy (defaults when absent)
     researchers: list[Researcher] = field(default_factory=list)
     keyholder: dict[str, str] = field(default_factory=dict)
     audit: str = ""  # [audit] path
     tls: dict[str, str] = field(default_factory=dict)  # [tls] cert, key, client_ca (read relative to node.toml)
     path: Path | None = None
 
+    def __post_init__(self) -> None:
+        if self.dp is None:
+            from genofed.privacy.dpnode import DPPolicy
+
+            self.dp = DPPolicy()
+        if self.risk is None:
+            from genofed.privacy.membership import RiskPolicy
+
+            self.risk = RiskPolicy()
+
     def model_policy(self) -> dict[str, float]:
         """The model-disclosure rules this node announces to coordinators (and enforces itself)."""
         return {"min_cases": self.min_cases, "min_controls": self.min_controls, "glm_max_param_ratio": self.glm_max_param_ratio}
+
+    def researcher(self, name: str) -> Researcher | None:
+        return next((r for r in self.researchers if r.name == name), None)
+
+    def allowed_tables(self, name: str) -> set[str] | None:
+        """Tables a researcher may read (None: every table)."""
+        r = self.researcher(name)
+        if r is None or not r.roles:
+            return None
+        tables: set[str] = set()
+        for role in r.roles:
+            if "*" in self.roles[role].tables:
+                return None
+            tables |= {t.lower() for t in self.roles[role].tables}
+        return tables
+
+    def rate_limit(self, name: str) -> int:
+        """Requests per minute a researcher may make (0: unlimited): the most generous of their
+        roles' limits, else the policy's."""
+        r = self.researcher(name)
+        limits = [self.roles[x].rate_limit_per_minute for x in (r.roles if r else [])]
+        own = [x for x in limits if x is not None]
+        if not own:
+            return self.rate_limit_per_minute
+        return 0 if 0 in own else max(own)
 
     def audit_path(self) -> Path | None:
         """Where this node appends its hash-chained audit log: ``[audit] path`` (relative to
@@ -117,6 +178,15 @@ class NodeConfig:
             p = Path(self.audit)
             return p if p.is_absolute() or self.path is None else self.path.parent / p
         return self.path.parent / "audit.log" if self.path is not None else None
+
+    def state_path(self) -> Path | None:
+        """Directory of the node's privacy state (released sample sets, DP ledger, release
+        cache): ``[node] state`` relative to node.toml, by default ``state/`` next to it; None
+        (kept in memory) for a config without a file."""
+        if self.state:
+            p = Path(self.state)
+            return p if p.is_absolute() or self.path is None else self.path.parent / p
+        return self.path.parent / "state" if self.path is not None else None
 
     def keyholder_location(self) -> str:
         """Where this node's key holder listens; raises :class:`ConfigError` if none is set."""
@@ -164,7 +234,7 @@ class NodeConfig:
             raise ConfigError(f"{where}: a [node] table with name = \"...\" is required")
         policy = data.get("policy", {})
         known = {"min_count", "allow_min_max", "allow_plain", "max_genotype_cells", "min_cases", "min_controls", "glm_max_param_ratio",
-                 "hidden_columns"}
+                 "hidden_columns", "differencing", "quasi_identifiers", "rate_limit_per_minute"}
         unknown = set(policy) - known
         if unknown:
             raise ConfigError(f"{where}: unknown [policy] keys {sorted(unknown)}; known: {sorted(known)}")
@@ -183,11 +253,54 @@ class NodeConfig:
             raise ConfigError(f"{where}: [policy] hidden_columns must be a list of \"table.column\" strings, got {hidden!r}")
         if any(h.split(".")[1] == "sample_id" for h in hidden):
             raise ConfigError(f"{where}: [policy] hidden_columns cannot hide sample_id (it joins the tables; it is never released anyway)")
+        qis = policy.get("quasi_identifiers", [])
+        if not isinstance(qis, list) or not all(isinstance(h, str) and h.count(".") == 1 for h in qis):
+            raise ConfigError(f"{where}: [policy] quasi_identifiers must be a list of \"table.column\" strings, got {qis!r}")
+        rate = policy.get("rate_limit_per_minute", 600)
+        if not isinstance(rate, int) or isinstance(rate, bool) or rate < 0:
+            raise ConfigError(f"{where}: [policy] rate_limit_per_minute must be an integer ≥ 0 (0 is unlimited), got {rate!r}")
+        roles: dict[str, Role] = {}
+        raw_roles = data.get("roles", {})
+        if not isinstance(raw_roles, dict):
+            raise ConfigError(f"{where}: [roles] must be tables like [roles.genetics]")
+        for rname, body in raw_roles.items():
+            if not isinstance(body, dict):
+                raise ConfigError(f"{where}: [roles.{rname}] must be a table")
+            extra = set(body) - {"tables", "rate_limit_per_minute"}
+            if extra:
+                raise ConfigError(f"{where}: [roles.{rname}] unknown keys {sorted(extra)}; known: ['rate_limit_per_minute', 'tables']")
+            tables = body.get("tables", ["*"])
+            if not isinstance(tables, list) or not all(isinstance(t, str) and t for t in tables):
+                raise ConfigError(f"{where}: [roles.{rname}] tables must be a list of table names (or [\"*\"]), got {tables!r}")
+            rl = body.get("rate_limit_per_minute")
+            if rl is not None and (not isinstance(rl, int) or isinstance(rl, bool) or rl < 0):
+                raise ConfigError(f"{where}: [roles.{rname}] rate_limit_per_minute must be an integer ≥ 0, got {rl!r}")
+            roles[rname] = Role(rname, list(tables), rl)
+        from genofed.privacy.dpnode import DPPolicy
+
+        raw_dp = data.get("dp", {})
+        if not isinstance(raw_dp, dict):
+            raise ConfigError(f"{where}: [dp] must be a table")
+        dp_policy = DPPolicy.from_dict(raw_dp, where)
+        from genofed.privacy.membership import RiskPolicy
+
+        raw_risk = data.get("risk", {})
+        if not isinstance(raw_risk, dict):
+            raise ConfigError(f"{where}: [risk] must be a table")
+        risk_policy = RiskPolicy.from_dict(raw_risk, where)
         researchers = []
         for i, r in enumerate(data.get("researchers", [])):
             if "name" not in r or "token_sha256" not in r:
                 raise ConfigError(f"{where}: [[researchers]] entry {i + 1} needs name and token_sha256")
-            researchers.append(Researcher(r["name"], r["token_sha256"].lower()))
+            tok = str(r["token_sha256"]).lower()
+            if len(tok) != 64 or any(c not in "0123456789abcdef" for c in tok):
+                raise ConfigError(f"{where}: [[researchers]] {r['name']!r}: token_sha256 must be 64 hex digits (the sha256 of the token: "
+                                  "printf %s TOKEN | sha256sum); never put the token itself in node.toml")
+            rr = r.get("roles", [])
+            if not isinstance(rr, list) or any(x not in roles for x in rr):
+                raise ConfigError(f"{where}: [[researchers]] {r['name']!r}: roles must name [roles.*] tables defined in this file "
+                                  f"(defined: {sorted(roles)}), got {rr!r}")
+            researchers.append(Researcher(r["name"], tok, list(rr)))
         if not researchers:
             raise ConfigError(f"{where}: no [[researchers]]: nobody could query this node; add one with a token_sha256")
         keyholder = data.get("keyholder", {})
@@ -213,6 +326,13 @@ class NodeConfig:
             min_controls=int(policy.get("min_controls", 5)),
             glm_max_param_ratio=float(ratio),
             hidden_columns=[h.lower() for h in hidden],
+            differencing=bool(policy.get("differencing", True)),
+            quasi_identifiers=[h.lower() for h in qis],
+            rate_limit_per_minute=rate,
+            roles=roles,
+            dp=dp_policy,
+            risk=risk_policy,
+            state=str(node.get("state", "")),
             researchers=researchers,
             keyholder={k: str(v) for k, v in keyholder.items()},
             audit=str((data.get("audit") or {}).get("path", "")),
@@ -222,7 +342,8 @@ class NodeConfig:
 
     def to_toml(self) -> dict[str, Any]:
         return {
-            "node": {"name": self.name, "store": str(self.store), "backend": self.backend, "mpc_host": self.mpc_host},
+            "node": {"name": self.name, "store": str(self.store), "backend": self.backend, "mpc_host": self.mpc_host,
+                     **({"state": self.state} if self.state else {})},
             "policy": {
                 "min_count": self.min_count,
                 "allow_min_max": self.allow_min_max,
@@ -232,8 +353,17 @@ class NodeConfig:
                 "min_controls": self.min_controls,
                 "glm_max_param_ratio": self.glm_max_param_ratio,
                 **({"hidden_columns": list(self.hidden_columns)} if self.hidden_columns else {}),
+                "differencing": self.differencing,
+                "rate_limit_per_minute": self.rate_limit_per_minute,
+                **({"quasi_identifiers": list(self.quasi_identifiers)} if self.quasi_identifiers else {}),
             },
-            "researchers": [{"name": r.name, "token_sha256": r.token_sha256} for r in self.researchers],
+            **({"roles": {r.name: {"tables": r.tables, **({"rate_limit_per_minute": r.rate_limit_per_minute}
+                                                           if r.rate_limit_per_minute is not None else {})}
+                          for r in self.roles.values()}} if self.roles else {}),
+            **({"risk": dataclasses.asdict(self.risk)} if self.risk is not None and self.risk != type(self.risk)() else {}),
+            **({"dp": self.dp.to_dict()} if self.dp is not None and self.dp.to_dict() != type(self.dp)().to_dict() else {}),
+            "researchers": [{"name": r.name, "token_sha256": r.token_sha256, **({"roles": r.roles} if r.roles else {})}
+                            for r in self.researchers],
             **({"keyholder": dict(self.keyholder)} if self.keyholder else {}),
             **({"audit": {"path": self.audit}} if self.audit else {}),
             **({"tls": dict(self.tls)} if self.tls else {}),

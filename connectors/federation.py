@@ -367,3 +367,22 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def history_gates_off(root: str | os.PathLike[str]) -> None:
+    """Switch off the history-based release gates at every node of a local federation: the
+    differencing defence and the re-identification gate (membership risk, beacon budget).
+
+    For sandboxes that run many overlapping whole-genome queries as one researcher (the demo,
+    arithmetic tests); never for a node holding real people's data. The minimum count, roles,
+    hidden and quasi-identifier columns, DP and the audit log stay on.
+    """
+    import tomllib
+
+    fed = FederationConfig.load(Path(root))
+    for n in fed.nodes:
+        p = fed.root / n.config
+        node = tomllib.loads(p.read_text())
+        node.setdefault("policy", {})["differencing"] = False
+        node["risk"] = {"max_membership_power": 1.0, "beacon_cap": 1.0}
+        p.write_text(tomli_w.dumps(node))

@@ -9,21 +9,27 @@ minimum-count rule, and streamed back as Arrow. Errors cross the wire as a code 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import signal
 import sys
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
+from sqlglot import exp
 
 from genofed.engine import protocol as P
 from genofed.engine.backends.base import Backend
 from genofed.engine.combine import narrow_integers
 from genofed.engine.errors import DisclosureError, FragmentError, GenofedError, NodeError
 from genofed.engine.fragment import validate_fragment
+from genofed.engine.protocol import SUPPRESSED_COLUMN
 from genofed.engine.schema import Catalog
 from genofed.genomics.store import NodeStore
 from genofed.privacy.disclosure import apply_min_count
@@ -92,6 +98,8 @@ class NodeServer(flight.FlightServerBase):
         # for the server's lifetime: repeated fragments are validated once
         self._validate = functools.lru_cache(maxsize=256)(self._validate_uncached)
         self._mpc: Any = None  # NodeSessions, created on the first MPC query
+        self._rate_lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}  # researcher -> (tokens, last refill)
         self._kh: Any = None  # KeyHolderClient, created on the first HE query
         from genofed.privacy.secure.mpc import prewarm
 
@@ -118,6 +126,66 @@ class NodeServer(flight.FlightServerBase):
         if is_analysis(sql):
             return validate_analysis(sql, self.catalog, self.config)
         return self._validate(sql)
+
+    def _admit(self, researcher: str, sql: str | None, qid: Any) -> None:
+        """The researcher's rate limit (a token bucket of ``rate_limit_per_minute``, refilled
+        continuously); refusals are audited."""
+        limit = self.config.rate_limit(researcher)
+        if not limit:
+            return
+        now = time.monotonic()
+        with self._rate_lock:
+            tokens, last = self._buckets.get(researcher, (float(limit), now))
+            tokens = min(float(limit), tokens + (now - last) * limit / 60.0)
+            ok = tokens >= 1.0
+            self._buckets[researcher] = (tokens - 1.0 if ok else tokens, now)
+        if not ok:
+            self._record("refused", researcher, sql, query_id=qid, decision="refused", rule="rate_limit")
+            raise flight.FlightServerError(P.encode_error(
+                P.CODE_RATE_LIMITED, f"more than {limit} requests per minute from you at this node; wait a few seconds and retry"))
+
+    def _authorize(self, frag: Any, researcher: str, sql: str, qid: Any) -> None:
+        """Refuse a fragment reading a table outside the researcher's roles (audited)."""
+        allowed = self.config.allowed_tables(researcher)
+        if allowed is None:
+            return
+        known = set(self.catalog.tables) | {"genotypes"}
+        reads = {t.lower() for t in frag.tables if t in known}
+        if getattr(frag, "fn", None):  # analyses read genotypes and variants
+            reads |= {"genotypes", "variants"}
+        denied = sorted(reads - allowed)
+        if denied:
+            self._record("refused", researcher, sql, query_id=qid, decision="refused", rule="access")
+            raise flight.FlightServerError(P.encode_error(
+                P.CODE_FORBIDDEN, f"your roles at this node do not allow reading {', '.join(denied)}; ask the data steward"))
+
+    def _quasi_identified(self, frag: Any) -> bool:
+        """Whether a fragment reads a quasi-identifier column (its groups must be k-anonymous here)."""
+        if not self.config.quasi_identifiers or not hasattr(frag, "select"):
+            return False
+        from genofed.engine.samplesets import referenced_columns
+
+        return bool(referenced_columns(frag.select) & set(self.config.quasi_identifiers))
+
+    def _k_anonymous(self, frag: Any, table: pa.Table) -> tuple[pa.Table, int]:
+        """Groups of a quasi-identifier fragment with fewer than min_count samples leave this node
+        not even as keys (so nobody learns that someone with those values is here); a global
+        aggregate over fewer than min_count samples, none included, is withheld. Returns the
+        table and the number of groups withheld."""
+        import pyarrow.compute as pc
+
+        from genofed.engine.protocol import N_COLUMN
+
+        n = pc.fill_null(table.column(N_COLUMN), 0)
+        if frag.keys:
+            small = pc.less(n, self.config.min_count)
+            dropped = int(pc.sum(pc.cast(small, pa.int64())).as_py() or 0)
+            return table.filter(pc.invert(small)), dropped
+        if table.num_rows and n[0].as_py() < self.config.min_count:
+            cols = {c: pa.nulls(table.num_rows, table.schema.field(c).type) if c in frag.partials or c == N_COLUMN else table.column(c)
+                    for c in table.column_names}
+            return pa.table(cols, schema=table.schema), 1
+        return table, 0
 
     def _researcher(self, context) -> str:
         mw = context.get_middleware("auth")
@@ -153,6 +221,9 @@ class NodeServer(flight.FlightServerBase):
             yield flight.Result(b"ok")
         elif kind == P.ACTION_CATALOG:
             body = self._visible(dict(self.backend.catalog()))
+            allowed = self.config.allowed_tables(self._researcher(context))
+            if allowed is not None:  # a researcher sees only the tables their roles may read
+                body["tables"] = {t: c for t, c in body["tables"].items() if t.lower() in allowed}
             body["node"] = self.config.name
             body["min_count"] = self.config.min_count
             body["allow_plain"] = self.config.allow_plain
@@ -190,7 +261,12 @@ class NodeServer(flight.FlightServerBase):
             sql = body.get(P.KEY_SQL)
             if not isinstance(sql, str):
                 raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, "mpc_prepare needs the fragment sql"))
-            frag, table = self._run(sql, qid, researcher)
+            self._admit(researcher, sql, qid)
+            frag, table, notes = self._run(sql, qid, researcher, "mpc", body.get(P.KEY_DP))
+            if self._quasi_identified(frag) and frag.keys:
+                table, withheld = self._k_anonymous(frag, table)
+                if withheld:
+                    notes["k_anonymity"] = {"withheld_groups": withheld}
             try:
                 from genofed.privacy.secure.layout import lane_hints
 
@@ -200,7 +276,7 @@ class NodeServer(flight.FlightServerBase):
             except GenofedError as e:
                 raise flight.FlightServerError(P.encode_error("mpc", str(e))) from None
             log.info("query %s for %s: MPC party ready with %d groups", qid, researcher, table.num_rows)
-            return addr
+            return {**addr, **({"notes": notes} if notes else {})}
         try:
             sent = self._sessions().run(qid, body, self.config.name, self.config.min_count)
         except NodeError as e:
@@ -219,7 +295,12 @@ class NodeServer(flight.FlightServerBase):
 
         qid = str(req.get(P.KEY_QUERY_ID, "?"))
         timeout = float(req.get("timeout", 60.0))
-        frag, table = self._run(req[P.KEY_SQL], qid, researcher)
+        self._admit(researcher, req[P.KEY_SQL], qid)
+        frag, table, notes = self._run(req[P.KEY_SQL], qid, researcher, "he", req.get(P.KEY_DP))
+        if self._quasi_identified(frag) and frag.keys:
+            table, withheld = self._k_anonymous(frag, table)
+            if withheld:
+                notes["k_anonymity"] = {"withheld_groups": withheld}
         try:
             kh = self._keyholder()
             keys = kh.public_keys()
@@ -238,7 +319,8 @@ class NodeServer(flight.FlightServerBase):
             raise flight.FlightServerError(P.encode_error("he", str(e))) from None
         self._record("release", researcher, req[P.KEY_SQL], query_id=qid, combine="he", decision="encrypted", groups=g)
         meta = {b"genofed.node": self.config.name.encode(), b"genofed.key_id": keys.key_id.encode(),
-                b"genofed.groups": str(g).encode(), b"genofed.layout": json.dumps(layout.to_json()).encode()}
+                b"genofed.groups": str(g).encode(), b"genofed.layout": json.dumps(layout.to_json()).encode(),
+                **({P.META_NOTES: json.dumps(notes).encode()} if notes else {})}
         log.info("query %s for %s: %d groups encrypted as %d ciphertexts", qid, researcher, g, cts.num_rows)
         return cts.replace_schema_metadata(meta)
 
@@ -250,17 +332,184 @@ class NodeServer(flight.FlightServerBase):
             self._kh = KeyHolderClient(loc, self.config.keyholder["token"], tls=self.config.keyholder_tls())
         return self._kh
 
-    def _run(self, sql: str, qid: str, researcher: str):
-        """Validate and execute a fragment, translating errors to wire errors. No suppression:
-        callers apply the rule their combine mode needs."""
+    @functools.cached_property
+    def tracker(self) -> Any:
+        """The sample sets released to each researcher (differencing defence)."""
+        from genofed.privacy.tracker import SampleTracker
+
+        state = self.config.state_path()
+        return SampleTracker(state / "tracker.sqlite" if state is not None else None, self.backend.store.manifest.n_samples)
+
+    def _guard(self, frag: Any, researcher: str, mode: str, sets: Any = False) -> dict[str, Any] | None:
+        """The release gates that depend on who is counted: the differencing defence (refuse a
+        release whose sample sets are too close to sets released to the same researcher before)
+        and the genomic re-identification gate (membership risk of per-variant statistics, the
+        beacon budget). Both depend on sample sets, variants and history only, never on the
+        values being released. Returns the risk score for provenance (or None)."""
+        differencing = self.config.differencing and self.config.min_count > 1
+        # with min_count 1 the steward releases groups of one person: nothing left to protect
+        genomic = _genomic_release(frag) if self.config.min_count > 1 else None
+        if not differencing and genomic is None:
+            return None
+        if sets is False:
+            sets = self.backend.sample_sets(frag)
+        if sets is None:
+            return None
+        k = self.config.min_count
+        secure = mode != "plain"
+        sizes = [len(m) for m in sets.members]
+        # plain: cells below the minimum count are suppressed here (not released); a global
+        # aggregate over nobody is released as zero. secure: the node's own counts are not
+        # released, but every non-empty cell enters the federation-wide sums.
+        keep = [(s > 0) if secure else (s >= k or (s == 0 and not sets.keys)) for s in sizes]
+        if differencing:
+            from genofed.privacy.tracker import Candidate
+
+            cands = [Candidate(m, sets.definition(i), released=not secure) for i, m in enumerate(sets.members) if keep[i]]
+            if len(sets.members) > 1:
+                chosen = [m for m, ok in zip(sets.members, keep, strict=True) if ok]
+                union = np.unique(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+                marker = [] if all(keep) else ["released cells of " + ", ".join(sets.key_sql[k_] for k_ in sets.keys)]
+                cands.append(Candidate(union, sets.base + marker, released=not secure))
+            self.tracker.check_and_record(researcher, cands, k)
+        if genomic is None:
+            return None
+        vidx = self.backend.variant_selection(frag)
+        if genomic == "frequencies":
+            cohorts = [m for m, ok in zip(sets.members, keep, strict=True) if ok and len(m)]
+            return self.membership.check_frequencies(researcher, cohorts, vidx)
+        # presence: each selected variant is a beacon question, charged its worst case
+        from genofed.privacy.reid import conservative_frequencies
+
+        ac, an = self._allele_counts(vidx)
+        freqs = conservative_frequencies(ac, an)
+        return self.membership.check_beacon(researcher, freqs, np.ones(len(vidx), bool), self.backend.store.manifest.n_samples)
+
+    def _allele_counts(self, vidx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """This node's alternate allele counts and allele numbers at store variant rows."""
+        from genofed.genomics.kernels import group_counts
+        from genofed.genomics.store import pack_mask
+
+        store = self.backend.store
+        n = store.manifest.n_samples
+        vs = np.sort(np.asarray(vidx, np.int64))
+        if not len(vs):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        masks = pack_mask(np.arange(n, dtype=np.int64), n)[None, :]
+        c = group_counts(store.planes, vs, masks, ("alt1", "alt2", "called", "diploid"), complete=store.complete)
+        return (c["alt1"] + c["alt2"])[:, 0].astype(np.int64), (c["called"] + c["diploid"])[:, 0].astype(np.int64)
+
+    @functools.cached_property
+    def membership(self) -> Any:
+        """Released variants per researcher and cohort, and beacon budgets (re-identification gate)."""
+        from genofed.privacy.membership import MembershipGate
+
+        state = self.config.state_path()
+        return MembershipGate(state / "risk.sqlite" if state is not None else None, self.backend.store.manifest.n_variants, self.config.risk)
+
+    @functools.cached_property
+    def ledger(self) -> Any:
+        """The per-researcher privacy budget ledger and release cache (SQLite, in the state dir)."""
+        import tempfile
+
+        from genofed.privacy.ledger import Ledger
+
+        state = self.config.state_path()
+        if state is None:
+            state = Path(tempfile.mkdtemp(prefix="genofed-state-"))
+        state.mkdir(parents=True, exist_ok=True)
+        return Ledger(state / "ledger.sqlite")
+
+    @functools.cached_property
+    def _clinical_multiplicity(self) -> dict[str, int]:
+        """The most rows one sample has in each clinical table (bounds a sample's rows under DP)."""
+        out = {}
+        for t in self.backend.store.manifest.clinical:
+            rows = self.backend.con.sql(f'SELECT max(c) FROM (SELECT count(*) AS c FROM "{t}" GROUP BY sample_id)').fetchall()
+            out[t] = int(rows[0][0] or 1)
+        return out
+
+    def _dp_execute(self, frag: Any, sql: str, qid: str, researcher: str, mode: str, mech: Any) -> tuple[pa.Table, dict[str, Any]]:
+        """A noised release: served from the release cache when this researcher asked exactly this
+        before (so noise cannot be averaged away), else charged to their budget, then noised."""
+        from genofed.privacy.audit import fragment_digest
+        from genofed.privacy.dpnode import noise_table, plan_dp
+        from genofed.privacy.ledger import release_key
+
+        vidx = self.backend.variant_selection(frag) if "genotypes" in getattr(frag, "tables", set()) else None
+        plan = plan_dp(frag, self.config.dp, None if vidx is None else len(vidx), self._clinical_multiplicity)
+        sets = self.backend.sample_sets(frag)
+        key = release_key(*self._release_identity(frag, sql, sets, vidx), mode, mech, l1=plan.l1, l2=plan.l2,
+                          data=self.backend.catalog().get("variants_digest"))
+        cached = self.ledger.cache.get(researcher, key)
+        if cached is not None:
+            return cached, {"cached": True, **json.loads((cached.schema.metadata or {}).get(b"genofed.dp", b"{}"))}
+        table = self.backend.execute(plan.fragment)
+        risk = self._guard(frag, researcher, mode, sets)
+        pol = self.config.dp
+        decision = self.ledger.charge_or_cached(researcher, str(qid), fragment_digest(sql), key, mech.epsilon, mech.delta,
+                                                pol.budget_epsilon, pol.budget_delta)
+        if decision.hit:
+            return decision.cached, {"cached": True}
+        noisy, prov = noise_table(table, frag, mech, plan)
+        prov = {**prov, "remaining_epsilon": decision.charge.remaining_epsilon, **({"membership_risk": risk} if risk else {})}
+        noisy = noisy.replace_schema_metadata({b"genofed.dp": json.dumps(prov).encode()})
+        noisy = self.ledger.put(researcher, key, noisy)  # a racing identical query may have stored first: release that one
+        return noisy, json.loads((noisy.schema.metadata or {}).get(b"genofed.dp", b"{}")) or prov
+
+    def _release_identity(self, frag: Any, sql: str, sets: Any, vidx: np.ndarray | None) -> tuple[str]:
+        """What a noisy release is cached under. When every table read has at most one row per
+        sample and no condition reads genotype values, the answer depends only on the aggregates,
+        the group keys, the samples in each group and the variants: near-duplicate predicates
+        selecting the same people (``age >= 40`` vs ``age > 39.99``) then get the same cached noisy
+        answer, so they cannot be averaged either. Otherwise the fragment text is the identity."""
+        from genofed.engine.samplesets import plan_sample_sets
+
+        if sets is None or not hasattr(frag, "select"):
+            return (sql,)
+        names = {t.name for t in frag.select.find_all(exp.Table)}
+        plan = plan_sample_sets(frag.select, list(frag.keys), frag.sample_id)
+        if plan is None or plan.genotype_values or any(self._clinical_multiplicity.get(t, 1) > 1 for t in names):
+            return (sql,)
+        shape = frag.select.copy()
+        shape.set("where", None)
+        digest = hashlib.sha256()
+        digest.update(shape.sql().encode())
+        cells = sorted((json.dumps(list(cell), default=str), np.sort(np.asarray(m, np.int64)).tobytes())
+                       for cell, m in zip(sets.cells, sets.members, strict=True))
+        for cell_key, members in cells:  # in a fixed order: DuckDB returns groups in any order
+            digest.update(cell_key.encode())
+            digest.update(members)
+        if vidx is not None:
+            digest.update(np.asarray(vidx, np.int64).tobytes())
+        return ("who:" + digest.hexdigest(),)
+
+    def _run(self, sql: str, qid: str, researcher: str, mode: str = "plain", dp: Any = None):
+        """Validate and execute a fragment, translating errors to wire errors; the differencing
+        defence runs before anything leaves, and differential privacy noise (when asked for or
+        required) is added here, before any combine mode. No suppression: callers apply the rule
+        their combine mode needs. Returns the fragment, the table and the DP provenance (or None)."""
         try:
             frag = self._validate_any(sql)
-            table = self.backend.execute(frag)
+            self._authorize(frag, researcher, sql, qid)
+            mech = self.config.dp.mechanism_for(dp)
+            notes: dict[str, Any] = {}
+            if mech is not None:
+                table, notes["dp"] = self._dp_execute(frag, sql, qid, researcher, mode, mech)
+                if "membership_risk" in notes["dp"]:
+                    notes["risk"] = notes["dp"].pop("membership_risk")
+            else:
+                table = self.backend.execute(frag)
+                risk = self._guard(frag, researcher, mode)
+                if risk:
+                    notes["risk"] = risk
             if getattr(frag, "fn", None) == "pca" and frag.round == "project":
                 # the node now keeps the scores as a table: researchers can use them as covariates
                 self.catalog = Catalog.merge({self.config.name: self._visible(self.backend.catalog())})
                 self._validate.cache_clear()
-            return frag, table
+            return frag, table, notes
+        except flight.FlightError:
+            raise  # already a wire error (access), already audited
         except DisclosureError as e:
             log.info("refused query %s for %s: %s", qid, researcher, e.rule)
             self._record("refused", researcher, sql, query_id=qid, decision="refused", rule=e.rule)
@@ -296,12 +545,25 @@ class NodeServer(flight.FlightServerBase):
                 P.CODE_POLICY,
                 "this node's policy does not allow combine='plain' (the coordinator would see this node's partials); use combine='mpc' or 'he'",
             ))
-        frag, table = self._run(req[P.KEY_SQL], req.get(P.KEY_QUERY_ID, "?"), researcher)
+        self._admit(researcher, req[P.KEY_SQL], req.get(P.KEY_QUERY_ID))
+        frag, table, notes = self._run(req[P.KEY_SQL], req.get(P.KEY_QUERY_ID, "?"), researcher, "plain", req.get(P.KEY_DP))
         table, n_suppressed = apply_min_count(narrow_integers(table), self.config.min_count, frag.partials)
+        if self._quasi_identified(frag):
+            table, withheld = self._k_anonymous(frag, table)
+            if withheld and frag.keys:
+                notes["k_anonymity"] = {"withheld_groups": withheld}
+            n_suppressed = withheld if not frag.keys else n_suppressed - withheld
+            if not frag.keys and withheld:
+                import pyarrow.compute as pc
+
+                table = table.set_column(table.column_names.index(SUPPRESSED_COLUMN), SUPPRESSED_COLUMN, pc.cast(pa.array([True] * table.num_rows), pa.bool_()))
         meta = {
             P.META_NODE: self.config.name.encode(),
             P.META_SUPPRESSED: str(n_suppressed).encode(),
             P.META_MIN_COUNT: str(self.config.min_count).encode(),
+            **({P.META_DP: json.dumps(notes["dp"]).encode()} if notes.get("dp") else {}),
+            **({P.META_RISK: json.dumps(notes["risk"]).encode()} if notes.get("risk") else {}),
+            **({P.META_NOTES: json.dumps(notes).encode()} if notes.get("k_anonymity") else {}),
         }
         table = table.replace_schema_metadata(meta)
         self._record("release", researcher, req[P.KEY_SQL], query_id=req.get(P.KEY_QUERY_ID), combine="plain", decision="released",
@@ -343,3 +605,33 @@ def serve(config: NodeConfig, host: str = "127.0.0.1", port: int = 0, ready: Any
     finally:
         if server._mpc is not None:
             server._mpc.close()
+
+
+_ALLELE_LEVEL = {"allele_count", "het_count", "hom_alt_count", "hom_ref_count", "hom_alt_diploid_count"}
+
+
+def _genomic_release(frag: Any) -> str | None:
+    """'frequencies' for per-variant allele statistics of a cohort, 'presence' for beacon-style
+    questions (who carries an allele, counted per variant), else None."""
+    if not hasattr(frag, "select") or "genotypes" not in frag.tables:
+        return None
+    from sqlglot import exp
+
+    sel = frag.select
+    bodies = {p.alias_or_name: p.unalias() for p in sel.expressions}
+    per_variant = any(isinstance(bodies[k], exp.Column) and bodies[k].name in ("variant_id", "pos") for k in frag.keys)
+    where = sel.args.get("where")
+    g_aliases = {t.alias_or_name for t in sel.find_all(exp.Table) if t.name == "genotypes"}
+    on_values = where is not None and any(c.table in g_aliases and c.name in ("dosage", "phased", "ploidy")
+                                          for c in where.find_all(exp.Column))
+    if on_values and not any(s is not sel for s in sel.find_all(exp.Select)) and all(isinstance(bodies[p], exp.Count) for p in frag.partials):
+        return "presence"  # who carries an allele, counted: a beacon question per selected variant
+
+    def allele_level(b: exp.Expression) -> bool:
+        if isinstance(b, exp.Anonymous):
+            return b.name.lower() in _ALLELE_LEVEL
+        return isinstance(b, exp.Sum) and any(isinstance(c, exp.Column) and c.name == "dosage" for c in b.find_all(exp.Column))
+
+    if per_variant and any(allele_level(bodies[p]) for p in frag.partials):
+        return "frequencies"
+    return None

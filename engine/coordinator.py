@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from .combine import PlainCombiner, check_mode, narrow_integers
 from .errors import GenofedError, NodeError, PlanningError
 from .planner import COMBINED, Plan, plan_query
-from .protocol import N_COLUMN, SUPPRESSED_COLUMN, ipc_size
+from .protocol import META_DP, META_NOTES, META_RISK, N_COLUMN, SUPPRESSED_COLUMN, ipc_size
 from .schema import Catalog
 from .sqlcheck import parse
 
@@ -28,7 +28,7 @@ class Transport(Protocol):
 
     def catalog(self, timeout: float = ...) -> dict[str, Any]: ...
 
-    def run_fragment(self, sql: str, query_id: str, timeout: float) -> pa.Table: ...
+    def run_fragment(self, sql: str, query_id: str, timeout: float, dp: dict[str, Any] | None = None) -> pa.Table: ...
 
     def action(self, kind: str, body: dict[str, Any], timeout: float) -> dict[str, Any]: ...
 
@@ -117,9 +117,11 @@ class Coordinator:
                 f.cancel()
         return {t.name: results[t.name] for t in ts}
 
-    def query(self, sql: str, combine: str | None = None, _allow_table_functions: bool = True) -> QueryResult:
+    def query(self, sql: str, combine: str | None = None, _allow_table_functions: bool = True, dp: dict[str, Any] | None = None) -> QueryResult:
         """Plan, dispatch, combine, apply disclosure control and finalize one query (or run a
-        table function such as ``gwas_linear(...)``, see :mod:`genofed.engine.tablefunc`)."""
+        table function such as ``gwas_linear(...)``, see :mod:`genofed.engine.tablefunc`).
+        ``dp`` (``{"epsilon": .., "mechanism": "laplace"|"gaussian", "delta": ..}``) asks every
+        node to noise its partials under differential privacy before they leave it."""
         t0 = time.perf_counter()
         mode = check_mode(combine or self.default_combine)
         select = parse(sql)
@@ -144,7 +146,11 @@ class Coordinator:
             targets = self.transports[:1]
         sql_frag = plan.fragment_sql
         wire: dict[str, int] = {}
-        combined = self._combine(mode, plan, qid, targets, wire)
+        notes: dict[str, Any] = {}
+        combined = self._combine(mode, plan, qid, targets, wire, dp, notes)
+        dp_info = {node: n["dp"] for node, n in notes.items() if n.get("dp")}
+        risk_info = {node: n["risk"] for node, n in notes.items() if n.get("risk")}
+        kanon = {node: n["k_anonymity"] for node, n in notes.items() if n.get("k_anonymity")}
         t2 = time.perf_counter()
         released, suppressed = self._disclosure(combined, plan)
         table = finalize(plan, released)
@@ -162,24 +168,39 @@ class Coordinator:
             timings={"plan_s": t1 - t0, "nodes_combine_s": t2 - t1, "finalize_s": t3 - t2},
             fragment_sql=sql_frag,
             wire_bytes=wire,
+            details={**({"dp": {"requested": dp, "nodes": dp_info}} if dp or dp_info else {}),
+                     **({"membership_risk": risk_info} if risk_info else {}),
+                     **({"k_anonymity": {"nodes": kanon, "note": (
+                         "groups keyed on quasi-identifiers with fewer than min_count people at a node are withheld there, "
+                         "keys included; a released group's totals then miss those few people at that node")}} if kanon else {})},
         )
         return QueryResult(table, prov)
 
-    def _combine(self, mode: str, plan: Plan, qid: str, targets: list[Transport], wire: dict[str, int]) -> pa.Table:
+    def _combine(self, mode: str, plan: Plan, qid: str, targets: list[Transport], wire: dict[str, int],
+                 dp: dict[str, Any] | None = None, notes: dict[str, Any] | None = None) -> pa.Table:
         """Partials from every target node, combined in ``mode``: one row per group with keys,
-        partials, ``_n`` and ``_suppressed``."""
+        partials, ``_n`` and ``_suppressed``. ``notes`` collects each node's DP and
+        re-identification notes (``{node: {"dp": .., "risk": ..}}``)."""
         sql = plan.fragment_sql
         if mode == "plain":
-            parts = self._fan_out(lambda t: t.run_fragment(sql, qid, self.timeout), targets)
+            parts = self._fan_out(lambda t: t.run_fragment(sql, qid, self.timeout, **({"dp": dp} if dp else {})), targets)
             wire.update({node: ipc_size(t) for node, t in parts.items()})
+            if notes is not None:
+                import json
+
+                for node, t in parts.items():
+                    meta = t.schema.metadata or {}
+                    notes[node] = {k: json.loads(meta[m]) for k, m in (("dp", META_DP), ("risk", META_RISK)) if m in meta}
+                    if META_NOTES in meta:
+                        notes[node].update(json.loads(meta[META_NOTES]))
             return PlainCombiner().combine(parts, plan.keys, plan.partials)
         if mode == "mpc":
             from genofed.privacy.secure.mpc import run_mpc
 
-            return narrow_integers(run_mpc(self, targets, sql, qid, self.min_count, self.timeout, wire))
+            return narrow_integers(run_mpc(self, targets, sql, qid, self.min_count, self.timeout, wire, dp=dp, notes=notes))
         from genofed.privacy.secure.he import run_he
 
-        return narrow_integers(run_he(self, targets, sql, qid, self.min_count, self.timeout, wire))
+        return narrow_integers(run_he(self, targets, sql, qid, self.min_count, self.timeout, wire, dp=dp, notes=notes))
 
     def _disclosure(self, combined: pa.Table, plan: Plan) -> tuple[pa.Table, list[dict[str, Any]]]:
         if combined.num_rows == 0:

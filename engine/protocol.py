@@ -26,6 +26,7 @@ KEY_KIND = "kind"
 KEY_SQL = "sql"
 KEY_QUERY_ID = "query_id"
 KEY_COMBINE = "combine"
+KEY_DP = "dp"  # {mechanism, epsilon, delta}: ask the nodes to noise their partials
 
 AUTH_HEADER = "authorization"
 BEARER = "Bearer "
@@ -38,6 +39,9 @@ SUPPRESSED_COLUMN = "_suppressed"
 META_NODE = b"genofed.node"
 META_SUPPRESSED = b"genofed.suppressed"
 META_MIN_COUNT = b"genofed.min_count"
+META_RISK = b"genofed.risk"  # JSON: the node's re-identification risk score for this release
+META_NOTES = b"genofed.notes"  # JSON {"dp": .., "risk": ..}: a node's privacy notes under he
+META_DP = b"genofed.dp"  # JSON: the node's DP provenance (mechanism, epsilon, scale, accuracy)
 
 ERROR_PREFIX = "GENOFED:"
 
@@ -49,6 +53,7 @@ CODE_DISCLOSURE = "disclosure"
 CODE_BAD_REQUEST = "bad_request"
 CODE_INTERNAL = "internal"
 CODE_POLICY = "policy"
+CODE_RATE_LIMITED = "rate_limited"
 
 
 def fragment_ticket(sql: str, query_id: str, combine: str = "plain", **extra: Any) -> bytes:

@@ -97,7 +97,8 @@ class Federation:
         """Tables and columns queryable at every node."""
         return self._coord.catalog(refresh)
 
-    def sql(self, query: str, combine: str | None = None) -> Result:
+    def sql(self, query: str, combine: str | None = None, epsilon: float | None = None, mechanism: str = "laplace",
+            delta: float | None = None) -> Result:
         """Run a federated SQL query; see the README for the supported subset.
 
         Parameters
@@ -108,8 +109,17 @@ class Federation:
             ``mpc`` (MPyC secret sharing), ``he`` (TenSEAL encryption through the key holder) or
             ``plain`` (the coordinator sees every node's partials; only if every node's policy
             allows it). Default: federation.toml's ``combine``.
+        epsilon, mechanism, delta
+            Differential privacy: every node adds OpenDP noise (``laplace``: discrete Laplace,
+            pure ε; ``gaussian``: discrete Gaussian, needs ``delta``) to its partials before they
+            leave it, and charges ε to your budget at that node; an identical repeated query is
+            answered from the node's cache at no cost. Nodes whose policy requires DP noise every
+            release with their defaults even when ``epsilon`` is not given.
         """
-        return Result(self._coord.query(query, combine=combine))
+        dp = None
+        if epsilon is not None:
+            dp = {"epsilon": float(epsilon), "mechanism": mechanism, **({"delta": float(delta)} if delta is not None else {})}
+        return Result(self._coord.query(query, combine=combine, dp=dp))
 
     def named(self, name: str, **params: Any) -> Result:
         """Run a named query from ``queries/`` with parameters."""

@@ -204,7 +204,11 @@ def certs_issue(name: str, ca_dir: Path, out_dir: Path, hosts: tuple[str, ...], 
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="write here (required for parquet)")
 @click.option("--combine", type=click.Choice(["plain", "mpc", "he"]), help="override federation.toml")
 @click.option("--explain", is_flag=True, help="print the node fragment and finalize step, run nothing")
-def query(sql: str | None, fed_dir: Path, name: str | None, param: tuple[str, ...], fmt: str, output: Path | None, combine: str | None, explain: bool) -> None:
+@click.option("--epsilon", type=float, help="differential privacy: every node noises its partials and charges ε to your budget")
+@click.option("--mechanism", type=click.Choice(["laplace", "gaussian"]), default="laplace", show_default=True)
+@click.option("--delta", type=float, help="δ for the gaussian mechanism")
+def query(sql: str | None, fed_dir: Path, name: str | None, param: tuple[str, ...], fmt: str, output: Path | None, combine: str | None, explain: bool,
+          epsilon: float | None, mechanism: str, delta: float | None) -> None:
     """Run federated SQL (or a named query) and print the released result."""
     import genofed
 
@@ -219,7 +223,7 @@ def query(sql: str | None, fed_dir: Path, name: str | None, param: tuple[str, ..
         if explain:
             click.echo(json.dumps(fed.explain(sql), indent=2))
             return
-        res = fed.sql(sql, combine=combine)
+        res = fed.sql(sql, combine=combine, epsilon=epsilon, mechanism=mechanism, delta=delta)
     table = res.to_arrow()
     if fmt == "parquet":
         if output is None:
@@ -380,6 +384,26 @@ def audit_show(path: Path, researcher: str | None, event: str | None, last: int,
     click.echo("\t".join(cols))
     for r in rows:
         click.echo("\t".join("" if r.get(c) is None else str(r.get(c))[:16] if c == "fragment_sha256" else str(r.get(c)) for c in cols))
+
+
+@main.group()
+def policy() -> None:
+    """Node policy files (for data stewards)."""
+
+
+@policy.command("check")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def policy_check(path: Path) -> None:
+    """Validate a node.toml: errors (the node would refuse to start) and warnings, each with the
+    line of the offending key. Exit status 1 on an error."""
+    from genofed.connectors.policycheck import check_policy
+
+    findings = check_policy(path)
+    for f in findings:
+        click.echo(f.format(path), err=f.level == "error")
+    if any(f.level == "error" for f in findings):
+        sys.exit(1)
+    click.echo(f"{path}: ok ({sum(f.level == 'warning' for f in findings)} warnings)")
 
 
 @main.group()

@@ -13,7 +13,7 @@ from rich.table import Table
 def run_demo(directory: str | Path, n_samples: int = 3000, keep_running: bool = False, seed: int = 1) -> None:
     """Run the demo end to end; see the README's quick start."""
     from genofed.api import connect
-    from genofed.connectors.federation import down, init_federation, up
+    from genofed.connectors.federation import down, history_gates_off, init_federation, up
     from genofed.genomics.simulate import simulate_cohort
     from genofed.named import list_queries
 
@@ -28,6 +28,10 @@ def run_demo(directory: str | Path, n_samples: int = 3000, keep_running: bool = 
     console.print(f"  done in {t1 - t0:.1f} s")
     console.print("splitting over three biobank nodes and ingesting (one store per node)")
     init_federation(root, paths.vcf, paths.samples, paths.split, clinical={"phenotypes": paths.phenotypes}, min_count=5)
+    # the demo runs whole-genome analyses of one simulated cohort many times as one researcher:
+    # the history-based gates (differencing, membership risk) would rightly refuse most of them
+    history_gates_off(root)
+    console.print("  sandbox policy: differencing and membership-risk gates off (see docs/privacy-attacks.md)")
     t2 = time.perf_counter()
     console.print(f"  done in {t2 - t1:.1f} s")
     ports = up(root)

@@ -17,7 +17,13 @@ import tomli_w
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import genofed  # noqa: E402
-from genofed.connectors.federation import FederationConfig, down, init_federation, up  # noqa: E402
+from genofed.connectors.federation import (  # noqa: E402,F401
+    FederationConfig,
+    down,
+    history_gates_off,
+    init_federation,
+    up,
+)
 
 REQUIRE_REAL = os.environ.get("GENOFED_REQUIRE_REAL") == "1"
 
@@ -80,9 +86,11 @@ class LocalFederation:
         down(self.root)
 
 
-def clone_federation(src: Path, dst: Path, *, min_count: int, node_min_count: int | None = None, combine: str | None = None, **policy) -> Path:
+def clone_federation(src: Path, dst: Path, *, min_count: int, node_min_count: int | None = None, combine: str | None = None,
+                     gates: bool = True, **policy) -> Path:
     """A second federation over the same stores with another policy (no re-ingest); it gets its
-    own key holder (a copy of the source's key holder config)."""
+    own key holder (a copy of the source's key holder config). ``gates=False`` switches off the
+    history-based gates (:func:`history_gates_off`)."""
     cfg = FederationConfig.load(src)
     dst.mkdir(parents=True, exist_ok=True)
     import tomllib
@@ -106,6 +114,8 @@ def clone_federation(src: Path, dst: Path, *, min_count: int, node_min_count: in
     for n in new.nodes:
         n.port = 0
     new.save()
+    if not gates:
+        history_gates_off(dst)
     return dst
 
 
@@ -142,7 +152,7 @@ def fed1126(fed_dir_1126):
 
 @pytest.fixture(scope="session")
 def fed1126_k5(fed_dir_1126, tmp_path_factory):
-    root = clone_federation(fed_dir_1126, tmp_path_factory.mktemp("fed1126_k5"), min_count=5)
+    root = clone_federation(fed_dir_1126, tmp_path_factory.mktemp("fed1126_k5"), min_count=5, gates=False)
     lf = LocalFederation(root)
     yield lf.fed
     lf.close()

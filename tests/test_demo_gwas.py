@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from conftest import LocalFederation
 
 from genofed.cli import main
-from genofed.connectors.federation import init_federation
+from genofed.connectors.federation import history_gates_off, init_federation
 from genofed.genomics.simulate import simulate_cohort
 from genofed.named import list_queries
 
@@ -25,6 +25,7 @@ def demo(tmp_path_factory):
     paths = simulate_cohort(root / "cohort", n_samples=3000, seed=1)
     init_federation(root / "fed", paths.vcf, paths.samples, paths.split, clinical={"phenotypes": paths.phenotypes},
                     min_count=5, allow_plain=True, combine="plain")
+    history_gates_off(root / "fed")  # whole-genome analyses of one cohort, many times over (gates: tests/attacks/)
     lf = LocalFederation(root / "fed")
     try:
         yield lf.fed, json.loads(paths.truth.read_text()), root

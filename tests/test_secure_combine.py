@@ -222,7 +222,7 @@ def _groups_by_node(data_1126, phenotypes_1126) -> tuple[tuple[str, int], tuple[
 
 @pytest.fixture(scope="module")
 def fed_k5(fed_dir_1126, tmp_path_factory):
-    root = clone_federation(fed_dir_1126, tmp_path_factory.mktemp("secure_k5"), min_count=5)
+    root = clone_federation(fed_dir_1126, tmp_path_factory.mktemp("secure_k5"), min_count=5, gates=False)
     lf = LocalFederation(root)
     yield lf.fed
     lf.close()

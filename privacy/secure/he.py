@@ -499,7 +499,8 @@ def round_ckks(x: np.ndarray) -> np.ndarray:
 
 # -- coordinator: one query ------------------------------------------------------------------------
 
-def run_he(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: str, min_count: int, timeout: float, wire: dict[str, int] | None = None) -> pa.Table:
+def run_he(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: str, min_count: int, timeout: float, wire: dict[str, int] | None = None,
+           dp: dict[str, Any] | None = None, notes: dict[str, Any] | None = None) -> pa.Table:
     """Run one query under HE; returns the released combined table. The coordinator sees
     ciphertexts, their sums, and the released groups only."""
     kh = getattr(coordinator, "keyholder", None)
@@ -507,8 +508,11 @@ def run_he(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: st
         raise CombineError("combine='he' needs a key holder: add a [keyholder] table (location, token) to federation.toml, or use combine='mpc'")
     key_id = kh.open(query_id, [t.name for t in targets], min_count, timeout=timeout)
     keys = kh.public_keys()
-    parts = coordinator._fan_out(lambda t: t.run_he(fragment_sql, query_id, key_id, timeout), targets)
+    parts = coordinator._fan_out(lambda t: t.run_he(fragment_sql, query_id, key_id, timeout, dp=dp), targets)
     layouts, groups = set(), set()
+    if notes is not None:  # each node's DP and re-identification notes for the provenance
+        notes.update({node: json.loads(t.schema.metadata[b"genofed.notes"]) for node, t in parts.items()
+                      if t.schema.metadata and b"genofed.notes" in t.schema.metadata})
     if wire is not None:
         wire.update({node: ipc_size(t) for node, t in parts.items()})
     for node, t in parts.items():

@@ -335,7 +335,8 @@ def _await_verdict(party: PartyProcess, timeout: float) -> dict[str, Any]:
 
 # -- coordinator side ------------------------------------------------------------------------------
 
-def run_mpc(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: str, min_count: int, timeout: float, wire: dict[str, int] | None = None) -> pa.Table:
+def run_mpc(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: str, min_count: int, timeout: float, wire: dict[str, int] | None = None,
+            dp: dict[str, Any] | None = None, notes: dict[str, Any] | None = None) -> pa.Table:
     """Run one query under MPC; returns the combined table (keys, released partials,
     ``_n`` NULL, ``_suppressed``). Raises :class:`NodeError` naming the node at fault."""
     require_mpyc("at the coordinator")
@@ -346,9 +347,11 @@ def run_mpc(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: s
     names = [COORDINATOR_NAME, *(t.name for t in targets)]
     prepared: dict[str, Any] = {}
     try:
-        body = {"sql": fragment_sql, "query_id": query_id}
+        body: dict[str, Any] = {"sql": fragment_sql, "query_id": query_id, **({"dp": dp} if dp else {})}
         prepared = coordinator._fan_out(lambda t: t.action("mpc_prepare", body, timeout), targets)
         me.port(timeout=30)
+        if notes is not None:  # each node's DP and re-identification notes for the provenance
+            notes.update({t.name: prepared[t.name]["notes"] for t in targets if prepared[t.name].get("notes")})
         parties = ["127.0.0.1:0"] + [f"{prepared[t.name]['host']}:{int(prepared[t.name]['port'])}" for t in targets]
         secret = secrets.token_hex(32)
         out = workdir / "combined.arrow"
