@@ -247,7 +247,7 @@ def test_min_count_runs_on_federation_wide_counts(fed_k5, data_1126, phenotypes_
 
 def test_node_policy_min_count_is_enforced_in_mpc(fed_dir_1126, tmp_path):
     """A node's own minimum count raises the federation's threshold for its queries."""
-    root = clone_federation(fed_dir_1126, tmp_path / "strict", min_count=1, node_min_count=1)
+    root = clone_federation(fed_dir_1126, tmp_path / "strict", min_count=1, node_min_count=1, gates=False)
     import tomllib
 
     import tomli_w
