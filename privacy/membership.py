@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import sqlite3
 import threading
 import zlib
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import numpy as np
 from genofed.engine.errors import ConfigError, DisclosureError
 
 from .reid import BeaconBudget, analytic_power
+from .tracker import state_db, write_many
 
 
 @dataclass
@@ -64,12 +64,7 @@ class MembershipGate:
         self.policy = policy
         self.n_bytes = (n_variants + 7) // 8
         self._lock = threading.Lock()
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        self._con = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, isolation_level=None, timeout=30)
-        if path is not None:
-            self._con.execute("PRAGMA journal_mode=WAL")
-        self._con.execute("PRAGMA synchronous=FULL")
+        self._con = state_db(path)
         self._con.execute("CREATE TABLE IF NOT EXISTS released_variants (researcher TEXT NOT NULL, cohort TEXT NOT NULL, "
                           "bits BLOB NOT NULL, PRIMARY KEY (researcher, cohort))")
         self._con.execute("CREATE TABLE IF NOT EXISTS beacon_spent (researcher TEXT PRIMARY KEY, spent REAL NOT NULL)")
@@ -115,13 +110,7 @@ class MembershipGate:
                         "above this node's risk cap; ask for fewer variants, or a larger cohort", rule="membership_risk")
                 updates.append((researcher, key, zlib.compress(bits.tobytes())))
             if updates:
-                self._con.execute("BEGIN IMMEDIATE")
-                try:
-                    self._con.executemany("INSERT OR REPLACE INTO released_variants (researcher, cohort, bits) VALUES (?, ?, ?)", updates)
-                    self._con.execute("COMMIT")
-                except BaseException:
-                    self._con.execute("ROLLBACK")
-                    raise
+                write_many(self._con, "INSERT OR REPLACE INTO released_variants (researcher, cohort, bits) VALUES (?, ?, ?)", updates)
         return worst
 
     def check_beacon(self, researcher: str, freqs: np.ndarray, present: np.ndarray, n_beacon: int) -> dict[str, Any]:

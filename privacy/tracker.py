@@ -49,6 +49,29 @@ from genofed.engine.errors import DisclosureError
 RULE = "differencing"
 
 
+def state_db(path: Path | None) -> sqlite3.Connection:
+    """A node privacy-state database: SQLite in WAL mode with full fsync (``None``: in memory),
+    shared by the server's threads (callers hold their own lock)."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, isolation_level=None, timeout=30)
+    if path is not None:
+        con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=FULL")
+    return con
+
+
+def write_many(con: sqlite3.Connection, sql: str, rows: list[tuple]) -> None:
+    """``executemany`` in one immediate transaction (all rows or none)."""
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        con.executemany(sql, rows)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
 @dataclass
 class Candidate:
     """One set a release would disclose the size of (or a sum over)."""
@@ -78,12 +101,7 @@ class SampleTracker:
         self.n_samples = n_samples
         self.n_bytes = (n_samples + 7) // 8
         self._lock = threading.Lock()
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        self._con = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, isolation_level=None, timeout=30)
-        if path is not None:
-            self._con.execute("PRAGMA journal_mode=WAL")
-        self._con.execute("PRAGMA synchronous=FULL")
+        self._con = state_db(path)
         self._con.execute(
             "CREATE TABLE IF NOT EXISTS released_sets (id INTEGER PRIMARY KEY, researcher TEXT NOT NULL, "
             "definition TEXT NOT NULL, size INTEGER NOT NULL, n_samples INTEGER NOT NULL, bits BLOB NOT NULL, created REAL NOT NULL)")
@@ -123,15 +141,8 @@ class SampleTracker:
             if not new:
                 return
             now = time.time()
-            self._con.execute("BEGIN IMMEDIATE")
-            try:
-                self._con.executemany(
-                    "INSERT INTO released_sets (researcher, definition, size, n_samples, bits, created) VALUES (?, ?, ?, ?, ?, ?)",
-                    [(researcher, json.dumps(sorted(d)), size, self.n_samples, zlib.compress(bits.tobytes()), now) for d, size, bits in new])
-                self._con.execute("COMMIT")
-            except BaseException:
-                self._con.execute("ROLLBACK")
-                raise
+            write_many(self._con, "INSERT INTO released_sets (researcher, definition, size, n_samples, bits, created) VALUES (?, ?, ?, ?, ?, ?)",
+                       [(researcher, json.dumps(sorted(d)), size, self.n_samples, zlib.compress(bits.tobytes()), now) for d, size, bits in new])
             self._mem[researcher] = _History(
                 np.vstack([hist.bits, np.stack([b for _, _, b in new])]),
                 np.concatenate([hist.sizes, np.array([s for _, s, _ in new], np.int64)]),

@@ -23,7 +23,7 @@ from ...genomics.kernels import genotype_rows
 from ...genomics.store import NodeStore
 from ..errors import FragmentError, GenofedError
 from ..fragment import Fragment
-from ..samplesets import SampleSets
+from ..samplesets import SampleSets, _conjuncts
 from ..schema import CORE_TABLES, GENOTYPE_VARIANT_COLUMNS
 from ..sqlcheck import DIALECT
 from .base import N_COLUMN, Backend
@@ -293,14 +293,6 @@ def variant_conditions(select: exp.Select) -> list[exp.Expression] | None:
             return None
         conds.append(exp.and_(*picked) if len(picked) > 1 else picked[0])
     return conds or None
-
-
-def _conjuncts(e: exp.Expression) -> list[exp.Expression]:
-    if isinstance(e, exp.And):
-        return _conjuncts(e.this) + _conjuncts(e.expression)
-    if isinstance(e, exp.Paren):
-        return _conjuncts(e.this)
-    return [e]
 
 
 def _variant_only(e: exp.Expression, aliases: set[str]) -> bool:
