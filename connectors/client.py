@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from genofed.engine import protocol as P
-from genofed.engine.errors import AuthError, DisclosureError, NodeError
+from genofed.engine.errors import AuthError, BackendUnsupportedError, DisclosureError, NodeError
 
 from .tls import ClientTLS, flight_client, tls_problem
 
@@ -81,6 +81,8 @@ class FlightTransport:
             if body.get("code") == P.CODE_DISCLOSURE:
                 err = DisclosureError(f"node {self.name!r} refused: {body.get('reason')}", rule=body.get("rule", "disclosure"))
                 return err  # type: ignore[return-value]
+            if body.get("code") == P.CODE_UNSUPPORTED:
+                return BackendUnsupportedError(self.name, P.CODE_UNSUPPORTED, body.get("reason", ""))
             return NodeError(body.get("party") or self.name, body.get("code", "error"), body.get("reason", ""))
         if isinstance(e, flight.FlightTimedOutError):
             return NodeError(self.name, "timeout", "did not answer within the timeout")

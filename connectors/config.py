@@ -5,7 +5,12 @@ Example::
     [node]
     name = "biobank_A"
     store = "store"            # relative to this file
-    backend = "duckdb"
+    backend = "duckdb"         # or "hail": Hail on Spark, for a biobank beyond one machine
+
+    [hail]                     # backend = "hail" only (docs/hail-backend.md)
+    master = "local[*]"        # or spark://host:7077, yarn, k8s://...
+    tmp_dir = ""               # Hail scratch, visible to every executor (default: system temp)
+    driver_memory = "4g"
 
     [policy]
     min_count = 5              # groups with 1..min_count-1 samples are suppressed
@@ -52,6 +57,8 @@ from typing import Any
 
 from genofed.engine.errors import ConfigError
 from genofed.privacy.disclosure import DEFAULT_MIN_COUNT
+
+BACKENDS = ("duckdb", "hail")
 
 
 def hash_token(token: str) -> str:
@@ -128,6 +135,7 @@ class NodeConfig:
     risk: Any = None  # [risk]: genofed.privacy.membership.RiskPolicy (defaults when absent)
     researchers: list[Researcher] = field(default_factory=list)
     keyholder: dict[str, str] = field(default_factory=dict)
+    hail: Any = None  # [hail]: genofed.engine.backends.hail_session.HailSettings (backend = "hail")
     audit: str = ""  # [audit] path
     tls: dict[str, str] = field(default_factory=dict)  # [tls] cert, key, client_ca (read relative to node.toml)
     path: Path | None = None
@@ -310,13 +318,23 @@ class NodeConfig:
 
         tls = check_table(data.get("tls"), where, "server", base=base)
         check_table({k: v for k, v in keyholder.items() if k in ("ca", "cert", "key")}, f"{where} [keyholder]", "client")
+        backend = str(node.get("backend", "duckdb"))
+        if backend not in BACKENDS:
+            raise ConfigError(f"{where}: [node] backend = {backend!r} is not a backend; choose one of {', '.join(BACKENDS)}")
+        from genofed.engine.backends.hail_session import HailSettings
+
+        try:
+            hail = HailSettings.from_dict(data.get("hail"))
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
         store = Path(node.get("store", "store"))
         if not store.is_absolute():
             store = base / store
         return cls(
             name=node["name"],
             store=store,
-            backend=node.get("backend", "duckdb"),
+            backend=backend,
+            hail=hail,
             min_count=min_count,
             allow_min_max=bool(policy.get("allow_min_max", False)),
             allow_plain=bool(policy.get("allow_plain", False)),
@@ -360,6 +378,7 @@ class NodeConfig:
             **({"roles": {r.name: {"tables": r.tables, **({"rate_limit_per_minute": r.rate_limit_per_minute}
                                                            if r.rate_limit_per_minute is not None else {})}
                           for r in self.roles.values()}} if self.roles else {}),
+            **({"hail": _hail_toml(self.hail)} if self.backend == "hail" and self.hail is not None else {}),
             **({"risk": dataclasses.asdict(self.risk)} if self.risk is not None and self.risk != type(self.risk)() else {}),
             **({"dp": self.dp.to_dict()} if self.dp is not None and self.dp.to_dict() != type(self.dp)().to_dict() else {}),
             "researchers": [{"name": r.name, "token_sha256": r.token_sha256, **({"roles": r.roles} if r.roles else {})}
@@ -368,3 +387,8 @@ class NodeConfig:
             **({"audit": {"path": self.audit}} if self.audit else {}),
             **({"tls": dict(self.tls)} if self.tls else {}),
         }
+
+
+def _hail_toml(h: Any) -> dict[str, Any]:
+    return {"master": h.master, "driver_memory": h.driver_memory, **({"tmp_dir": h.tmp_dir} if h.tmp_dir else {}),
+            **({"spark_conf": dict(h.spark_conf)} if h.spark_conf else {})}

@@ -27,7 +27,13 @@ from sqlglot import exp
 from genofed.engine import protocol as P
 from genofed.engine.backends.base import Backend
 from genofed.engine.combine import narrow_integers
-from genofed.engine.errors import DisclosureError, FragmentError, GenofedError, NodeError
+from genofed.engine.errors import (
+    DisclosureError,
+    FragmentError,
+    GenofedError,
+    NodeError,
+    UnsupportedError,
+)
 from genofed.engine.fragment import validate_fragment
 from genofed.engine.protocol import SUPPRESSED_COLUMN
 from genofed.engine.schema import Catalog
@@ -65,7 +71,11 @@ def make_backend(config: NodeConfig) -> Backend:
         from genofed.engine.backends.duckdb import DuckDBBackend
 
         return DuckDBBackend(store, max_genotype_cells=config.max_genotype_cells)
-    raise GenofedError(f"unknown backend {config.backend!r} in node config; available: duckdb")
+    if config.backend == "hail":
+        from genofed.engine.backends.hailbackend import HailBackend
+
+        return HailBackend(store, config.hail, max_genotype_cells=config.max_genotype_cells)
+    raise GenofedError(f"unknown backend {config.backend!r} in node config; available: duckdb, hail")
 
 
 class NodeServer(flight.FlightServerBase):
@@ -514,6 +524,9 @@ class NodeServer(flight.FlightServerBase):
             log.info("refused query %s for %s: %s", qid, researcher, e.rule)
             self._record("refused", researcher, sql, query_id=qid, decision="refused", rule=e.rule)
             raise flight.FlightServerError(P.encode_error(P.CODE_DISCLOSURE, str(e), e.rule)) from None
+        except UnsupportedError as e:  # this node's backend cannot run it: nothing was computed
+            self._record("refused", researcher, sql, query_id=qid, decision="refused", rule="unsupported_by_backend")
+            raise flight.FlightServerError(P.encode_error(P.CODE_UNSUPPORTED, f"the {self.backend.name} backend: {e}")) from None
         except (FragmentError, GenofedError) as e:
             self._record("refused", researcher, sql, query_id=qid, decision="refused", rule="invalid_fragment")
             raise flight.FlightServerError(P.encode_error(P.CODE_FRAGMENT, str(e))) from None

@@ -80,6 +80,11 @@ class AuthError(NodeError):
     """The node refused the caller's credentials."""
 
 
+class BackendUnsupportedError(NodeError):
+    """A node's execution backend cannot run the query (e.g. an analysis on a Hail node); the
+    reason names what, and the node's steward can switch that node's backend."""
+
+
 class FragmentError(GenofedError, ValueError):
     """A node refused a fragment during its own validation."""
 

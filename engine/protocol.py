@@ -54,6 +54,7 @@ CODE_BAD_REQUEST = "bad_request"
 CODE_INTERNAL = "internal"
 CODE_POLICY = "policy"
 CODE_RATE_LIMITED = "rate_limited"
+CODE_UNSUPPORTED = "unsupported"  # the node's execution backend cannot run the fragment
 
 
 def fragment_ticket(sql: str, query_id: str, combine: str = "plain", **extra: Any) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from genofed.engine.errors import (
     AuthError,
+    BackendUnsupportedError,
     CombineError,
     ConfigError,
     DisclosureError,
@@ -28,6 +29,7 @@ def connect(path, timeout=None):  # noqa: ANN001
 
 __all__ = [
     "AuthError",
+    "BackendUnsupportedError",
     "CombineError",
     "ConfigError",
     "DisclosureError",

@@ -198,6 +198,21 @@ class DuckDBBackend(Backend):
         finally:
             cur.close()
 
+    def result_schema(self, fragment: Fragment) -> pa.Schema:
+        """The Arrow schema of a fragment's partials (the federated dialect's typing), computed
+        over no genotype rows: other backends return their results in this schema."""
+        sql = f"SELECT * FROM ({self.compile(fragment)}) AS _r LIMIT 0"
+        cur = self.con.cursor()
+        try:
+            if "genotypes" in fragment.tables:
+                cur.register("_g", genotype_rows(self.store.planes, np.zeros(0, np.int64), self.store.manifest.n_samples))
+                cur.execute(GENOTYPES_VIEW)
+            return cur.sql(sql).to_arrow_table().schema
+        except duckdb.Error as e:
+            raise FragmentError(f"the node could not type the fragment: {_first_line(e)}") from None
+        finally:
+            cur.close()
+
     def sample_sets(self, fragment: Any) -> SampleSets | None:
         """The samples behind each sample-level group of a fragment (see
         :mod:`genofed.engine.samplesets`), or None when it reads no sample data."""
