@@ -11,6 +11,7 @@ Example::
     master = "local[*]"        # or spark://host:7077, yarn, k8s://...
     tmp_dir = ""               # Hail scratch, visible to every executor (default: system temp)
     driver_memory = "4g"
+    data_dir = ""              # the store's Hail tables (default: next to the store); a shared URI on a cluster
 
     [policy]
     min_count = 5              # groups with 1..min_count-1 samples are suppressed
@@ -391,4 +392,5 @@ class NodeConfig:
 
 def _hail_toml(h: Any) -> dict[str, Any]:
     return {"master": h.master, "driver_memory": h.driver_memory, **({"tmp_dir": h.tmp_dir} if h.tmp_dir else {}),
+            **({"data_dir": h.data_dir} if h.data_dir else {}),
             **({"spark_conf": dict(h.spark_conf)} if h.spark_conf else {})}

@@ -37,6 +37,9 @@ class HailSettings:
         ``yarn``, ``k8s://https://...`` in production.
     tmp_dir
         Hail's scratch directory (must be visible to every executor on a cluster).
+    data_dir
+        Where the store's Hail tables are cached (a URI every executor reads on a cluster:
+        ``hdfs://``, ``gs://``, ``s3a://`` or a shared mount); default: next to the store version.
     driver_memory
         ``spark.driver.memory`` (e.g. ``"4g"``); the JVM's heap in local mode.
     spark_conf
@@ -46,21 +49,23 @@ class HailSettings:
     master: str = "local[*]"
     tmp_dir: str = ""
     driver_memory: str = "4g"
+    data_dir: str = ""
     spark_conf: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> HailSettings:
         d = dict(d or {})
-        unknown = set(d) - {"master", "tmp_dir", "driver_memory", "spark_conf"}
+        known = {"master", "tmp_dir", "driver_memory", "data_dir", "spark_conf"}
+        unknown = set(d) - known
         if unknown:
-            raise ConfigError(f"[hail]: unknown keys {sorted(unknown)}; known: master, tmp_dir, driver_memory, spark_conf")
+            raise ConfigError(f"[hail]: unknown keys {sorted(unknown)}; known: {', '.join(sorted(known))}")
         conf = d.get("spark_conf") or {}
         if not isinstance(conf, dict):
             raise ConfigError("[hail] spark_conf must be a table of Spark properties, e.g. spark_conf = {\"spark.executor.memory\" = \"8g\"}")
         master = str(d.get("master", "local[*]"))
         if not master:
             raise ConfigError("[hail] master must be a Spark master URL such as local[*] or spark://host:7077")
-        return cls(master, str(d.get("tmp_dir", "")), str(d.get("driver_memory", "4g")),
+        return cls(master, str(d.get("tmp_dir", "")), str(d.get("driver_memory", "4g")), str(d.get("data_dir", "")),
                    tuple(sorted((str(k), str(v)) for k, v in conf.items())))
 
 

@@ -83,18 +83,17 @@ class HailBackend(Backend):
             if self._compiler is not None:
                 return self._compiler
             from .hail_plan import Compiler, HailTables
-            from .hail_store import cache_dir, convert
+            from .hail_store import convert
 
             t0 = time.perf_counter()
             hl = ensure_session(self.settings)
             t1 = time.perf_counter()
-            convert(hl, self.store)
+            d = convert(hl, self.store, self.settings.data_dir)
             t2 = time.perf_counter()
-            d = cache_dir(self.store)
-            tables = {"samples": hl.read_table(str(d / "samples.ht")), "variants": hl.read_table(str(d / "variants.ht"))}
+            tables = {"samples": hl.read_table(f"{d}/samples.ht"), "variants": hl.read_table(f"{d}/variants.ht")}
             for name in self.store.manifest.clinical:
-                tables[name] = hl.read_table(str(d / "clinical" / f"{name}.ht"))
-            self._compiler = Compiler(hl, HailTables(hl.read_matrix_table(str(d / "genotypes.mt")), tables))
+                tables[name] = hl.read_table(f"{d}/clinical/{name}.ht")
+            self._compiler = Compiler(hl, HailTables(hl.read_matrix_table(f"{d}/genotypes.mt"), tables))
             self.timings = {"hail_start_s": t1 - t0, "convert_s": t2 - t1}
             return self._compiler
 
