@@ -119,6 +119,12 @@ def check_policy(path: str | Path) -> list[Finding]:
         warn("policy", "rate_limit_per_minute", "rate_limit_per_minute = 0: researchers may query without limit")
     if not cfg.store.exists():
         warn("node", "store", f"the store {cfg.store} does not exist yet (ingest before serving)")
+    if cfg.backend == "hail":
+        from genofed.engine.backends.hail_session import hail_available
+
+        if not hail_available():
+            warn("node", "backend", "backend = \"hail\": Hail is not installed in this environment; the node will refuse "
+                 "queries until it is (pip install 'genofed[hail]' in an environment of its own, docs/hail-backend.md)")
     if not cfg.tls:
         warn(None, None, "no [tls]: the node serves unencrypted grpc://; use TLS outside a test machine (genofed certs)")
     known = set(_store_tables(cfg))

@@ -201,3 +201,13 @@ def test_hail_starts_lazily_and_says_how_to_install(fed_dir_1126):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
     assert out[0] == "False False"
     assert "pip install 'genofed[hail]'" in out[1] and "own" in out[1]
+
+
+def test_policy_check_points_at_the_backend_line(tmp_path):
+    from genofed.connectors.policycheck import check_policy
+
+    f = tmp_path / "node.toml"
+    f.write_text('[node]\nname = "a"\nstore = "s"\nbackend = "hail"\n[hail]\nmaster = "local[2]"\nexecutor = 3\n'
+                 '[policy]\nmin_count = 5\n[[researchers]]\nname = "r"\ntoken_sha256 = "' + "0" * 64 + '"\n')
+    (err,) = check_policy(f)
+    assert (err.level, err.line) == ("error", 7) and "executor" in err.message
