@@ -86,6 +86,26 @@ def node_serve(config_path: Path, store: Path | None, host: str, port: int, port
     serve(cfg, host=host, port=port, ready=ready)
 
 
+@node.command("prepare")
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="node.toml")
+def node_prepare(config_path: Path) -> None:
+    """Prepare the node's backend ahead of the first query (hail: start Hail and convert the
+    store to Hail's native format once; duckdb: nothing to do)."""
+    import time
+
+    from genofed.connectors.config import NodeConfig
+    from genofed.connectors.node import make_backend
+
+    cfg = NodeConfig.load(config_path)
+    backend = make_backend(cfg)
+    t0 = time.perf_counter()
+    start = getattr(backend, "start", None)
+    if start is not None:
+        start()
+    click.echo(f"{cfg.name}: {backend.name} backend ready in {time.perf_counter() - t0:.1f} s")
+    backend.close()
+
+
 @main.group()
 def keyholder() -> None:
     """Run the key holder for combine='he'."""

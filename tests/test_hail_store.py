@@ -85,3 +85,17 @@ def test_data_dir_keeps_the_cache_outside_the_store(hl, store, tmp_path):
     assert uri.startswith(str(tmp_path / "hail-data"))
     assert not (store.path / "hail").exists()
     assert hail_store.is_converted(hl, uri)
+
+
+def test_node_prepare_converts_ahead_of_the_first_query(hl, store, tmp_path):
+    from click.testing import CliRunner
+
+    from genofed.cli import main
+
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(f'[node]\nname = "big"\nstore = "{store.root}"\nbackend = "hail"\n[hail]\nmaster = "local[2]"\n'
+                   '[policy]\nmin_count = 5\n[[researchers]]\nname = "r"\ntoken_sha256 = "' + "0" * 64 + '"\n')
+    res = CliRunner().invoke(main, ["node", "prepare", "--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    assert "big: hail backend ready" in res.output
+    assert hail_store.is_converted(hl, hail_store.cache_uri(store))
