@@ -154,22 +154,25 @@ def _mul(e: exp.Mul, ctx: Ctx) -> Any:
 @hx.register
 def _div(e: exp.Div, ctx: Ctx) -> Any:
     hl = ctx.hl
-    a, b = hl.float64(hx(e.this, ctx)), hl.float64(hx(e.expression, ctx))
-    return hl.or_missing(b != 0, a / b)  # DuckDB: x / 0 is NULL
+    return hl.float64(hx(e.this, ctx)) / hl.float64(hx(e.expression, ctx))  # IEEE: x / 0 is ±inf (or NaN), as in DuckDB
+
+
+def _nonzero(hl: ModuleType, b: Any, value: Any, op: str) -> Any:
+    return hl.case().when(b != 0, value).or_error(f"division by zero in {op} (the query divides by a zero value)")
 
 
 @hx.register
 def _intdiv(e: exp.IntDiv, ctx: Ctx) -> Any:
     hl = ctx.hl
     a, b = hx(e.this, ctx), hx(e.expression, ctx)
-    return hl.or_missing(b != 0, a // b)
+    return _nonzero(hl, b, hl.int64(hl.float64(a) / hl.float64(b)), "//")  # truncates toward zero, as SQL
 
 
 @hx.register
 def _mod(e: exp.Mod, ctx: Ctx) -> Any:
     hl = ctx.hl
     a, b = hx(e.this, ctx), hx(e.expression, ctx)
-    return hl.or_missing(b != 0, a - b * hl.int64(a / b))  # SQL's remainder keeps the dividend's sign
+    return _nonzero(hl, b, a - b * hl.int64(hl.float64(a) / hl.float64(b)), "%")  # keeps the dividend's sign, as SQL
 
 
 @hx.register
@@ -202,13 +205,14 @@ def _in(e: exp.In, ctx: Ctx) -> Any:
         values, has_null = ctx.subquery(query)
         members = hl.literal(values, dtype=hl.tset(x.dtype)) if values else hl.empty_set(x.dtype)
     else:
-        items = [hx(i, ctx) for i in e.expressions]
-        items = [hl.float64(i) if x.dtype == hl.tfloat64 else i for i in items]
-        if x.dtype in (hl.tint32, hl.tint64) and any(i.dtype == hl.tfloat64 for i in items):
+        has_null = any(isinstance(i, exp.Null) for i in e.expressions)
+        items = [hx(i, ctx) for i in e.expressions if not isinstance(i, exp.Null)]
+        if x.dtype == hl.tint32:
+            x = hl.int64(x)
+        if x.dtype in (hl.tint64, hl.tfloat64) and any(i.dtype != x.dtype for i in items):
             x = hl.float64(x)
             items = [hl.float64(i) for i in items]
-        has_null = any(isinstance(i, exp.Null) for i in e.expressions)
-        members = hl.set([hl.coalesce(i, hl.missing(x.dtype)) if i.dtype == x.dtype else i for i in items])
+        members = hl.set(items) if items else hl.empty_set(x.dtype)
     found = members.contains(x)
     if has_null:  # x IN (..., NULL) is NULL unless found
         found = hl.or_missing(found, found)
@@ -297,8 +301,11 @@ def _cast(e: exp.Cast, ctx: Ctx) -> Any:
     if to in (T.DOUBLE, T.FLOAT, T.DECIMAL):
         return hl.float64(x)
     if to in (T.BIGINT, T.INT, T.SMALLINT, T.TINYINT, T.INT128, T.UBIGINT, T.UINT):
-        if x.dtype in (hl.tfloat64, hl.tfloat32):  # SQL casts round half away from zero
-            return hl.int64(hl.sign(x) * hl.floor(hl.abs(x) + 0.5))
+        if x.dtype in (hl.tfloat64, hl.tfloat32):  # DOUBLE to integer rounds half to even, as DuckDB
+            r = hl.floor(x)
+            d = x - r
+            return hl.int64(hl.case().when(d > 0.5, r + 1).when(d < 0.5, r)
+                            .default(hl.if_else(hl.int64(r) % 2 == 0, r, r + 1)))
         if x.dtype == hl.tbool:
             return hl.int64(hl.int32(x))
         return hl.int64(x)
