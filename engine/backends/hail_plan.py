@@ -49,6 +49,7 @@ class Rel:
     ht: Any
     columns: dict[tuple[str, str], str]
     streams_genotypes: bool = False
+    variant_fields: dict[str, dict[str, str]] = field(default_factory=dict)  # genotypes alias -> its variant's columns
 
 
 @dataclass
@@ -192,6 +193,9 @@ class Compiler:
         aliases = {items[0][0].alias_or_name}
         for src, j in items[1:]:
             alias = src.alias_or_name
+            if self._variants_of_genotypes(rel, src, j, pool if inner else None, aliases):
+                aliases.add(alias)
+                continue
             right = self.source(src, ctes, [])
             if right.streams_genotypes:
                 raise unsupported("a join of two genotype relations")
@@ -210,6 +214,26 @@ class Compiler:
             rel = self.broadcast_join(rel, right, eq, left_join=not inner)
             aliases.add(alias)
         return rel, pool
+
+    def _variants_of_genotypes(self, rel: Rel, src: exp.Expression, j: exp.Join | None, pool: list[exp.Expression] | None,
+                               aliases: set[str]) -> bool:
+        """``JOIN variants v ON g.variant_id = v.variant_id`` onto genotypes: v's columns are the
+        genotype rows' own variant fields (no broadcast of the variant table)."""
+        if not (isinstance(src, exp.Table) and src.name == "variants" and rel.variant_fields):
+            return False
+        alias = src.alias_or_name
+        conds = pool if pool is not None else (_conjuncts(j.args["on"]) if j is not None and j.args.get("on") is not None else [])
+        if pool is None and len(conds) != 1:
+            return False  # a LEFT JOIN with more conditions keeps its general form
+        for c in conds:
+            pair = _equi(c, set(rel.variant_fields), alias)
+            if pair and pair[0].name == "variant_id" and pair[1].name == "variant_id":
+                vf = rel.variant_fields[pair[0].table]
+                rel.columns.update({(alias, col): f for col, f in vf.items()})
+                if pool is not None:
+                    pool.remove(c)
+                return True
+        return False
 
     def _reads_genotypes(self, src: exp.Expression, ctes: dict[str, exp.Expression]) -> bool:
         if isinstance(src, exp.Table):
@@ -253,8 +277,10 @@ class Compiler:
         ent = mt.entries().key_by()
         cols = list(CORE_TABLES["genotypes"])
         names = {c: self._name(alias, c) for c in cols}
-        out = ent.select(**{names[c]: ent[c] for c in cols})
-        return Rel(out, {(alias, c): names[c] for c in cols}, streams_genotypes=True)
+        extra = {c: self._name(alias, f"variant_{c}") for c in CORE_TABLES["variants"] if c not in names}
+        out = ent.select(**{names[c]: ent[c] for c in cols}, **{f: ent[c] for c, f in extra.items()})
+        vf = {c: names.get(c) or extra[c] for c in CORE_TABLES["variants"]}
+        return Rel(out, {(alias, c): names[c] for c in cols}, streams_genotypes=True, variant_fields={alias: vf})
 
     def broadcast_join(self, left: Rel, right: Rel, eq: list[tuple[exp.Column, exp.Column]], left_join: bool) -> Rel:
         """Join a small relation onto the streamed one by looking rows up in a literal dict."""
@@ -282,7 +308,7 @@ class Compiler:
             ht = ht.filter(hl.is_defined(ht._m))
         ht = ht.explode("_m")
         ht = ht.annotate(**{f: ht._m[f] for f in right.ht.row}).drop("_m")
-        return Rel(ht, {**left.columns, **right.columns}, left.streams_genotypes)
+        return Rel(ht, {**left.columns, **right.columns}, left.streams_genotypes, left.variant_fields)
 
     # -- matrix ---------------------------------------------------------------------------
     def matrix(self, frag: Fragment) -> HailPlan | None:
