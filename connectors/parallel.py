@@ -144,7 +144,20 @@ def parallel_batches(path: Path, n_all: int, keep: np.ndarray | None, width: int
     # instead of re-importing everything; spawn where fork does not exist
     import multiprocessing
 
-    ctx = get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    # ... but only from a process without other Python threads: forking while they run (in-process
+    # Flight servers, a coordinator's pool, Hail's gateway) copies their locks mid-use and can crash
+    # the child; then workers come from a clean fork server that imported only this module
+    import threading
+
+    methods = multiprocessing.get_all_start_methods()
+    ctx: Any
+    if "fork" in methods and threading.active_count() == 1:
+        ctx = get_context("fork")
+    elif "forkserver" in methods:
+        ctx = get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+    else:
+        ctx = get_context("spawn")
     with ProcessPoolExecutor(max_workers=len(jobs), mp_context=ctx) as pool:
         return list(pool.map(_worker, jobs))
 

@@ -32,6 +32,7 @@ from genofed.engine.backends.hail_session import hail_available
 REQUIRE_HAIL = os.environ.get("GENOFED_REQUIRE_HAIL") == "1"
 BACKENDS = ["duckdb", *(["hail"] if hail_available() or REQUIRE_HAIL else [])]
 NODE = "biobank_A"
+NODE_BACKENDS: dict = {}  # the node backends of the running fed_backend (for node-level checks)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -45,6 +46,8 @@ def fed_backend(backend, fed_dir_1126, pooled1126, tmp_path_factory):
     set_backend(root, NODE, backend)
     with serve_in_process(root) as backends:
         assert backends[NODE].name == backend
+        NODE_BACKENDS.clear()
+        NODE_BACKENDS.update(backends)
         fed = genofed.connect(root, timeout=300)
         yield fed
         fed.close()
@@ -130,6 +133,37 @@ def test_analyses(fed_backend, backend, request, name, sql):
         assert re.search(r"biobank_A.*hail backend.*duckdb backend", str(e)), str(e)
         raise
     assert res.to_pandas().iloc[0, 0] > 0
+
+
+def test_embedded_analyses_and_their_derived_tables(fed_backend, backend, fed1126):
+    """A steward may let a Hail node run plane-reading analyses with the embedded kernels
+    ([hail] analyses = "embedded"): the GWAS equals the all-DuckDB federation's, and the PCA
+    scores each node keeps are read by the node's backend (Hail reads them as a Hail Table)."""
+    import dataclasses
+
+    from genofed.engine.fragment import validate_fragment
+    from genofed.engine.schema import Catalog
+
+    node = NODE_BACKENDS[NODE]
+    if backend == "hail":
+        node.settings = dataclasses.replace(node.settings, analyses="embedded")
+    gwas = ANALYSES[0][1].replace("count(*)", "variant_id, beta, p") + " ORDER BY variant_id"
+    got = fed_backend.sql(gwas).to_pandas()
+    want = fed1126.sql(gwas).to_pandas()
+    assert len(got) == len(want) > 100
+    assert (got["variant_id"] == want["variant_id"]).all()
+    assert abs(got["beta"] - want["beta"]).max() < 1e-9 and abs(got["p"] - want["p"]).max() < 1e-9
+    fed_backend.sql("SELECT * FROM pca(k => 2, min_maf => 0.05, name => 'pcs_test')")
+    frag = validate_fragment("SELECT s.population AS _k0, COUNT(*) AS _p0, SUM(p.pc1) AS _p1, SUM(p.pc2 * p.pc2) AS _p2 "
+                             "FROM pcs_test AS p JOIN samples AS s ON p.sample_id = s.sample_id GROUP BY s.population",
+                             Catalog.merge({NODE: node.catalog()}))
+    mine, reference = node.execute(frag), getattr(node, "meta", node).execute(frag)
+    assert mine.num_rows == reference.num_rows > 3
+    a = mine.sort_by("_k0").to_pylist()
+    b = reference.sort_by("_k0").to_pylist()
+    for x, y in zip(a, b, strict=True):
+        assert x["_k0"] == y["_k0"] and x["_p0"] == y["_p0"] and x["_n"] == y["_n"]
+        assert abs(x["_p1"] - y["_p1"]) < 1e-9 and abs(x["_p2"] - y["_p2"]) < 1e-9
 
 
 # -- the official 1000 Genomes frequencies ---------------------------------------------------

@@ -37,6 +37,11 @@ class HailSettings:
         ``yarn``, ``k8s://https://...`` in production.
     tmp_dir
         Hail's scratch directory (must be visible to every executor on a cluster).
+    analyses
+        ``"refuse"`` (default): table functions whose node rounds read genotype planes (GWAS, PCA,
+        LD, ...) are refused with :class:`~genofed.engine.errors.BackendUnsupportedError`;
+        ``"embedded"``: they run on this node machine with the embedded numpy kernels over the
+        store (streaming, bounded memory), not on Spark.
     data_dir
         Where the store's Hail tables are cached (a URI every executor reads on a cluster:
         ``hdfs://``, ``gs://``, ``s3a://`` or a shared mount); default: next to the store version.
@@ -50,12 +55,13 @@ class HailSettings:
     tmp_dir: str = ""
     driver_memory: str = "4g"
     data_dir: str = ""
+    analyses: str = "refuse"
     spark_conf: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> HailSettings:
         d = dict(d or {})
-        known = {"master", "tmp_dir", "driver_memory", "data_dir", "spark_conf"}
+        known = {"master", "tmp_dir", "driver_memory", "data_dir", "analyses", "spark_conf"}
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"[hail]: unknown keys {sorted(unknown)}; known: {', '.join(sorted(known))}")
@@ -65,8 +71,11 @@ class HailSettings:
         master = str(d.get("master", "local[*]"))
         if not master:
             raise ConfigError("[hail] master must be a Spark master URL such as local[*] or spark://host:7077")
+        analyses = str(d.get("analyses", "refuse"))
+        if analyses not in ("refuse", "embedded"):
+            raise ConfigError(f"[hail] analyses = {analyses!r}: choose \"refuse\" or \"embedded\"")
         return cls(master, str(d.get("tmp_dir", "")), str(d.get("driver_memory", "4g")), str(d.get("data_dir", "")),
-                   tuple(sorted((str(k), str(v)) for k, v in conf.items())))
+                   analyses, tuple(sorted((str(k), str(v)) for k, v in conf.items())))
 
 
 def hail() -> ModuleType:

@@ -97,15 +97,35 @@ class HailBackend(Backend):
             self.timings = {"hail_start_s": t1 - t0, "convert_s": t2 - t1}
             return self._compiler
 
+    # the embedded analyses keep their state (selected samples, saved scores) in ``meta``
+    @property
+    def analysis_cache(self) -> dict[tuple[str, str], Any]:
+        return self.meta.analysis_cache
+
+    def cache_analysis(self, key: tuple[str, str], value: Any) -> None:
+        self.meta.cache_analysis(key, value)
+
+    def save_derived(self, name: str, table: pa.Table) -> None:
+        self.meta.save_derived(name, table)
+
     def compile(self, fragment: Fragment) -> Any:
         from ..analysis import AnalysisFragment
 
         if isinstance(fragment, AnalysisFragment):
-            raise UnsupportedByBackend(f"the hail backend does not run {fragment.fn}() yet; run analyses on a node with "
-                                       "the duckdb backend (docs/hail-backend.md)")
-        if fragment.tables & set(self.meta.derived):
-            raise UnsupportedByBackend("the hail backend does not read derived tables (PCA scores) yet")
-        return self.start().fragment(fragment)
+            if self.settings.analyses == "embedded":
+                return None  # run by the embedded kernels (execute)
+            raise UnsupportedByBackend(f"the hail backend does not run {fragment.fn}() on Spark; its steward can set "
+                                       "[hail] analyses = \"embedded\" (run it on the node machine) or use the duckdb "
+                                       "backend (docs/hail-backend.md)")
+        compiler = self.start()
+        for name in fragment.tables & set(self.meta.derived):  # per-sample tables an analysis saved here (PCA scores)
+            compiler.data.tables[name] = self._derived(compiler.hl, name)
+        return compiler.fragment(fragment)
+
+    def _derived(self, hl: Any, name: str) -> Any:
+        """A derived table (small: one row per sample) as a Hail Table, read afresh (it may have
+        been replaced by a later analysis)."""
+        return hl.Table.from_pandas(self.meta.con.table(name).to_arrow_table().to_pandas())
 
     def has_operation(self, fragment: Fragment) -> bool:
         try:
@@ -121,6 +141,8 @@ class HailBackend(Backend):
 
     def _execute(self, fragment: Fragment) -> pa.Table:
         plan = self.compile(fragment)
+        if plan is None:
+            return self.meta.execute(fragment)
         schema = self.meta.result_schema(fragment)
         hl = self._compiler.hl
         try:
