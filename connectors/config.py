@@ -12,6 +12,7 @@ Example::
     tmp_dir = ""               # Hail scratch, visible to every executor (default: system temp)
     driver_memory = "4g"
     data_dir = ""              # the store's Hail tables (default: next to the store); a shared URI on a cluster
+    analyses = "refuse"        # or "embedded": GWAS/PCA/LD on this machine's numpy kernels, not on Spark
 
     [policy]
     min_count = 5              # groups with 1..min_count-1 samples are suppressed
