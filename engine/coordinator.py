@@ -100,11 +100,14 @@ class Coordinator:
             raise PlanningError("table functions run in several rounds and have no single fragment to explain")
         return plan_query(select, self.catalog())
 
-    def _fan_out(self, fn, transports: list[Transport] | None = None) -> dict[str, Any]:
+    def _fan_out(self, fn, transports: list[Transport] | None = None, grace: float = 2.0) -> dict[str, Any]:
+        """``fn(transport)`` on every node at once; the first error (naming its node) is raised, and
+        a node still silent ``timeout + grace`` seconds later fails the call with code ``timeout``
+        (each transport call has its own deadline; this bounds a transport that would not)."""
         ts = transports or self.transports
         futures = {self._pool.submit(fn, t): t for t in ts}
         results: dict[str, Any] = {}
-        deadline = time.monotonic() + self.timeout + 2.0
+        deadline = time.monotonic() + self.timeout + grace
         try:
             for fut in cf.as_completed(futures, timeout=max(0.1, deadline - time.monotonic())):
                 t = futures[fut]

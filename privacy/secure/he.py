@@ -508,7 +508,8 @@ def run_he(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: st
         raise CombineError("combine='he' needs a key holder: add a [keyholder] table (location, token) to federation.toml, or use combine='mpc'")
     key_id = kh.open(query_id, [t.name for t in targets], min_count, timeout=timeout)
     keys = kh.public_keys()
-    parts = coordinator._fan_out(lambda t: t.run_he(fragment_sql, query_id, key_id, timeout, dp=dp), targets)
+    # the node's call deadline is timeout + 10 s (encryption after the fragment): wait as long
+    parts = coordinator._fan_out(lambda t: t.run_he(fragment_sql, query_id, key_id, timeout, dp=dp), targets, grace=12.0)
     layouts, groups = set(), set()
     if notes is not None:  # each node's DP and re-identification notes for the provenance
         notes.update({node: json.loads(t.schema.metadata[b"genofed.notes"]) for node, t in parts.items()
