@@ -32,7 +32,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 test-hail: $(HAIL_STAMP)
-	GENOFED_REQUIRE_HAIL=1 $(VENV_HAIL)/bin/python -m pytest -q tests/test_backends.py tests/test_hail_store.py
+	GENOFED_REQUIRE_HAIL=1 $(VENV_HAIL)/bin/python -m pytest -q tests/test_backends.py tests/test_hail_store.py tests/test_hail_exprs.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -166,6 +166,25 @@ def test_embedded_analyses_and_their_derived_tables(fed_backend, backend, fed112
         assert abs(x["_p1"] - y["_p1"]) < 1e-9 and abs(x["_p2"] - y["_p2"]) < 1e-9
 
 
+def test_hail_matrix_plans_reuse_their_sample_side(fed_backend, backend, pooled1126, monkeypatch):
+    """The sample side of a matrix plan (each sample's group: a Spark job at 20,000 samples) is
+    collected once per distinct sample side and reused, and the reused plan still answers."""
+    if backend != "hail":
+        pytest.skip("the Hail compiler's cache")
+    from genofed.engine.backends.hail_plan import Compiler
+
+    calls = []
+    real = Compiler._sample_side
+    monkeypatch.setattr(Compiler, "_sample_side", lambda self, *a: calls.append(a[0]) or real(self, *a))
+    sql = ("SELECT s.population, allele_count(g.dosage) AS ac FROM genotypes g JOIN samples s USING (sample_id) "
+           "WHERE s.sex = '{}' AND g.chrom = '22' GROUP BY s.population ORDER BY s.population")
+    for sex in ("F", "F", "M"):
+        got, want = run_both(fed_backend, pooled1126, sql.format(sex))
+        assert len(got) > 10
+        assert_same(got, want, True, sex)
+    assert len(calls) == 2  # female once (reused the second time), male once
+
+
 # -- the official 1000 Genomes frequencies ---------------------------------------------------
 @pytest.fixture(scope="module")
 def aisnp_backend(backend, tmp_path_factory):

@@ -69,6 +69,8 @@ class Compiler:
         self.hl = hl
         self.data = data
         self._n = 0
+        self._static = frozenset(data.tables)  # converted once; derived tables may be replaced later
+        self._sample_sides: dict[tuple, tuple[list[tuple], dict[str, int]] | None] = {}
 
     def _name(self, alias: str, col: str) -> str:
         self._n += 1
@@ -326,30 +328,20 @@ class Compiler:
             pair = _equi(j.args.get("on"), {g}, j.this.alias_or_name) if j.args.get("on") is not None else None
             if pair is None or pair[0].name != "variant_id" or pair[1].name != "variant_id":
                 return None
-        # sample side: the columns table joined with sample-level tables, filtered, keyed
-        cols = mt.cols().key_by()
-        sid_field = self._name(g, SAMPLE_ID)
-        rel = Rel(cols.select(**{sid_field: cols.sample_id}), {(g, SAMPLE_ID): sid_field})
-        for j in joins["s"]:
-            right = self.source(j.this, {}, [])
-            on = _conjuncts(j.args["on"]) if j.args.get("on") is not None else []
-            eq = [p for p in (_equi(c, {g} | {a for a, _ in rel.columns}, j.this.alias_or_name) for c in on) if p]
-            if len(eq) != len(on) or not eq:
-                return None
-            rel = self.broadcast_join(rel, right, eq, left_join=False)
-        ctx = self.ctx(rel, {})
-        if conds["s"]:
-            rel.ht = rel.ht.filter(hx(exp.and_(*[c.copy() for c in conds["s"]]), ctx))
-            ctx = self.ctx(rel, {})
         s_keys = [(n, e) for n, side, e in keys if side == "s"]
-        side = rel.ht.select(_sid=rel.ht[sid_field], **{n: hx(e, ctx) for n, e in s_keys}).collect()
-        sids = [r["_sid"] for r in side]
-        if len(set(sids)) != len(sids):
-            return None  # a joined table with several rows per sample: the relational plan keeps SQL semantics
-        groups: dict[tuple, int] = {}
-        member: dict[str, int] = {}
-        for r in side:
-            member[r["_sid"]] = groups.setdefault(tuple(r[n] for n, _ in s_keys), len(groups))
+        side_key = (g, tuple(j.sql() for j in joins["s"]), tuple(c.sql() for c in conds["s"]),
+                    tuple((n, e.sql()) for n, e in s_keys))
+        cacheable = all(isinstance(j.this, exp.Table) and j.this.name in self._static for j in joins["s"])
+        if cacheable and side_key in self._sample_sides:
+            cached = self._sample_sides[side_key]
+        else:
+            cached = self._sample_side(g, joins, conds, s_keys)
+            if cacheable:
+                self._sample_sides[side_key] = cached
+        if cached is None:
+            return None
+        group_list, member = cached
+
         # variant side: row fields of the MatrixTable
         def vctx(m: Any) -> Ctx:
             vcols = {(g, c): m[c] for c in GENOTYPE_VARIANT_COLUMNS}
@@ -380,13 +372,44 @@ class Compiler:
                 final[name] = hl.or_missing(called > 0, hl.agg.sum(ent[f"_c{name}"]))
             else:
                 final[name] = hl.int64(hl.agg.sum(ent[f"_c{name}"]))
-        group_list = list(groups)
         decode = {n: (lambda i, k=k: None if i is None else group_list[i][k]) for k, (n, _) in enumerate(s_keys)}
         if not keys:
             return HailPlan(struct=ent.aggregate(hl.struct(**final), _localize=False), kind="matrix")
         out = ent.group_by(_grp=ent._grp, **{n: ent[n] for n, _ in v_keys}).aggregate(**final).key_by()
         out = out.annotate(**{n: out._grp for n, _ in s_keys}).drop("_grp")  # group index, decoded on collect
         return HailPlan(table=out, decode=decode, kind="matrix")
+
+    def _sample_side(self, g: str, joins: dict[str, list], conds: dict[str, list],
+                     s_keys: list[tuple[str, exp.Expression]]) -> tuple[list[tuple], dict[str, int]] | None:
+        """The sample side of a matrix plan: each sample's group (its sample-level keys), by
+        collecting the columns table joined with the sample-level tables and filtered. Small (one
+        row per sample), and the same for every fragment with the same sample side, so the
+        compiler keeps it (the converted tables never change under it)."""
+        mt = self.data.mt
+        # sample side: the columns table joined with sample-level tables, filtered, keyed
+        cols = mt.cols().key_by()
+        sid_field = self._name(g, SAMPLE_ID)
+        rel = Rel(cols.select(**{sid_field: cols.sample_id}), {(g, SAMPLE_ID): sid_field})
+        for j in joins["s"]:
+            right = self.source(j.this, {}, [])
+            on = _conjuncts(j.args["on"]) if j.args.get("on") is not None else []
+            eq = [p for p in (_equi(c, {g} | {a for a, _ in rel.columns}, j.this.alias_or_name) for c in on) if p]
+            if len(eq) != len(on) or not eq:
+                return None
+            rel = self.broadcast_join(rel, right, eq, left_join=False)
+        ctx = self.ctx(rel, {})
+        if conds["s"]:
+            rel.ht = rel.ht.filter(hx(exp.and_(*[c.copy() for c in conds["s"]]), ctx))
+            ctx = self.ctx(rel, {})
+        side = rel.ht.select(_sid=rel.ht[sid_field], **{n: hx(e, ctx) for n, e in s_keys}).collect()
+        sids = [r["_sid"] for r in side]
+        if len(set(sids)) != len(sids):
+            return None  # a joined table with several rows per sample: the relational plan keeps SQL semantics
+        groups: dict[tuple, int] = {}
+        member: dict[str, int] = {}
+        for r in side:
+            member[r["_sid"]] = groups.setdefault(tuple(r[n] for n, _ in s_keys), len(groups))
+        return list(groups), member
 
 
 def _entry_agg(hl: ModuleType, kind: str, d: Any, p: Any) -> Any:
