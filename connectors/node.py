@@ -446,14 +446,23 @@ class NodeServer(flight.FlightServerBase):
         from genofed.privacy.dpnode import noise_table, plan_dp
         from genofed.privacy.ledger import release_key
 
-        vidx = self.backend.variant_selection(frag) if "genotypes" in getattr(frag, "tables", set()) else None
-        plan = plan_dp(frag, self.config.dp, None if vidx is None else len(vidx), self._clinical_multiplicity)
+        n_var: int | None
+        if not hasattr(frag, "select"):  # an analysis round: its variants bound a sample's contribution
+            vidx = None
+            n_var = self._analysis_variants(frag)
+        else:
+            vidx = self.backend.variant_selection(frag) if "genotypes" in getattr(frag, "tables", set()) else None
+            n_var = None if vidx is None else len(vidx)
+        plan = plan_dp(frag, self.config.dp, n_var, self._clinical_multiplicity)
         sets = self.backend.sample_sets(frag)
         key = release_key(*self._release_identity(frag, sql, sets, vidx), mode, mech, l1=plan.l1, l2=plan.l2,
                           data=self.backend.catalog().get("variants_digest"))
         cached = self.ledger.cache.get(researcher, key)
         if cached is not None:
             return cached, {"cached": True, **json.loads((cached.schema.metadata or {}).get(b"genofed.dp", b"{}"))}
+        from genofed.privacy.dp import noise_scale
+
+        noise_scale(mech, plan.l1, plan.l2)  # calibrate first: a request OpenDP cannot serve costs no budget
         table = self.backend.execute(plan.fragment)
         risk = self._guard(frag, researcher, mode, sets)
         pol = self.config.dp
@@ -466,6 +475,11 @@ class NodeServer(flight.FlightServerBase):
         noisy = noisy.replace_schema_metadata({b"genofed.dp": json.dumps(prov).encode()})
         noisy = self.ledger.put(researcher, key, noisy)  # a racing identical query may have stored first: release that one
         return noisy, json.loads((noisy.schema.metadata or {}).get(b"genofed.dp", b"{}")) or prov
+
+    def _analysis_variants(self, frag: Any) -> int:
+        """How many variants an analysis round reads at this node."""
+        rows = self.backend.con.sql(f"SELECT count(*) FROM ({frag.variant_sql})").fetchall()
+        return int(rows[0][0])
 
     def _release_identity(self, frag: Any, sql: str, sets: Any, vidx: np.ndarray | None) -> tuple[str]:
         """What a noisy release is cached under. When every table read has at most one row per
@@ -503,6 +517,9 @@ class NodeServer(flight.FlightServerBase):
             frag = self._validate_any(sql)
             self._authorize(frag, researcher, sql, qid)
             mech = self.config.dp.mechanism_for(dp)
+            if mech is None and getattr(ANALYSES_BY_NAME().get(getattr(frag, "fn", "")), "requires_dp", False):
+                raise DisclosureError(f"{frag.fn} releases per-variant haplotype counts: this node noises them with "
+                                      "differential privacy only; ask with an epsilon", rule="dp_required")
             notes: dict[str, Any] = {}
             if mech is not None:
                 table, notes["dp"] = self._dp_execute(frag, sql, qid, researcher, mode, mech)
@@ -621,6 +638,12 @@ def serve(config: NodeConfig, host: str = "127.0.0.1", port: int = 0, ready: Any
 
 
 _ALLELE_LEVEL = {"allele_count", "het_count", "hom_alt_count", "hom_ref_count", "hom_alt_diploid_count"}
+
+
+def ANALYSES_BY_NAME() -> dict[str, Any]:  # noqa: N802 - a lazily imported registry
+    from genofed.genomics.analyses import ANALYSES
+
+    return ANALYSES
 
 
 def _genomic_release(frag: Any) -> str | None:

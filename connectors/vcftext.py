@@ -108,7 +108,8 @@ def batches_from_lines(
             bad_rows = set(bad.tolist())
             dip = (either & _MISS) == 0
             fast_planes = pack_planes(
-                (either & _ALT, both & _ALT, (both & _MISS) == 0, dip, ((first & _PH) != 0) & dip), width, N_PLANES
+                (either & _ALT, both & _ALT, (both & _MISS) == 0, dip, ((first & _PH) != 0) & dip, first & _ALT), width,
+                N_PLANES,
             )
         out_planes = []
         for meta, kind in zip(metas, kinds):

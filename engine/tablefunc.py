@@ -105,6 +105,7 @@ class AnalysisRun:
     wire: dict[str, int] = field(default_factory=dict)
     suppressed: list[dict[str, Any]] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    dp: dict[str, Any] | None = None  # differential privacy request for every round (analyses that support it)
     _seen: set = field(default_factory=set)
 
     def round(self, fn: str, args: dict[str, Any], round_: str, state: dict[str, Any], keys: list[str],
@@ -113,7 +114,11 @@ class AnalysisRun:
         spec = _RoundSpec(A.encode(fn, args, round_, state), keys, [PartialSpec(n, "sum") for n, _ in layout], list(keys))
         self.rounds += 1
         wire: dict[str, int] = {}
-        combined = c._combine(self.mode, spec, f"{self.query_id}r{self.rounds}", c.transports, wire)
+        notes: dict[str, Any] = {}
+        combined = c._combine(self.mode, spec, f"{self.query_id}r{self.rounds}", c.transports, wire, self.dp, notes)
+        dp_nodes = {node: n["dp"] for node, n in notes.items() if n.get("dp")}
+        if dp_nodes:
+            self.details.setdefault("dp_nodes", {}).update(dp_nodes)
         for k, v in wire.items():
             self.wire[k] = self.wire.get(k, 0) + v
         released, suppressed = c._disclosure(combined, spec)

@@ -157,6 +157,32 @@ class Federation:
         return self.sql(f"SELECT {', '.join(keys)}, count(*) AS n FROM samples JOIN {scores} USING (sample_id) GROUP BY ALL",
                         combine=combine)
 
+    def synth_train(self, *, epsilon: float | None = None, population: str | None = None, order: int = 2,
+                    holdout: float = 0.2, canaries: int = 2, seed: int = 1, variants: str | None = None,
+                    samples: str | None = None, phenotypes: dict[str, str] | None = None,
+                    combine: str | None = None, delta: float = 1e-6):
+        """Train the synthetic-genotype model across the nodes (:mod:`genofed.genomics.synth`):
+        per population an order-``order`` haplotype Markov chain whose counts each node noises
+        with differential privacy (``epsilon`` in total, charged at every node) before they are
+        summed in the combine mode. Returns a :class:`~genofed.genomics.synth.SynthModel`."""
+        from genofed.genomics import synth
+
+        return synth.train(self._coord, population=population, order=order, epsilon=epsilon, delta=delta,
+                           holdout=holdout, canaries=canaries, seed=seed, variants=variants, samples=samples,
+                           phenotypes=phenotypes, combine=combine)
+
+    def synth_release(self, model, n: int, out: str | os.PathLike[str], report: str | os.PathLike[str] | None = None,
+                      *, seed: int = 1, combine: str | None = None):
+        """Sample ``n`` synthetic genomes from ``model`` (a SynthModel or its .npz path), audit them
+        at the nodes and release them only if every privacy criterion passes: returns the
+        :class:`~genofed.genomics.synth_audit.AuditResult` (``.passed``, ``.report``); the VCF is
+        written at ``out`` only when released, the report (HTML or PDF) always."""
+        from genofed.genomics import synth, synth_audit
+
+        if not isinstance(model, synth.SynthModel):
+            model = synth.SynthModel.load(model)
+        return synth_audit.release(self._coord, synth.sample(model, n, seed=seed), out, report, combine=combine, seed=seed)
+
     def explain(self, query: str) -> dict[str, str]:
         """The node fragment and the finalize step a query plans into."""
         plan = self._coord.plan(query)

@@ -464,3 +464,56 @@ def demo(directory: Path, n_samples: int, keep_running: bool) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@main.group()
+def synth() -> None:
+    """Synthetic genotypes: train a model across the nodes, release only what the audit passes."""
+
+
+@synth.command("train")
+@click.option("--federation", "fed_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="model file (.npz)")
+@click.option("--epsilon", type=float, required=True, help="differential privacy ε for the whole training, at every node")
+@click.option("--population", help="SQL expression of each sample's population (default: super_pop, population or pop)")
+@click.option("--order", default=2, show_default=True, help="Markov order")
+@click.option("--holdout", default=0.2, show_default=True, help="fraction of each node's samples kept out (audit non-members)")
+@click.option("--canaries", default=2, show_default=True, help="secret canary genomes each node plants")
+@click.option("--seed", default=1, show_default=True)
+@click.option("--variants", help="SQL predicate over variants")
+def synth_train(fed_dir: Path, out: Path, epsilon: float, population: str | None, order: int, holdout: float, canaries: int,
+                seed: int, variants: str | None) -> None:
+    """Train the haplotype Markov model; only noisy, securely summed counts leave the nodes."""
+    import genofed
+
+    with genofed.connect(fed_dir) as fed:
+        model = fed.synth_train(epsilon=epsilon, population=population, order=order, holdout=holdout, canaries=canaries,
+                                seed=seed, variants=variants)
+    model.save(out)
+    click.echo(f"model: {out} ({model.n_variants:,} variants, populations {', '.join(model.populations)}, "
+               f"ε = {epsilon:g}, noise scale per summed count {model.provenance.get('noise_scale_total', 0):.2f})")
+
+
+@synth.command("release")
+@click.option("--federation", "fed_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("-n", "n", required=True, type=int, help="synthetic samples")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="the VCF (.vcf.gz, written only if released)")
+@click.option("--report", type=click.Path(path_type=Path), help="report (.html or .pdf; default beside --out)")
+@click.option("--seed", default=1, show_default=True)
+def synth_release(fed_dir: Path, model_path: Path, n: int, out: Path, report: Path | None, seed: int) -> None:
+    """Sample, audit at the nodes, and write the VCF only if every privacy criterion passes
+    (exit status 1 when refused)."""
+    import genofed
+
+    with genofed.connect(fed_dir) as fed:
+        res = fed.synth_release(model_path, n, out, report, seed=seed)
+    for row in res.report["privacy"]:
+        click.echo(f"{'ok  ' if row['pass'] else 'FAIL'} {row['name']}: {row['value']} ({row['threshold']})")
+    for row in res.report["utility"]:
+        click.echo(f"     {row['name']}: {row['value']} (target {row['target']})")
+    click.echo(f"report: {res.report['report_path']}")
+    if not res.passed:
+        click.echo("refused: " + "; ".join(res.report["reasons"]), err=True)
+        sys.exit(1)
+    click.echo(f"released: {out}")

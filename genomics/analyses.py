@@ -1089,3 +1089,7 @@ class Heterozygosity(Analysis):
 
 
 ANALYSES: dict[str, Analysis] = {a.name: a for a in (AssocCaseControl(), GwasLinear(), GwasLogistic(), LdR2(), Pca(), Fst(), Heterozygosity())}
+
+# the synthetic-data rounds (genomics/synth.py) are analyses too, validated and run like these:
+# that module registers them here when it is imported
+from . import synth as _synth  # noqa: E402, F401

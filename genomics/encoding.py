@@ -24,7 +24,7 @@ def encode_planes(alleles: np.ndarray, phased: np.ndarray, src: np.ndarray, alt:
     e1, e2 = a1 == alt_col, a2 == alt_col
     c1, c2 = a1 >= 0, a2 >= 0
     dip = c1 & c2
-    return pack_planes((e1 | e2, e1 & e2, c1 | c2, dip, ph & dip), width, N_PLANES)
+    return pack_planes((e1 | e2, e1 & e2, c1 | c2, dip, ph & dip, e1), width, N_PLANES)
 
 
 def pack_planes(bits: tuple[np.ndarray, ...], width: int, n_planes: int) -> np.ndarray:

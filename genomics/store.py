@@ -28,12 +28,12 @@ import numpy as np
 
 from genofed.engine.errors import IngestError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the hap1_alt plane (phase kept: which haplotype carries the ALT)
 
 # plane order (index into N_PLANES) and file names
-ALT1, ALT2, CALLED, DIPLOID, PHASED = range(5)
-N_PLANES = 5
-PLANE_NAMES = ("alt_ge1", "alt_eq2", "called", "diploid", "phased")
+ALT1, ALT2, CALLED, DIPLOID, PHASED, HAP1 = range(6)
+N_PLANES = 6
+PLANE_NAMES = ("alt_ge1", "alt_eq2", "called", "diploid", "phased", "hap1_alt")
 
 
 def plane_width(n_samples: int) -> int:

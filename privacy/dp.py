@@ -115,7 +115,16 @@ def _calibrated(kind: str, epsilon: float, delta: float, l1: int, l2: float) -> 
         else:  # pragma: no cover - would be an OpenDP change
             raise RuntimeError("could not calibrate the laplace scale")
         return scale, meas
-    scale = float(dp.binary_search_param(lambda s: _gaussian(s, delta), d_in=l2, d_out=(epsilon, delta)))
+    # bracket the search (OpenDP's default bracket overflows for large L2 sensitivities): ρ-zCDP
+    # with ρ ≥ ε cannot give (ε, δ), so σ > Δ2/√(2ε); the classic bound Δ2·√(2 ln(1.25/δ))/ε (+Δ2)
+    # is always enough
+    lo = 0.5 * l2 / math.sqrt(2 * epsilon)
+    hi = 2 * l2 * (math.sqrt(2 * math.log(1.25 / delta)) / epsilon + 1)
+    try:
+        scale = float(dp.binary_search_param(lambda s: _gaussian(s, delta), d_in=l2, d_out=(epsilon, delta), bounds=(lo, hi)))
+    except dp.OpenDPException as e:  # e.g. exp(ε) overflows a double for ε above ~700
+        raise ConfigError(f"OpenDP cannot calibrate Gaussian noise for epsilon={epsilon:g}, delta={delta:g} "
+                          f"({str(e).strip().splitlines()[0][:120]}); ask for a smaller epsilon") from None
     meas = _gaussian(scale, delta)
     eps_out, delta_out = meas.map(l2)
     if eps_out > epsilon or delta_out > delta:  # pragma: no cover - binary search guarantees it

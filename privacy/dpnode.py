@@ -29,6 +29,7 @@ from genofed.engine.errors import ConfigError, DisclosureError
 from genofed.engine.protocol import N_COLUMN
 
 from .dp import Mechanism, add_noise, provenance
+from .ledger import MAX_EPSILON
 
 # per-row bound of each genomic aggregate (a diploid sample contributes at most this per variant)
 _GENOMIC = {"allele_count": 2, "allele_number": 2, "het_count": 1, "hom_alt_count": 1, "hom_ref_count": 1,
@@ -62,8 +63,8 @@ class DPPolicy:
             bounds[col.lower()] = (float(b[0]), float(b[1]))
         for key in ("epsilon", "max_epsilon", "budget_epsilon"):
             v = d.get(key, getattr(cls, key))
-            if isinstance(v, bool) or not isinstance(v, int | float) or not (0 < v < math.inf):
-                raise ConfigError(f"{where}: [dp] {key} must be a number > 0, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int | float) or not (0 < v <= MAX_EPSILON):
+                raise ConfigError(f"{where}: [dp] {key} must be a number in (0, {MAX_EPSILON:g}], got {v!r}")
         for key in ("delta", "budget_delta"):
             v = d.get(key, getattr(cls, key))
             if isinstance(v, bool) or not isinstance(v, int | float) or not (0 <= v < 1):
@@ -113,8 +114,15 @@ def plan_dp(frag: Any, policy: DPPolicy, variants_selected: int | None, clinical
     """Sensitivity of a validated SQL fragment, and the fragment with SUMs clamped; raises
     :class:`DisclosureError` (rule ``dp_unsupported``) for what cannot be noised soundly."""
     if not hasattr(frag, "select"):
-        raise DisclosureError("differential privacy is not available for analyses (GWAS, PCA, LD, ...) yet; "
-                              "run them without dp at a node whose policy does not require it", rule="dp_unsupported")
+        from genofed.genomics.analyses import ANALYSES
+
+        sens = getattr(ANALYSES.get(frag.fn), "dp_sensitivity", None)
+        if sens is None:
+            raise DisclosureError(f"differential privacy is not available for {frag.fn}() yet (only for synthetic-data "
+                                  "training among the analyses); run it without dp at a node whose policy does not "
+                                  "require it", rule="dp_unsupported")
+        l1, l2 = sens(frag, variants_selected or 0)
+        return DPPlan(frag, int(l1), float(l2), max(1, variants_selected or 0))
     sel = frag.select.copy()
     from genofed.engine.samplesets import _sources
 
@@ -168,6 +176,17 @@ def _per_row(body: exp.Expression, names: dict[str, str], g_aliases: set[str], p
             return 2.0, None
         if (isinstance(arg, exp.Mul) and all(isinstance(unwrap(x), exp.Column) and unwrap(x).name == "dosage" for x in (arg.this, arg.expression))):
             return 4.0, None
+        left = unwrap(arg.this) if isinstance(arg, exp.Mul) else None
+        right = unwrap(arg.expression) if isinstance(arg, exp.Mul) else None
+        if (isinstance(left, exp.Column) and isinstance(right, exp.Column) and left.sql() == right.sql()
+                and left.table in names):
+            col_e = left
+            col = f"{names[col_e.table]}.{col_e.name}".lower()
+            if col in policy.bounds:  # a sum of squares (VAR/STDDEV): x² clamped through x's bounds
+                lo, hi = policy.bounds[col]
+                cl = exp.func("LEAST", exp.func("GREATEST", col_e.copy(), exp.convert(lo)), exp.convert(hi))
+                sq = exp.Mul(this=cl, expression=cl.copy())
+                return max(lo * lo, hi * hi) + 1.0, exp.Sum(this=exp.func("ROUND", sq))
         if isinstance(arg, exp.Column) and arg.table in names:
             col = f"{names[arg.table]}.{arg.name}".lower()
             if col in policy.bounds:
@@ -201,8 +220,12 @@ def noise_table(table: pa.Table, frag: Any, mech: Mechanism, plan: DPPlan) -> tu
         vals = noisy[at: at + n]
         at += n
         col = table.column(c)
-        body = next((p.unalias() for p in frag.select.expressions if p.alias_or_name == c), None)
-        if c == N_COLUMN or isinstance(body, (exp.Count, exp.Anonymous)):
+        if hasattr(frag, "select"):
+            body = next((p.unalias() for p in frag.select.expressions if p.alias_or_name == c), None)
+            nonneg = isinstance(body, (exp.Count, exp.Anonymous))
+        else:  # an analysis round: its count columns
+            nonneg = c in frag.counts
+        if c == N_COLUMN or nonneg:
             vals = np.maximum(vals, 0)
         new = pa.array(vals, pa.int64())
         out = out.set_column(out.column_names.index(c), c, new.cast(col.type, safe=False) if not pa.types.is_decimal(col.type) else new.cast(col.type))

@@ -134,6 +134,22 @@ def fed_dir_1126(tmp_path_factory, data_1126, phenotypes_1126) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> tuple[Path, dict]:
+    """The demo cohort (3,000 simulated samples, planted effects in truth.json) on three nodes:
+    ``root/fed`` (plain allowed, history gates off) and the truth."""
+    import json
+
+    from genofed.genomics.simulate import simulate_cohort
+
+    root = tmp_path_factory.mktemp("demo")
+    paths = simulate_cohort(root / "cohort", n_samples=3000, seed=1)
+    init_federation(root / "fed", paths.vcf, paths.samples, paths.split, clinical={"phenotypes": paths.phenotypes},
+                    min_count=5, allow_plain=True, combine="plain")
+    history_gates_off(root / "fed")  # whole-genome analyses of one cohort, many times over (gates: tests/attacks/)
+    return root, json.loads(paths.truth.read_text())
+
+
+@pytest.fixture(scope="session")
 def fed_dir_1126_5nodes(tmp_path_factory, data_1126, phenotypes_1126) -> Path:
     """The same cohort dealt round-robin over five nodes."""
     root = tmp_path_factory.mktemp("fed1126x5")

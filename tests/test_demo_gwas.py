@@ -4,31 +4,23 @@ and `genofed plot` writes the figures people expect."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import LocalFederation
 
 from genofed.cli import main
-from genofed.connectors.federation import history_gates_off, init_federation
-from genofed.genomics.simulate import simulate_cohort
 from genofed.named import list_queries
 
 GWS = 5e-8
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo_gwas")
-    paths = simulate_cohort(root / "cohort", n_samples=3000, seed=1)
-    init_federation(root / "fed", paths.vcf, paths.samples, paths.split, clinical={"phenotypes": paths.phenotypes},
-                    min_count=5, allow_plain=True, combine="plain")
-    history_gates_off(root / "fed")  # whole-genome analyses of one cohort, many times over (gates: tests/attacks/)
+def demo(demo_dir):
+    root, truth = demo_dir
     lf = LocalFederation(root / "fed")
     try:
-        yield lf.fed, json.loads(paths.truth.read_text()), root
+        yield lf.fed, truth, root
     finally:
         lf.close()
 

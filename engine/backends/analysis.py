@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ...genomics.store import ALT1, ALT2, CALLED
+from ...genomics.store import ALT1, ALT2, CALLED, DIPLOID, HAP1, PHASED
 from ..errors import FragmentError
 
 if TYPE_CHECKING:
@@ -140,6 +140,39 @@ class AnalysisData:
             want = [ALT1, ALT2] if full else [ALT1, ALT2, CALLED]
             raw = _read_rows(planes, sel, want)
             yield start, raw[0], raw[1], (None if full else raw[2])
+
+    def haplotype_chunks(self, vidx: np.ndarray, sidx: np.ndarray | None = None, phase_seed: int = 0,
+                         max_rows: int | None = None) -> Iterator[tuple[int, Any]]:
+        """Yield ``(offset, Haplotypes)`` for consecutive chunks of ``vidx`` (any order): alleles
+        uint8 [chunk, 2·samples] (every sample's first haplotype, then every second one) and
+        called bool. A phased call keeps its VCF order; an unphased heterozygous call is phased
+        at random (seeded by ``phase_seed``); a haploid call has its second haplotype uncalled."""
+        from ...genomics.synth import Haplotypes
+
+        n = self.store.manifest.n_samples
+        sidx = self.samples.sidx if sidx is None else np.asarray(sidx, np.int64)
+        vidx = np.asarray(vidx, np.int64)
+        rows = max(1, (CHUNK_BYTES // 4) // max(1, 2 * len(sidx)))
+        if max_rows:
+            rows = min(rows, max_rows)
+        rng = np.random.default_rng(phase_seed)
+        planes = self.store.planes
+        for start in range(0, len(vidx), rows):
+            sel = vidx[start:start + rows]
+            order = np.argsort(sel, kind="stable")
+            raw = _read_rows(planes, sel[order], [ALT1, ALT2, CALLED, DIPLOID, PHASED, HAP1])
+            bits = np.unpackbits(raw, axis=2, bitorder="little", count=n)[:, :, sidx].astype(bool)
+            inv = np.empty_like(order)
+            inv[order] = np.arange(len(order))
+            ge1, eq2, called, dip, phased, h1 = (bits[i][inv] for i in range(6))
+            het_unphased = ge1 & ~eq2 & dip & ~phased
+            if het_unphased.any():
+                flip = rng.random(het_unphased.shape) < 0.5
+                h1 = np.where(het_unphased, flip, h1)
+            h2 = (ge1 ^ h1) | eq2
+            c2 = dip  # the second haplotype exists for diploid calls only
+            c1 = called
+            yield start, Haplotypes(np.concatenate([h1, h2], axis=1).astype(np.uint8), np.concatenate([c1, c2], axis=1))
 
     def save_table(self, name: str, table: pa.Table) -> None:
         """Keep a sample-level derived table (e.g. principal component scores) at this node,
