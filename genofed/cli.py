@@ -517,3 +517,26 @@ def synth_release(fed_dir: Path, model_path: Path, n: int, out: Path, report: Pa
         click.echo("refused: " + "; ".join(res.report["reasons"]), err=True)
         sys.exit(1)
     click.echo(f"released: {out}")
+
+
+@synth.command("evaluate")
+@click.option("--federation", "fed_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--vcf", required=True, type=click.Path(exists=True, path_type=Path), help="any synthetic VCF")
+@click.option("--populations", type=click.Path(exists=True, path_type=Path), help="TSV: sample id, population label")
+@click.option("--report", required=True, type=click.Path(path_type=Path), help="report (.html or .pdf)")
+def synth_evaluate(fed_dir: Path, vcf: Path, populations: Path | None, report: Path) -> None:
+    """Audit any synthetic VCF against the nodes' cohorts (only scores leave them); releases nothing."""
+    import genofed
+    from genofed.genomics import synth as S
+    from genofed.genomics import synth_audit
+
+    labels = None
+    if populations is not None:
+        rows = [ln.split("\t") for ln in populations.read_text().splitlines() if ln.strip()]
+        labels = {r[0]: r[1].strip() for r in rows if len(r) >= 2}
+    syn = S.SyntheticSet.from_vcf(vcf, labels)
+    with genofed.connect(fed_dir) as fed:
+        res = synth_audit.evaluate(fed._coord, syn, report)
+    for row in res.report["privacy"] + res.report["utility"]:
+        click.echo(f"{row['name']}: {row['value']} ({row.get('threshold') or row.get('target')})")
+    click.echo(f"report: {report}")

@@ -474,6 +474,38 @@ class SyntheticSet:
         """int8 [n, V] (samples × variants)."""
         return (self.hap1 + self.hap2).T.astype(np.int8)
 
+    @classmethod
+    def from_vcf(cls, path: str | os.PathLike[str], populations: dict[str, str] | None = None) -> SyntheticSet:
+        """Any synthetic set as a VCF (e.g. another generator's): multi-allelic records split per
+        ALT; unphased or missing calls are read as they come (missing as REF). ``populations``
+        maps sample ids to population labels (for the population-matched scores)."""
+        import cyvcf2
+
+        try:
+            vcf = cyvcf2.VCF(str(path))
+        except (OSError, ValueError) as e:
+            raise SynthError(f"{path}: not a readable VCF ({e})") from None
+        ids, chrom, pos, ref, alt, h1, h2 = [], [], [], [], [], [], []
+        for rec in vcf:
+            gt = np.array([g[:2] if len(g) >= 3 else [g[0], -1] for g in rec.genotypes], np.int64)
+            for a, allele in enumerate(rec.ALT, start=1):
+                ids.append(f"{rec.CHROM}:{rec.POS}:{rec.REF}:{allele}")
+                chrom.append(rec.CHROM)
+                pos.append(rec.POS)
+                ref.append(rec.REF)
+                alt.append(allele)
+                h1.append(gt[:, 0] == a)
+                h2.append(gt[:, 1] == a)
+        if not ids:
+            raise SynthError(f"{path}: no variants")
+        samples = list(vcf.samples)
+        pops = [(populations or {}).get(s, "") for s in samples]
+        model = SynthModel(order=0, populations=sorted(set(pops)), variant_id=ids, chrom=np.array(chrom, dtype=object),
+                           pos=np.array(pos, np.int64), ref=ref, alt=alt, counts=np.zeros((0, len(ids), 1, 2)),
+                           haplotypes=np.zeros(0), provenance={"generator": f"external VCF {Path(path).name}",
+                                                               "holdout": 0.0, "canaries": 0, "seed": 1})
+        return cls(model, samples, pops, [None] * len(samples), np.array(h1, np.uint8), np.array(h2, np.uint8))
+
 
 def sample_haplotypes(prob: np.ndarray, chrom: np.ndarray, order: int, n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` haplotypes [V, n] from one population's chain ``prob`` [V, 2^k]."""

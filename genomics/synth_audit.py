@@ -194,6 +194,8 @@ class SynthAudit(Analysis):
             if len(have):
                 sub.append(rng.choice(have, size=min(want, len(have)), replace=False))
         sub_idx = np.sort(np.concatenate(sub)) if sub else np.zeros(0, np.int64)
+        if not len(sub_idx) and len(syn):  # a synthetic set whose populations are not named like ours
+            sub_idx = np.sort(rng.choice(len(syn), size=min(len(g_mem), len(syn)), replace=False))
         out: dict[str, float] = {"n_members": len(g_mem), "n_nonmembers": len(g_non), "n_subsample": len(sub_idx)}
         if len(g_mem) >= 2 and len(sub_idx) >= 2:
             a = M.aats(g_mem, syn[sub_idx])
@@ -252,8 +254,11 @@ class SynthAudit(Analysis):
         real_af = _allele_freq(data, vidx_sorted[pos[have]], all_s)
         mix = np.zeros(have.sum())
         all_pops = pops[mem | non]
-        for i, p in enumerate(syn_pops):
-            mix += (all_pops == p).mean() * syn_af[i, have] if len(all_pops) else 0
+        shares = np.array([(all_pops == p).mean() if len(all_pops) else 0.0 for p in syn_pops])
+        if shares.sum() <= 0:  # populations not named like ours: the synthetic set's own mix
+            shares = np.full(len(syn_pops), 1.0 / max(1, len(syn_pops)))
+        for i, w in enumerate(shares):
+            mix += w * syn_af[i, have]
         r = M.af_correlation(real_af, mix)
         ok = np.isfinite(real_af) & np.isfinite(mix)
         gi = np.minimum((real_af[ok] * AF_BINS).astype(np.int64), AF_BINS - 1)
@@ -360,7 +365,8 @@ def audit(coordinator: Any, syn: SyntheticSet, *, combine: str | None = None, se
     t0 = time.perf_counter()
     prov = syn.model.provenance
     args = SynthAudit().parse_args({k: prov.get(k) for k in ("population", "holdout", "canaries", "seed", "variants", "samples")}
-                                   | {"order": syn.model.order})
+                                   | {"order": syn.model.order, "population": prov.get("population")
+                                      or synth_default_population(coordinator)})
     mode = combine or coordinator.default_combine
     import uuid
 
@@ -469,9 +475,11 @@ def _report(row: dict[str, float], syn: SyntheticSet, real_curve: np.ndarray, sy
                    f"{MAX_KINSHIP}; the same estimator between real members reaches {kin_ref_max} (relatives included)"},
         {"name": "membership inference AUC", "value": round(auc, 4), "threshold": f"≤ {MAX_MIA_AUC}",
          "pass": bool(auc <= MAX_MIA_AUC) if np.isfinite(auc) else False,
-         "detail": f"distance to closest synthetic record, {int(hm.sum())} members vs {int(hn.sum())} held-out non-members"},
+         "detail": (f"distance to closest synthetic record, {int(hm.sum())} members vs {int(hn.sum())} held-out non-members"
+                    if np.isfinite(auc) else "not measured: no held-out non-members (not a genofed-trained set); refused")},
         {"name": "canaries detected", "value": can_d, "threshold": "0", "pass": can_d == 0,
-         "detail": f"{can_n} planted canary genomes vs {N_CONTROLS} unplanted controls per node"},
+         "detail": (f"{can_n} planted canary genomes vs {N_CONTROLS} unplanted controls per node" if can_n
+                    else "not measured: no canaries were planted in training")},
     ]
     utility = [
         {"name": "allele frequency correlation", "value": round(af_r, 5), "target": f"≥ {MIN_AF_R}", "pass": bool(af_r >= MIN_AF_R)},
@@ -500,6 +508,28 @@ def _report(row: dict[str, float], syn: SyntheticSet, real_curve: np.ndarray, sy
                    "kinship_over": over, "kinship_real_max_bin": kin_ref_max, "mia_auc": auc, "canaries": can_n, "canaries_detected": can_d, "af_r": af_r,
                    "ld_error": ld_err, "pca_overlap": pca_ov},
     }
+
+
+def synth_default_population(coordinator: Any) -> str:
+    from .synth import default_population
+
+    return default_population(coordinator.catalog())
+
+
+def evaluate(coordinator: Any, syn: SyntheticSet, report_path: str | Any, *, combine: str | None = None,
+             seed: int = 1) -> AuditResult:
+    """Audit any synthetic set (e.g. another generator's VCF, :meth:`SyntheticSet.from_vcf`) and
+    write the report; nothing is released. Without a genofed training there are no held-out
+    non-members or canaries: those criteria are reported as not measured (and fail)."""
+    from pathlib import Path
+
+    from .synth_report import write_report
+
+    res = audit(coordinator, syn, combine=combine, seed=seed)
+    res.report["title"] = "genofed synthetic genotype audit (evaluation only, nothing released)"
+    write_report(Path(report_path), {k: v for k, v in res.report.items() if k != "scores"}, res.figures)
+    res.report["report_path"] = str(report_path)
+    return res
 
 
 def gate(result: AuditResult) -> tuple[bool, list[str]]:

@@ -25,6 +25,7 @@ sorted canonically, so its order says nothing about which node contributed which
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -34,6 +35,8 @@ import pyarrow.compute as pc
 
 from genofed.engine.errors import CombineError
 from genofed.engine.protocol import N_COLUMN, SUPPRESSED_COLUMN
+
+_JOIN_LOCK = threading.Lock()
 
 INT, REAL = "int", "real"
 VALUE, VALID, NAN, POSINF, NEGINF, COUNT = "value", "valid", "nan", "posinf", "neginf", "n"
@@ -208,7 +211,8 @@ def align(table: pa.Table, union: pa.Table, keys: list[str]) -> pa.Table:
     t = pa.table({**_joinable(table, keys), **{f"_c{j}": table.column(c) for j, c in enumerate(others)}})
     jk = [c for c in u.column_names if c != _ROW]
     try:
-        joined = u.join(t, keys=jk, join_type="left outer", use_threads=False).sort_by(_ROW)
+        with _JOIN_LOCK:  # Acero aborted the process once with ten in-process nodes joining at once
+            joined = u.join(t, keys=jk, join_type="left outer", use_threads=False).sort_by(_ROW)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
         raise CombineError(f"cannot align a node's partials to the key union: {e}") from None
     if joined.num_rows != union.num_rows:
