@@ -23,6 +23,7 @@ from ...genomics.kernels import genotype_rows
 from ...genomics.store import NodeStore
 from ..errors import FragmentError, GenofedError
 from ..fragment import Fragment
+from ..keycodes import group_rows
 from ..samplesets import SampleSets, _conjuncts
 from ..schema import CORE_TABLES, GENOTYPE_VARIANT_COLUMNS
 from ..sqlcheck import DIALECT
@@ -255,9 +256,9 @@ class DuckDBBackend(Backend):
         sidx_all = t.column("_sidx").to_numpy().astype(np.int64)
         if not plan.keys:
             return SampleSets([], [()], [np.unique(sidx_all)], plan.base)
-        grouped = t.select([*plan.keys, "_sidx"]).group_by(plan.keys, use_threads=False).aggregate([("_sidx", "list")])
+        grouped, rows = group_rows(t, plan.keys)
         cells = list(zip(*[grouped.column(k).to_pylist() for k in plan.keys], strict=True))
-        members = [np.unique(np.asarray(m, np.int64)) for m in grouped.column("_sidx_list").to_pylist()]
+        members = [np.unique(sidx_all[r]) for r in rows]
         return SampleSets(plan.keys, cells, members, plan.base, plan.key_sql)
 
     def variant_selection(self, fragment: Fragment, cur: duckdb.DuckDBPyConnection | None = None) -> np.ndarray:

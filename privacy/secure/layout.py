@@ -25,7 +25,6 @@ sorted canonically, so its order says nothing about which node contributed which
 
 from __future__ import annotations
 
-import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -33,14 +32,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from genofed.engine import keycodes as K
 from genofed.engine.errors import CombineError
 from genofed.engine.protocol import N_COLUMN, SUPPRESSED_COLUMN
 
-_JOIN_LOCK = threading.Lock()
-
 INT, REAL = "int", "real"
 VALUE, VALID, NAN, POSINF, NEGINF, COUNT = "value", "valid", "nan", "posinf", "neginf", "n"
-_ROW = "_genofed_row"
 
 
 @dataclass(frozen=True)
@@ -160,45 +157,23 @@ def key_table(table: pa.Table, keys: list[str]) -> pa.Table:
 
 
 def union_keys(tables: list[pa.Table], keys: list[str]) -> pa.Table:
-    """Sorted distinct union of key tables: the order depends only on the union's contents."""
+    """Sorted distinct union of key tables: the order depends only on the union's contents
+    (ascending per key column, NULL last)."""
     if not keys:
         return pa.table({})
     try:
         union = pa.concat_tables([t.select(keys).replace_schema_metadata(None) for t in tables], promote_options="permissive")
-        distinct = union.group_by(keys, use_threads=False).aggregate([]).select(keys)
-        return distinct.sort_by([(k, "ascending", "at_end") for k in keys])
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, KeyError) as e:
+        return K.distinct_sorted(union, keys)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, KeyError, K.KeyTypeError) as e:
         raise CombineError(f"node key sets do not agree on key columns or types: {e}") from None
-
-
-def _joinable(t: pa.Table, keys: list[str]) -> dict[str, pa.Array | pa.ChunkedArray]:
-    """Key columns with NULL made joinable: a filled value plus an is-NULL column (a hash join
-    never matches NULL to NULL, but GROUP BY makes NULL a group)."""
-    out: dict[str, pa.Array | pa.ChunkedArray] = {}
-    for i, k in enumerate(keys):
-        c = t.column(k)
-        typ = c.type
-        if pa.types.is_dictionary(typ):
-            c = c.cast(typ.value_type)
-            typ = typ.value_type
-        if pa.types.is_string(typ) or pa.types.is_large_string(typ):
-            fill = pa.scalar("", typ)
-        elif pa.types.is_boolean(typ):
-            fill = pa.scalar(False)
-        elif pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ):
-            fill = pa.scalar(0).cast(typ)
-        else:
-            c = c.cast(pa.string())
-            fill = pa.scalar("", pa.string())
-        out[f"_v{i}"] = pc.fill_null(c, fill)
-        out[f"_z{i}"] = pc.is_null(t.column(k))
-    return out
 
 
 def align(table: pa.Table, union: pa.Table, keys: list[str]) -> pa.Table:
     """``table``'s rows in the order of ``union`` (a superset of its keys); absent groups are NULL.
 
     With no keys the query has one group: a node with no row contributes an all-NULL row.
+    Keys match as GROUP BY matches them: NULL equals NULL. (Computed with numpy: Arrow's Acero
+    join crashed the process on partial tables received over Flight.)
     """
     if not keys:
         if table.num_rows == 1:
@@ -206,20 +181,19 @@ def align(table: pa.Table, union: pa.Table, keys: list[str]) -> pa.Table:
         if table.num_rows == 0:
             return pa.table({c: pa.nulls(1, table.schema.field(c).type) for c in table.column_names})
         raise CombineError("a query without GROUP BY returned more than one row at a node")
-    others = [c for c in table.column_names if c not in keys]
-    u = pa.table({**_joinable(union, keys), _ROW: pa.array(np.arange(union.num_rows, dtype=np.int64))})
-    t = pa.table({**_joinable(table, keys), **{f"_c{j}": table.column(c) for j, c in enumerate(others)}})
-    jk = [c for c in u.column_names if c != _ROW]
     try:
-        with _JOIN_LOCK:  # Acero aborted the process once with ten in-process nodes joining at once
-            joined = u.join(t, keys=jk, join_type="left outer", use_threads=False).sort_by(_ROW)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+        rows = K.lookup(union, table, keys)
+    except K.KeyTypeError as e:
+        if "twice" in str(e):
+            raise CombineError("a node's partial table has duplicate group keys") from None
         raise CombineError(f"cannot align a node's partials to the key union: {e}") from None
-    if joined.num_rows != union.num_rows:
-        raise CombineError("a node's partial table has duplicate group keys")
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, KeyError) as e:
+        raise CombineError(f"cannot align a node's partials to the key union: {e}") from None
+    take = pa.array(rows, mask=rows < 0)
     cols = {k: union.column(k) for k in keys}
-    for j, c in enumerate(others):
-        cols[c] = joined.column(f"_c{j}").cast(table.schema.field(c).type)
+    for c in table.column_names:
+        if c not in keys:
+            cols[c] = table.column(c).take(take)
     return pa.table(cols)
 
 
