@@ -14,7 +14,7 @@ HAIL_STAMP := $(VENV_HAIL)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,mpc,he]'
+	$(PY) -m pip install --quiet -e '.[dev,mpc,he,fl]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -135,6 +135,7 @@ class NodeConfig:
     roles: dict[str, Role] = field(default_factory=dict)
     dp: Any = None  # [dp]: genofed.privacy.dpnode.DPPolicy (defaults when absent)
     risk: Any = None  # [risk]: genofed.privacy.membership.RiskPolicy (defaults when absent)
+    training: Any = None  # [training]: genofed.federated.features.TrainingPolicy (defaults when absent)
     researchers: list[Researcher] = field(default_factory=list)
     keyholder: dict[str, str] = field(default_factory=dict)
     hail: Any = None  # [hail]: genofed.engine.backends.hail_session.HailSettings (backend = "hail")
@@ -151,6 +152,10 @@ class NodeConfig:
             from genofed.privacy.membership import RiskPolicy
 
             self.risk = RiskPolicy()
+        if self.training is None:
+            from genofed.federated.features import TrainingPolicy
+
+            self.training = TrainingPolicy()
 
     def model_policy(self) -> dict[str, float]:
         """The model-disclosure rules this node announces to coordinators (and enforces itself)."""
@@ -298,6 +303,12 @@ class NodeConfig:
         if not isinstance(raw_risk, dict):
             raise ConfigError(f"{where}: [risk] must be a table")
         risk_policy = RiskPolicy.from_dict(raw_risk, where)
+        from genofed.federated.features import TrainingPolicy
+
+        raw_training = data.get("training", {})
+        if not isinstance(raw_training, dict):
+            raise ConfigError(f"{where}: [training] must be a table")
+        training = TrainingPolicy.from_dict(raw_training, where)
         researchers = []
         for i, r in enumerate(data.get("researchers", [])):
             if "name" not in r or "token_sha256" not in r:
@@ -352,6 +363,7 @@ class NodeConfig:
             roles=roles,
             dp=dp_policy,
             risk=risk_policy,
+            training=training,
             state=str(node.get("state", "")),
             researchers=researchers,
             keyholder={k: str(v) for k, v in keyholder.items()},
@@ -382,6 +394,7 @@ class NodeConfig:
                           for r in self.roles.values()}} if self.roles else {}),
             **({"hail": _hail_toml(self.hail)} if self.backend == "hail" and self.hail is not None else {}),
             **({"risk": dataclasses.asdict(self.risk)} if self.risk is not None and self.risk != type(self.risk)() else {}),
+            **({"training": self.training.to_dict()} if self.training is not None and self.training != type(self.training)() else {}),
             **({"dp": self.dp.to_dict()} if self.dp is not None and self.dp.to_dict() != type(self.dp)().to_dict() else {}),
             "researchers": [{"name": r.name, "token_sha256": r.token_sha256, **({"roles": r.roles} if r.roles else {})}
                             for r in self.researchers],

@@ -218,6 +218,7 @@ def init_federation(
             keyholder={"port_file": f"../{KEYHOLDER_DIR}/keyholder.port", "token": (kh_token := secrets.token_urlsafe(24)),
                        **({"ca": f"../{TLS_DIR}/ca.crt"} if tls else {})},
             tls={"cert": f"{TLS_DIR}/node.crt", "key": f"{TLS_DIR}/node.key"} if tls else {},
+            training=_sandbox_training(allow_plain),
         )
         if tls:
             make_cert(root / TLS_DIR, ndir / TLS_DIR, "node")
@@ -231,6 +232,13 @@ def init_federation(
                            tls={"ca": f"{TLS_DIR}/ca.crt"} if tls else {})
     fed.save()
     return fed
+
+
+def _sandbox_training(allow_plain: bool):
+    """A local (sandbox) federation lets its researcher train models: [training] allow = true."""
+    from genofed.federated.features import TrainingPolicy
+
+    return TrainingPolicy(allow=True, allow_plain=allow_plain)
 
 
 def _alive(pid: int) -> bool:

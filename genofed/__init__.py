@@ -27,6 +27,13 @@ def connect(path, timeout=None):  # noqa: ANN001
     return _connect(path, timeout=timeout)
 
 
+def train(federation, features, label, **options):  # noqa: ANN001, ANN201
+    """Train a model across a federation's nodes with Flower (see :func:`genofed.api.train`)."""
+    from genofed.api import train as _train
+
+    return _train(federation, features, label, **options)
+
+
 __all__ = [
     "AuthError",
     "BackendUnsupportedError",
@@ -41,4 +48,5 @@ __all__ = [
     "PlanningError",
     "UnsupportedError",
     "connect",
+    "train",
 ]

@@ -11,7 +11,7 @@ import pyarrow as pa
 from genofed.connectors.client import FlightTransport
 from genofed.connectors.federation import FederationConfig
 from genofed.engine.coordinator import Coordinator, Provenance, QueryResult
-from genofed.engine.errors import GenofedError
+from genofed.engine.errors import ConfigError, GenofedError
 from genofed.engine.schema import Catalog
 
 
@@ -183,6 +183,10 @@ class Federation:
             model = synth.SynthModel.load(model)
         return synth_audit.release(self._coord, synth.sample(model, n, seed=seed), out, report, combine=combine, seed=seed)
 
+    def train(self, features: str | os.PathLike[str], label: str, **options: Any) -> dict[str, Any]:
+        """Train a model across this federation's nodes with Flower: see :func:`genofed.train`."""
+        return train(self.config, features, label, federation=self, **options)
+
     def explain(self, query: str) -> dict[str, str]:
         """The node fragment and the finalize step a query plans into."""
         plan = self._coord.plan(query)
@@ -249,3 +253,67 @@ def connect(path: str | os.PathLike[str], timeout: float | None = None) -> Feder
     >>> fed.sql("SELECT sex, count(*) AS n FROM samples GROUP BY sex").to_pandas()  # doctest: +SKIP
     """
     return Federation(FederationConfig.load(Path(path)), timeout=timeout)
+
+
+def train(config: FederationConfig | str | os.PathLike[str], features: str | os.PathLike[str], label: str, *, model: str = "logistic", strategy: str = "fedavg",
+          variants: list[str] | None = None, variants_sql: str | None = None, rounds: int = 20, local_epochs: int = 5,
+          lr: float = 0.5, l2: float = 0.0, mu: float = 0.0, hidden: int = 16, batch_size: int = 0, seed: int = 0,
+          secagg: bool = True, out: str | os.PathLike[str] = "model", superlink: str | None = None,
+          poll_interval: float = 0.1, timeout: float = 1800.0, progress=None, federation: Federation | None = None) -> dict[str, Any]:
+    """Train a model across the nodes with Flower (:mod:`genofed.federated`).
+
+    ``features`` is a feature file (``NAME.sql``) or the SQL itself: one SELECT over
+    ``samples`` and clinical tables returning ``sample_id``, the ``label`` (0/1) and numeric
+    features, evaluated at each node under its policy. Genotype dosages are added as features
+    for ``variants`` (variant_ids), or for the variant_ids a federated query ``variants_sql``
+    returns (e.g. ``SELECT variant_id FROM genotypes WHERE chrom = '22' GROUP BY variant_id
+    HAVING allele_freq(dosage) BETWEEN 0.05 AND 0.95``).
+
+    ``strategy``: ``fedavg``, ``fedprox`` (``mu``) or ``exact`` (federated Newton–Raphson:
+    the pooled logistic regression). Every sum runs under SecAgg+ unless ``secagg=False`` (and
+    every node allows it). With ``superlink=None`` a local Flower deployment (SuperLink and one
+    SuperNode per node of this federation) is started for the run; otherwise the run is
+    submitted to the SuperLink at ``host:port``. Returns the result (also written to
+    ``out/result.json``, with ``out/model.npz`` and ``out/progress.jsonl``).
+
+    The nodes' query servers need not run (the SuperNodes read the stores), except to answer
+    ``variants_sql``.
+    """
+    from pathlib import Path
+
+    from genofed.federated import features as F
+    from genofed.federated.apps import RunSettings
+    from genofed.federated.runner import run_training
+
+    if not isinstance(config, FederationConfig):
+        config = FederationConfig.load(config)
+
+    text = str(features)
+    path = Path(text)
+    sql = F.read_feature_file(path) if text.endswith(".sql") or (len(text) < 4096 and path.exists()) else text
+    F.check_feature_sql(sql)
+    ids = list(variants or [])
+    if variants_sql:
+        if federation is None:
+            with connect(config.root) as fed:
+                t = fed.sql(variants_sql).to_arrow()
+        else:
+            t = federation.sql(variants_sql).to_arrow()
+        if "variant_id" not in t.column_names:
+            raise ConfigError("the variants query must return a variant_id column")
+        ids += [v for v in t.column("variant_id").to_pylist() if v is not None and v not in ids]
+    settings = RunSettings(sql=sql, label=label, variants=ids, model=model, strategy=strategy, rounds=rounds,
+                           local_epochs=local_epochs, lr=lr, l2=l2, mu=mu, hidden=hidden, batch_size=batch_size, seed=seed,
+                           secagg=secagg, nodes=len(config.nodes), name=Path(str(out)).name)
+    configs = []
+    if superlink is None:
+        for n in config.nodes:
+            if not n.config:
+                raise ConfigError(f"node {n.name} has no local config in federation.toml: its SuperNode runs at the biobank; "
+                                  "give the analyst's SuperLink with superlink='host:port'")
+            configs.append(config.root / n.config)
+    tokens = {n.token for n in config.nodes}
+    if len(tokens) != 1:
+        raise ConfigError("the nodes of this federation know you by different tokens; a training run carries one researcher token")
+    return run_training(configs, tokens.pop(), settings, Path(out), superlink=superlink, poll_interval=poll_interval,
+                        timeout=timeout, progress=progress)
