@@ -291,8 +291,8 @@ class PollingGrid:
             ids -= {m.metadata.reply_to_message_id for m in got}
             if ids:
                 time.sleep(self._interval)
-        if self._recorder is not None:
-            self._recorder.extend(out)
+        if self._recorder is not None:  # snapshot now: Flower's compat layer consumes the content
+            self._recorder.extend(_snapshot(m) for m in out)
         if self.trace is not None:
             self.trace.append({"kind": str(first_type), "n": len(out), "seconds": round(time.monotonic() - start, 3)})
         return out
@@ -588,7 +588,8 @@ def make_server_app(run_file: Path) -> Any:
     def main(grid: Any, context: Any) -> None:
         out = Path(str(context.run_config.get("out", "."))).expanduser()
         out.mkdir(parents=True, exist_ok=True)
-        recorder: list[Any] | None = [] if os.environ.get("GENOFED_FL_RECORD") else None
+        # tests: keep every reply the server received (out/received.npz)
+        recorder: list[Any] | None = [] if bool(context.run_config.get("record", False)) else None
         run = None
         try:
             settings = _load_settings(run_file)
@@ -620,21 +621,24 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def _dump_recording(messages: list[Any], path: Path) -> None:
-    """Every array the server received (tests check that no node's own contribution is among them)."""
+def _snapshot(m: Any) -> dict[str, np.ndarray]:
+    """Every array in a received message (arrays, and byte fields such as SecAgg+'s masked vectors)."""
     arrays: dict[str, np.ndarray] = {}
-    for i, m in enumerate(messages):
-        if m.has_error() or not m.has_content():
-            continue
-        for rname, rec in m.content.array_records.items():
-            for k, arr in rec.items():
-                arrays[f"m{i}/{rname}/{k}"] = arr.numpy()
-        for rname, crec in m.content.config_records.items():
-            for k, v in crec.items():
-                if isinstance(v, bytes):
-                    arrays[f"m{i}/{rname}/{k}"] = np.frombuffer(v, dtype=np.uint8)
-                elif isinstance(v, list) and v and isinstance(v[0], bytes):
-                    for j, b in enumerate(v):
-                        arrays[f"m{i}/{rname}/{k}/{j}"] = np.frombuffer(b, dtype=np.uint8)
-    _savez(path, arrays)
+    if m.has_error() or not m.has_content():
+        return arrays
+    for rname, rec in m.content.array_records.items():
+        for k, arr in rec.items():
+            arrays[f"{rname}/{k}"] = np.array(arr.numpy(), copy=True)
+    for rname, crec in m.content.config_records.items():
+        for k, v in crec.items():
+            if isinstance(v, bytes):
+                arrays[f"{rname}/{k}"] = np.frombuffer(v, dtype=np.uint8).copy()
+            elif isinstance(v, list) and v and isinstance(v[0], bytes):
+                for j, b in enumerate(v):
+                    arrays[f"{rname}/{k}/{j}"] = np.frombuffer(b, dtype=np.uint8).copy()
+    return arrays
 
+
+def _dump_recording(snapshots: list[dict[str, np.ndarray]], path: Path) -> None:
+    """Every array the server received (tests check that no node's own contribution is among them)."""
+    _savez(path, {f"m{i}/{k}": a for i, snap in enumerate(snapshots) for k, a in snap.items()})

@@ -113,8 +113,7 @@ class FlowerDeployment:
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n')
         self._spawn("superlink", [_bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
-                                  "--disable-runtime-dependency-installation",
-                                  "--database", str(self.workdir / "superlink.db")])
+                                  "--disable-runtime-dependency-installation"])
         end = time.monotonic() + timeout
         while True:
             try:
@@ -183,10 +182,8 @@ class FlowerDeployment:
         settings.poll_interval = self.poll_interval
         fab = write_app(self.workdir / "apps" / f"run-{int(time.time() * 1000)}", settings)
         env = flower_env(self.home, self.poll_interval)
-        if record:
-            env["GENOFED_FL_RECORD"] = "1"
         cmd = [_bin("flwr"), "run", str(fab), CONNECTION, "--format", "json", "--run-config", f"out='{out}'",
-               "--run-config", f"token='{token}'"]
+               "--run-config", f"token='{token}'", "--run-config", f"record={'true' if record else 'false'}"]
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=self.workdir, timeout=120)
         if res.returncode != 0:
             raise TrainingError(f"flwr run failed: {(res.stderr or res.stdout).strip()[-800:]}")
@@ -224,7 +221,7 @@ def write_app(folder: Path, settings: RunSettings) -> Path:
         '[tool.hatch.build.targets.wheel]\npackages = ["."]\n\n'
         '[tool.flwr.app]\npublisher = "genofed"\n\n'
         '[tool.flwr.app.components]\nserverapp = "genofed_run.server:app"\nclientapp = "genofed_run.client:app"\n\n'
-        '[tool.flwr.app.config]\nout = ""\ntoken = ""\n')
+        '[tool.flwr.app.config]\nout = ""\ntoken = ""\nrecord = false\n')
     (pkg / "__init__.py").write_text("")
     (pkg / "server.py").write_text("from pathlib import Path\n\nfrom genofed.federated.apps import make_server_app\n\n"
                                    f'app = make_server_app(Path(__file__).with_name("{RUN_FILE}"))\n')

@@ -27,11 +27,12 @@ def connect(path, timeout=None):  # noqa: ANN001
     return _connect(path, timeout=timeout)
 
 
-def train(federation, features, label, **options):  # noqa: ANN001, ANN201
-    """Train a model across a federation's nodes with Flower (see :func:`genofed.api.train`)."""
+def train(path, features, label, **options):  # noqa: ANN001, ANN201
+    """Train a model across the nodes of the federation at ``path`` with Flower (see
+    :func:`genofed.api.train`)."""
     from genofed.api import train as _train
 
-    return _train(federation, features, label, **options)
+    return _train(path, features, label, **options)
 
 
 __all__ = [

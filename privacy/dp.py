@@ -26,15 +26,32 @@ is cached per parameter set.
 from __future__ import annotations
 
 import math
+import types
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
-import opendp.prelude as dp
+import opendp.accuracy as _acc
+import opendp.combinators as _comb
+import opendp.domains as _dom
+import opendp.measurements as _meas
+import opendp.metrics as _met
+import opendp.mod as _mod
+import opendp.typing as _typ
+from opendp.mod import Measurement
 
 from genofed.engine.errors import ConfigError
 
+# the parts of opendp.prelude this module uses: the prelude itself imports opendp's extras
+# (scikit-learn, polars, ...), 1.7 s at every node and ClientApp process start
+dp = types.SimpleNamespace(
+    enable_features=_mod.enable_features, binary_search_param=_mod.binary_search_param, OpenDPException=_mod.OpenDPException,
+    vector_domain=_dom.vector_domain, atom_domain=_dom.atom_domain, i64=_typ.i64, f64=_typ.f64, m=_meas, c=_comb,
+    l1_distance=_met.l1_distance, l2_distance=_met.l2_distance,
+    discrete_laplacian_scale_to_accuracy=_acc.discrete_laplacian_scale_to_accuracy,
+    discrete_gaussian_scale_to_accuracy=_acc.discrete_gaussian_scale_to_accuracy,
+)
 dp.enable_features("contrib")
 
 Kind = Literal["laplace", "gaussian"]
@@ -91,17 +108,17 @@ def _check_sensitivity(mech: Mechanism, l1_sensitivity: float, l2_sensitivity: f
 _INT_VECTOR = dp.vector_domain(dp.atom_domain(T=dp.i64))
 
 
-def _laplace(scale: float) -> dp.Measurement:
+def _laplace(scale: float) -> Measurement:
     return dp.m.make_laplace(_INT_VECTOR, dp.l1_distance(T=dp.i64), scale=scale)
 
 
-def _gaussian(scale: float, delta: float) -> dp.Measurement:
+def _gaussian(scale: float, delta: float) -> Measurement:
     zcdp = dp.m.make_gaussian(_INT_VECTOR, dp.l2_distance(T=dp.f64), scale=scale)
     return dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(zcdp), delta)
 
 
 @lru_cache(maxsize=256)
-def _calibrated(kind: str, epsilon: float, delta: float, l1: int, l2: float) -> tuple[float, dp.Measurement]:
+def _calibrated(kind: str, epsilon: float, delta: float, l1: int, l2: float) -> tuple[float, Measurement]:
     if kind == "laplace":
         scale = l1 / epsilon
         meas = _laplace(scale)
@@ -132,7 +149,7 @@ def _calibrated(kind: str, epsilon: float, delta: float, l1: int, l2: float) -> 
     return scale, meas
 
 
-def measurement(mech: Mechanism, l1_sensitivity: int = 1, l2_sensitivity: float = 1.0) -> dp.Measurement:
+def measurement(mech: Mechanism, l1_sensitivity: int = 1, l2_sensitivity: float = 1.0) -> Measurement:
     """The OpenDP measurement used for ``mech`` at these sensitivities (already calibrated).
 
     Its input is a vector of int64 at L1 distance (laplace) or L2 distance (gaussian); its privacy

@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 __all__ = [
     "BeaconBudget",
@@ -53,6 +52,12 @@ CHUNK_ELEMENTS = 1 << 22
 #: Default sequencing-error rate of Shringarpure & Bustamante (probability that a carrier's
 #: allele is missed).
 DEFAULT_DELTA = 1e-6
+
+
+def _stats():  # noqa: ANN202 - scipy.stats takes 0.75 s to import; most node processes never call it
+    from scipy import stats
+
+    return stats
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,7 @@ def conservative_frequencies(
     ac = np.asarray(allele_count, dtype=np.float64)
     an = np.broadcast_to(np.asarray(allele_number, dtype=np.float64), ac.shape)
     with np.errstate(invalid="ignore"):
-        lo = stats.beta.ppf(1.0 - level, np.maximum(ac, 1.0), np.maximum(an - ac + 1.0, 1.0))
+        lo = _stats().beta.ppf(1.0 - level, np.maximum(ac, 1.0), np.maximum(an - ac + 1.0, 1.0))
     return np.where(ac > 0, lo, 0.0)
 
 
@@ -282,7 +287,7 @@ def membership_power(
     if kind == "empirical":
         t = _upper_threshold(null, fpr)
     else:
-        t = float(np.mean(null) + stats.norm.isf(fpr) * np.std(null, ddof=1))
+        t = float(np.mean(null) + _stats().norm.isf(fpr) * np.std(null, ddof=1))
     _, _, keep = _lr_weights(np.asarray(p_pool), np.asarray(p_ref), eps)
     return RiskEstimate(
         power=float(np.mean(lam_members > t)) if len(lam_members) else float("nan"),
@@ -327,7 +332,7 @@ def analytic_power(
         return float(fpr)
     inv = 1.0 / n + (0.0 if n_ref is None else 1.0 / float(n_ref))
     snr = (m / n) / math.sqrt(m * inv)
-    return float(stats.norm.cdf(snr - stats.norm.isf(fpr)))
+    return float(_stats().norm.cdf(snr - _stats().norm.isf(fpr)))
 
 
 def max_variants(
@@ -343,7 +348,7 @@ def max_variants(
     _check_fpr(fpr)
     if cap <= fpr:
         return 0
-    c = stats.norm.isf(fpr) + stats.norm.ppf(min(cap, 1.0 - 1e-12))
+    c = _stats().norm.isf(fpr) + _stats().norm.ppf(min(cap, 1.0 - 1e-12))
     n = float(n_pool)
     bound = c * c * n * (1.0 + (0.0 if n_ref is None else n / float(n_ref)))
     m = int(math.floor(bound + 1e-9))
