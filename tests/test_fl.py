@@ -259,3 +259,29 @@ def test_1126_status_exact_model_matches_pooled(fed_dir_1126, fed1126, data_1126
     assert res["n_total"] == len(y)
     shutil.rmtree(tmp_path / "m", ignore_errors=True)
     json.dumps(res)  # the result is plain JSON
+
+
+def test_cli_train_prints_progress_and_matches_pooled(fed_dir_1126, data_1126, phenotypes_1126, tmp_path):
+    """``genofed train`` (its own local deployment; plain, as the 1126 nodes allow): per-round
+    progress, the pooled-equivalent metrics, and coefficients equal to scikit-learn's."""
+    import subprocess
+    import sys
+
+    features = tmp_path / "status.sql"
+    features.write_text("SELECT sample_id, status, age, bmi FROM phenotypes\n")
+    p = subprocess.run([sys.executable, "-m", "genofed.cli", "train", "--federation", str(fed_dir_1126), "--features", str(features),
+                        "--label", "status", "--strategy", "exact", "--plain", "--out", str(tmp_path / "m")],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "round 1 stats" in p.stdout and "newton" in p.stdout and "pooled-equivalent: AUC" in p.stdout
+    res = json.loads((tmp_path / "m" / "result.json").read_text())
+    rows = []
+    with open(phenotypes_1126) as f:
+        for r in csv.DictReader(f):
+            if all(r[c] not in ("", "NA") for c in ("status", "age", "bmi")):
+                rows.append(r)
+    X = np.array([[float(r["age"]), float(r["bmi"])] for r in rows])
+    y = np.array([float(r["status"]) for r in rows])
+    ref = LogisticRegression(C=np.inf, solver="newton-cg", tol=1e-12, max_iter=10_000).fit(X, y)
+    np.testing.assert_allclose([res["coefficients"]["age"], res["coefficients"]["bmi"]], ref.coef_[0], atol=1e-4, rtol=0)
+    assert f"{res['coefficients']['age']: .6f}".strip() in p.stdout
