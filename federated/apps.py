@@ -163,8 +163,7 @@ class NodeTrainer:
             from .features import load_features
 
             spec = self.s.spec()
-            n_features = len(spec.variants) + _count_columns(spec)
-            n_params = self.model.n_params(n_features) if hasattr(self.model, "n_params") else None
+            n_params = self.model.n_params(len(_feature_names(self.s)))
             self._data = load_features(self.config, spec, self.researcher, run_id=self.run_id, n_params=n_params)
         return self._data
 
@@ -212,13 +211,6 @@ class NodeTrainer:
         return {"auc": float(m["auc"]), "brier": float(m["brier"]), "log_loss": float(m["log_loss"]),
                 "calibration_in_the_large": float(m["calibration_in_the_large"]),
                 "n_rounded": float(round(len(d.y), -1))}
-
-
-def _count_columns(spec: FeatureSpec) -> int:
-    from .features import check_feature_sql
-
-    sel = check_feature_sql(spec.sql)
-    return len([e for e in sel.expressions if e.alias_or_name not in ("sample_id", spec.label)])
 
 
 def _load_settings(path: Path) -> RunSettings:
@@ -303,9 +295,6 @@ class SumStrategy:
     every node and keeps the decoded sum."""
 
     def __init__(self, secure: bool):
-        from flwr.server.strategy import Strategy
-
-        self._base = Strategy
         self.secure = secure
         self.arrays: list[np.ndarray] = [np.zeros(1)]
         self.config: dict[str, Any] = {}

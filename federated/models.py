@@ -181,7 +181,8 @@ class _GradientModel:
         raise NotImplementedError
 
     def _n_features(self, params: Params) -> int:
-        raise NotImplementedError
+        """Input features: the first dimension of the first weight array (both models)."""
+        return int(params[0].shape[0])
 
     def _logits(self, params: Params, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -328,9 +329,6 @@ class LogisticModel(_GradientModel):
     def _shapes(self, n_features: int) -> list[tuple[int, ...]]:
         return [(n_features,), (1,)]
 
-    def _n_features(self, params: Params) -> int:
-        return int(params[0].shape[0])
-
     def init(self, n_features: int, seed: int = 0) -> Params:
         """All-zero coefficients and intercept (``seed`` is unused).
 
@@ -389,9 +387,6 @@ class MLPModel(_GradientModel):
     def _shapes(self, n_features: int) -> list[tuple[int, ...]]:
         h = self.hidden
         return [(n_features, h), (h,), (h,), (1,)]
-
-    def _n_features(self, params: Params) -> int:
-        return int(params[0].shape[0])
 
     def init(self, n_features: int, seed: int = 0) -> Params:
         """Glorot-uniform weights (seeded) and zero biases.

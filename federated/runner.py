@@ -80,11 +80,20 @@ class FlowerDeployment:
     poll_interval
         Seconds a SuperNode, its SuperExec and the ServerApp sleep between polls when idle
         (0: Flower's own intervals, 3 s, 1 s and 3 s).
+    superlink
+        ``host:port`` of a SuperLink that is already running (the biobanks run its SuperNodes):
+        nothing is started, runs are only submitted there.
     """
 
-    def __init__(self, node_configs: list[Path], workdir: Path | None = None, poll_interval: float = 0.1):
-        if not node_configs:
+    def __init__(self, node_configs: list[Path], workdir: Path | None = None, poll_interval: float = 0.1,
+                 superlink: str | None = None):
+        if superlink is not None:
+            host, _, port = superlink.rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigError(f"--superlink must be host:port, got {superlink!r}")
+        elif not node_configs:
             raise ConfigError("a Flower deployment needs at least one node")
+        self.superlink = superlink
         self.node_configs = [Path(p).resolve() for p in node_configs]
         for p in self.node_configs:
             if not p.exists():
@@ -106,12 +115,20 @@ class FlowerDeployment:
         self.procs.append((name, p))
         return p
 
-    def start(self, timeout: float = 60.0) -> FlowerDeployment:
-        """Start the SuperLink, wait for it to listen, then start the SuperNodes."""
+    def _connect(self, address: str) -> None:
+        """Flower's own config (in this deployment's FLWR_HOME): where ``flwr run`` submits."""
         self.home.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
         (self.home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n')
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{address}"\ninsecure = true\n')
+
+    def start(self, timeout: float = 60.0) -> FlowerDeployment:
+        """Start the SuperLink, wait for it to listen, then start the SuperNodes (with
+        ``superlink`` given: only point ``flwr run`` at it)."""
+        if self.superlink is not None:
+            self._connect(self.superlink)
+            return self
+        self.port = _free_port()
+        self._connect(f"127.0.0.1:{self.port}")
         self._spawn("superlink", [_bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
                                   "--disable-runtime-dependency-installation"])
         end = time.monotonic() + timeout
@@ -243,26 +260,7 @@ def run_training(node_configs: list[Path], token: str, settings: RunSettings, ou
                  progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train one model: on a local Flower deployment started for the run (``superlink`` None), or
     on the running SuperLink at ``superlink`` ("host:port") whose SuperNodes the biobanks run."""
-    settings.poll_interval = poll_interval
     if superlink is None:
         settings.nodes = len(node_configs)
-        with FlowerDeployment(node_configs, workdir=workdir, poll_interval=poll_interval) as dep:
-            return dep.train(settings, token, out, timeout=timeout, progress=progress)
-    host, _, port = superlink.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"--superlink must be host:port, got {superlink!r}")
-    dep = FlowerDeployment.__new__(FlowerDeployment)
-    dep._tmp = tempfile.TemporaryDirectory(prefix="genofed-flower-")
-    dep.workdir = Path(workdir or dep._tmp.name).resolve()
-    dep.workdir.mkdir(parents=True, exist_ok=True)
-    dep.home = dep.workdir / "flwr-home"
-    dep.home.mkdir(parents=True, exist_ok=True)
-    dep.procs = []
-    dep.port = int(port)
-    dep.poll_interval = poll_interval
-    (dep.home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{superlink}"\ninsecure = true\n')
-    try:
+    with FlowerDeployment(node_configs, workdir=workdir, poll_interval=poll_interval, superlink=superlink) as dep:
         return dep.train(settings, token, out, timeout=timeout, progress=progress)
-    finally:
-        dep._tmp.cleanup()
