@@ -27,6 +27,14 @@ Example::
     quasi_identifiers = ["phenotypes.zip", "phenotypes.birth_date", "samples.sex"]  # k-anonymous at this node
     rate_limit_per_minute = 600   # requests per researcher (0: unlimited); roles may set their own
 
+    [limits]                   # per-query resource limits (defaults shown)
+    query_seconds = 300        # wall clock per fragment; also stops when the caller gives up
+    memory_mb = 4096           # memory one fragment may use (DuckDB's limit is memory_mb × max_concurrent)
+    max_concurrent = 4         # fragments executing at once; more wait for a slot
+    queue_seconds = 30         # the longest a fragment waits for a slot before the node answers "busy"
+    max_result_rows = 1000000  # groups in one partial answer
+    max_scan_genotypes = 10000000000  # samples × variants one fragment may scan (0: unlimited)
+
     [roles.genetics]           # optional: what researchers with this role may read
     tables = ["samples", "variants", "genotypes"]   # "*" (the default) is every table
     rate_limit_per_minute = 120
@@ -107,6 +115,38 @@ class Role:
     rate_limit_per_minute: int | None = None
 
 
+@dataclass(frozen=True)
+class ResourceLimits:
+    """``[limits]``: what one fragment may use at this node (see :mod:`genofed.engine.limits`)."""
+
+    query_seconds: float = 300.0
+    memory_mb: int = 4096
+    max_concurrent: int = 4
+    queue_seconds: float = 30.0
+    max_result_rows: int = 1_000_000
+    max_scan_genotypes: int = 10_000_000_000  # 0: unlimited
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str) -> ResourceLimits:
+        known = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = set(raw) - set(known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown [limits] keys {sorted(unknown)}; known: {sorted(known)}")
+        out: dict[str, Any] = {}
+        for key, value in raw.items():
+            positive = key not in ("max_scan_genotypes",)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (positive and value == 0):
+                bound = "≥ 0 (0 is unlimited)" if not positive else "> 0"
+                raise ConfigError(f"{where}: [limits] {key} must be a number {bound}, got {value!r}")
+            if key in ("memory_mb", "max_concurrent", "max_result_rows", "max_scan_genotypes") and value != int(value):
+                raise ConfigError(f"{where}: [limits] {key} must be a whole number, got {value!r}")
+            out[key] = int(value) if key in ("memory_mb", "max_concurrent", "max_result_rows", "max_scan_genotypes") else float(value)
+        return cls(**out)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclass
 class Researcher:
     name: str
@@ -136,6 +176,7 @@ class NodeConfig:
     dp: Any = None  # [dp]: genofed.privacy.dpnode.DPPolicy (defaults when absent)
     risk: Any = None  # [risk]: genofed.privacy.membership.RiskPolicy (defaults when absent)
     training: Any = None  # [training]: genofed.federated.features.TrainingPolicy (defaults when absent)
+    limits: ResourceLimits = field(default_factory=ResourceLimits)  # [limits]
     researchers: list[Researcher] = field(default_factory=list)
     keyholder: dict[str, str] = field(default_factory=dict)
     hail: Any = None  # [hail]: genofed.engine.backends.hail_session.HailSettings (backend = "hail")
@@ -309,6 +350,10 @@ class NodeConfig:
         if not isinstance(raw_training, dict):
             raise ConfigError(f"{where}: [training] must be a table")
         training = TrainingPolicy.from_dict(raw_training, where)
+        raw_limits = data.get("limits", {})
+        if not isinstance(raw_limits, dict):
+            raise ConfigError(f"{where}: [limits] must be a table")
+        limits = ResourceLimits.from_dict(raw_limits, where)
         researchers = []
         for i, r in enumerate(data.get("researchers", [])):
             if "name" not in r or "token_sha256" not in r:
@@ -364,6 +409,7 @@ class NodeConfig:
             dp=dp_policy,
             risk=risk_policy,
             training=training,
+            limits=limits,
             state=str(node.get("state", "")),
             researchers=researchers,
             keyholder={k: str(v) for k, v in keyholder.items()},
@@ -395,6 +441,7 @@ class NodeConfig:
             **({"hail": _hail_toml(self.hail)} if self.backend == "hail" and self.hail is not None else {}),
             **({"risk": dataclasses.asdict(self.risk)} if self.risk is not None and self.risk != type(self.risk)() else {}),
             **({"training": self.training.to_dict()} if self.training is not None and self.training != type(self.training)() else {}),
+            **({"limits": self.limits.to_dict()} if self.limits != ResourceLimits() else {}),
             **({"dp": self.dp.to_dict()} if self.dp is not None and self.dp.to_dict() != type(self.dp)().to_dict() else {}),
             "researchers": [{"name": r.name, "token_sha256": r.token_sha256, **({"roles": r.roles} if r.roles else {})}
                             for r in self.researchers],

@@ -8,6 +8,7 @@ minimum-count rule, and streamed back as Arrow. Errors cross the wire as a code 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -111,6 +112,11 @@ class NodeServer(flight.FlightServerBase):
         self._rate_lock = threading.Lock()
         self._buckets: dict[str, tuple[float, float]] = {}  # researcher -> (tokens, last refill)
         self._kh: Any = None  # KeyHolderClient, created on the first HE query
+        lim = config.limits
+        self._slots = threading.BoundedSemaphore(lim.max_concurrent)  # fragments executing at once
+        con = getattr(self.backend, "con", None)
+        if con is not None:  # DuckDB's own cap: every slot's fragment at its full budget
+            con.execute(f"SET memory_limit = '{lim.memory_mb * lim.max_concurrent}MB'")
         from genofed.privacy.secure.mpc import prewarm
 
         prewarm()
@@ -241,7 +247,7 @@ class NodeServer(flight.FlightServerBase):
             yield flight.Result(json.dumps(body).encode())
         elif kind in (P.ACTION_MPC_PREPARE, P.ACTION_MPC_RUN, P.ACTION_MPC_ABORT):
             body = self._json_body(action)
-            yield flight.Result(json.dumps(self._mpc_action(kind, body, self._researcher(context))).encode())
+            yield flight.Result(json.dumps(self._mpc_action(kind, body, self._researcher(context), context)).encode())
         else:
             raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, f"unknown action {kind!r}"))
 
@@ -262,7 +268,7 @@ class NodeServer(flight.FlightServerBase):
             self._mpc = NodeSessions(host=self.config.mpc_host)
         return self._mpc
 
-    def _mpc_action(self, kind: str, body: dict[str, Any], researcher: str) -> dict[str, Any]:
+    def _mpc_action(self, kind: str, body: dict[str, Any], researcher: str, context: Any = None) -> dict[str, Any]:
         qid = body[P.KEY_QUERY_ID]
         if kind == P.ACTION_MPC_ABORT:
             self._sessions().abort(qid)
@@ -272,7 +278,7 @@ class NodeServer(flight.FlightServerBase):
             if not isinstance(sql, str):
                 raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, "mpc_prepare needs the fragment sql"))
             self._admit(researcher, sql, qid)
-            frag, table, notes = self._run(sql, qid, researcher, "mpc", body.get(P.KEY_DP))
+            frag, table, notes = self._run(sql, qid, researcher, "mpc", body.get(P.KEY_DP), context=context)
             if self._quasi_identified(frag) and frag.keys:
                 table, withheld = self._k_anonymous(frag, table)
                 if withheld:
@@ -297,7 +303,7 @@ class NodeServer(flight.FlightServerBase):
         self._record("mpc_done", researcher, query_id=qid, combine="mpc", decision="combined")
         return {"ok": True, "bytes_sent": sent}
 
-    def _he(self, req: dict[str, Any], researcher: str):
+    def _he(self, req: dict[str, Any], researcher: str, context: Any = None):
         """combine='he': align keys through the key holder, encrypt every lane under its public
         keys, and return only ciphertexts."""
         from genofed.privacy.secure import he as H
@@ -306,7 +312,7 @@ class NodeServer(flight.FlightServerBase):
         qid = str(req.get(P.KEY_QUERY_ID, "?"))
         timeout = float(req.get("timeout", 60.0))
         self._admit(researcher, req[P.KEY_SQL], qid)
-        frag, table, notes = self._run(req[P.KEY_SQL], qid, researcher, "he", req.get(P.KEY_DP))
+        frag, table, notes = self._run(req[P.KEY_SQL], qid, researcher, "he", req.get(P.KEY_DP), context=context, caller_timeout=timeout)
         if self._quasi_identified(frag) and frag.keys:
             table, withheld = self._k_anonymous(frag, table)
             if withheld:
@@ -508,11 +514,52 @@ class NodeServer(flight.FlightServerBase):
             digest.update(np.asarray(vidx, np.int64).tobytes())
         return ("who:" + digest.hexdigest(),)
 
-    def _run(self, sql: str, qid: str, researcher: str, mode: str = "plain", dp: Any = None):
+    @contextlib.contextmanager
+    def _limited(self, researcher: str, sql: str, qid: Any, context: Any = None, caller_timeout: float | None = None):
+        """One execution slot and the fragment's [limits] (time, memory, groups, scan): a fragment
+        waits for a slot at most ``queue_seconds`` (then the node answers ``busy``), and stops when
+        ``query_seconds`` pass, the caller's own timeout passes, or the caller hangs up."""
+        from genofed.engine import limits as L
+
+        lim = self.config.limits
+        now = time.monotonic()
+        deadline = now + lim.query_seconds
+        if caller_timeout is not None and caller_timeout > 0:
+            deadline = min(deadline, now + caller_timeout)
+        cancelled = getattr(context, "is_cancelled", None)
+        wait = max(0.0, min(lim.queue_seconds, deadline - now))
+        if not self._slots.acquire(timeout=wait):
+            self._record("refused", researcher, sql, query_id=qid, decision="refused", rule="busy")
+            raise flight.FlightServerError(P.encode_error(
+                P.CODE_BUSY, f"this node is already running {lim.max_concurrent} queries and none finished within "
+                f"{wait:.3g} s; retry in a little while"))
+        try:
+            with L.scope(L.Limits(deadline=deadline, seconds=lim.query_seconds, memory_bytes=lim.memory_mb << 20,
+                                  max_rows=lim.max_result_rows, max_scan=lim.max_scan_genotypes or None, cancelled=cancelled)):
+                yield
+        finally:
+            self._slots.release()
+
+    def _run(self, sql: str, qid: str, researcher: str, mode: str = "plain", dp: Any = None, context: Any = None,
+             caller_timeout: float | None = None):
         """Validate and execute a fragment, translating errors to wire errors; the differencing
         defence runs before anything leaves, and differential privacy noise (when asked for or
         required) is added here, before any combine mode. No suppression: callers apply the rule
-        their combine mode needs. Returns the fragment, the table and the DP provenance (or None)."""
+        their combine mode needs. Execution holds one of the node's slots and runs under its
+        [limits]. Returns the fragment, the table and the DP provenance (or None)."""
+        from genofed.engine.limits import ResourceLimitError
+
+        try:
+            with self._limited(researcher, sql, qid, context, caller_timeout):
+                return self._run_limited(sql, qid, researcher, mode, dp)
+        except ResourceLimitError as e:
+            log.info("stopped query %s for %s: %s", qid, researcher, e.rule)
+            self._record("refused", researcher, sql, query_id=qid, decision="refused", rule=e.rule)
+            raise flight.FlightServerError(P.encode_error(P.CODE_LIMIT, str(e), e.rule)) from None
+
+    def _run_limited(self, sql: str, qid: str, researcher: str, mode: str, dp: Any):
+        from genofed.engine.limits import ResourceLimitError
+
         try:
             frag = self._validate_any(sql)
             self._authorize(frag, researcher, sql, qid)
@@ -530,13 +577,16 @@ class NodeServer(flight.FlightServerBase):
                 risk = self._guard(frag, researcher, mode)
                 if risk:
                     notes["risk"] = risk
+            from genofed.engine.limits import check_rows
+
+            check_rows(table.num_rows)
             if getattr(frag, "fn", None) == "pca" and frag.round == "project":
                 # the node now keeps the scores as a table: researchers can use them as covariates
                 self.catalog = Catalog.merge({self.config.name: self._visible(self.backend.catalog())})
                 self._validate.cache_clear()
             return frag, table, notes
-        except flight.FlightError:
-            raise  # already a wire error (access), already audited
+        except (flight.FlightError, ResourceLimitError):
+            raise  # already a wire error (access), already audited; limits: audited by _run
         except DisclosureError as e:
             log.info("refused query %s for %s: %s", qid, researcher, e.rule)
             self._record("refused", researcher, sql, query_id=qid, decision="refused", rule=e.rule)
@@ -566,7 +616,7 @@ class NodeServer(flight.FlightServerBase):
             raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, f"malformed ticket: {e}")) from None
         mode = req.get(P.KEY_COMBINE, "plain")
         if mode == "he":
-            return flight.RecordBatchStream(self._he(req, researcher))
+            return flight.RecordBatchStream(self._he(req, researcher, context))
         if mode != "plain":
             raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, f"combine mode {mode!r} is not served by do_get; see the mpc_* actions"))
         if not self.config.allow_plain:
@@ -576,7 +626,8 @@ class NodeServer(flight.FlightServerBase):
                 "this node's policy does not allow combine='plain' (the coordinator would see this node's partials); use combine='mpc' or 'he'",
             ))
         self._admit(researcher, req[P.KEY_SQL], req.get(P.KEY_QUERY_ID))
-        frag, table, notes = self._run(req[P.KEY_SQL], req.get(P.KEY_QUERY_ID, "?"), researcher, "plain", req.get(P.KEY_DP))
+        frag, table, notes = self._run(req[P.KEY_SQL], req.get(P.KEY_QUERY_ID, "?"), researcher, "plain", req.get(P.KEY_DP),
+                                       context=context)
         table, n_suppressed = apply_min_count(narrow_integers(table), self.config.min_count, frag.partials)
         if self._quasi_identified(frag):
             table, withheld = self._k_anonymous(frag, table)

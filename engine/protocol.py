@@ -55,6 +55,8 @@ CODE_INTERNAL = "internal"
 CODE_POLICY = "policy"
 CODE_RATE_LIMITED = "rate_limited"
 CODE_UNSUPPORTED = "unsupported"  # the node's execution backend cannot run the fragment
+CODE_LIMIT = "resource_limit"  # the fragment would exceed the node's [limits] (time, memory, groups, scan)
+CODE_BUSY = "busy"  # every execution slot stayed taken for [limits] queue_seconds: retry later
 
 
 def fragment_ticket(sql: str, query_id: str, combine: str = "plain", **extra: Any) -> bytes:

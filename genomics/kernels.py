@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from ..engine.limits import check as check_limits
 from .store import ALT1, ALT2, CALLED, DIPLOID, PHASED
 
 
@@ -90,6 +91,7 @@ def group_counts(
         chunk = max(64, (1 << 20) // max(1, planes.shape[2] * (len(base) + len(derived))))
     contiguous = vidx[-1] - vidx[0] + 1 == len(vidx)
     for start in range(0, len(vidx), chunk):
+        check_limits()  # the node's deadline for this fragment (no-op outside a node)
         sel = vidx[start : start + chunk]
         stop = start + len(sel)
         names, idx = base, base_idx

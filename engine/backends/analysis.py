@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ...genomics.store import ALT1, ALT2, CALLED, DIPLOID, HAP1, PHASED
+from .. import limits
 from ..errors import FragmentError
 
 if TYPE_CHECKING:
@@ -135,6 +136,7 @@ class AnalysisData:
         planes = self.store.planes
         vidx = np.asarray(vidx, np.int64)
         for start in range(0, len(vidx), rows):
+            limits.check()  # the node's deadline for this fragment
             sel = vidx[start:start + rows]
             full = complete is not None and bool(np.all(complete[sel]))
             want = [ALT1, ALT2] if full else [ALT1, ALT2, CALLED]
@@ -158,6 +160,7 @@ class AnalysisData:
         rng = np.random.default_rng(phase_seed)
         planes = self.store.planes
         for start in range(0, len(vidx), rows):
+            limits.check()
             sel = vidx[start:start + rows]
             order = np.argsort(sel, kind="stable")
             raw = _read_rows(planes, sel[order], [ALT1, ALT2, CALLED, DIPLOID, PHASED, HAP1])

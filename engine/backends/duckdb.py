@@ -21,6 +21,7 @@ from sqlglot import exp
 
 from ...genomics.kernels import genotype_rows
 from ...genomics.store import NodeStore
+from .. import limits
 from ..errors import FragmentError, GenofedError
 from ..fragment import Fragment
 from ..keycodes import group_rows
@@ -52,6 +53,9 @@ GENOTYPES_VIEW = (
     "v.ref, v.alt, g.dosage, g.phased, g.ploidy FROM _g AS g JOIN _sidx AS s ON g.sidx = s.sidx "
     "JOIN _variants AS v ON g.vidx = v.vidx"
 )
+
+# peak bytes per genotype on the row-wise path: unpacked planes, the long Arrow table, DuckDB's join
+ROW_BYTES = 32
 
 
 class DuckDBBackend(Backend):
@@ -189,11 +193,22 @@ class DuckDBBackend(Backend):
                         f"{self.max_genotype_cells:,}); restrict the variants with a WHERE on chrom, pos "
                         "or variant_id, or use genomic aggregates grouped by sample and variant columns"
                     )
+                limits.check_scan(cells)
+                limits.reserve(cells * ROW_BYTES, f"reading {cells:,} genotypes row by row")
                 cur.register("_g", genotype_rows(self.store.planes, vidx, self.store.manifest.n_samples))
                 cur.execute(GENOTYPES_VIEW)
-            return cur.sql(sql).to_arrow_table()
+                limits.check()
+            cap = limits.row_cap()
+            if cap is not None:  # one group past the cap is enough to refuse; never materialise more
+                sql = f"SELECT * FROM ({sql}) AS _capped LIMIT {cap + 1}"
+            with limits.watch(cur):
+                out = cur.sql(sql).to_arrow_table()
+            limits.check_rows(out.num_rows)
+            return out
         except duckdb.ConversionException:
             raise FragmentError("a value could not be converted by a CAST or comparison; check the types in the query") from None
+        except duckdb.OutOfMemoryException:
+            raise _out_of_memory() from None
         except duckdb.Error as e:
             raise FragmentError(f"the node could not run the fragment: {_first_line(e)}") from None
         finally:
@@ -248,7 +263,10 @@ class DuckDBBackend(Backend):
                                         "row-wise limit; restrict the variants with a WHERE on chrom, pos or variant_id")
                 cur.register("_g", genotype_rows(self.store.planes, vidx, self.store.manifest.n_samples))
                 cur.execute(GENOTYPES_VIEW)
-            t = cur.sql(sql).to_arrow_table()
+            with limits.watch(cur):
+                t = cur.sql(sql).to_arrow_table()
+        except duckdb.OutOfMemoryException:
+            raise _out_of_memory() from None
         except duckdb.Error as e:
             raise FragmentError(f"the node could not compute the query's sample set: {_first_line(e)}") from None
         finally:
@@ -276,6 +294,12 @@ class DuckDBBackend(Backend):
     def close(self) -> None:
         self.con.close()
         self.store.close()
+
+
+def _out_of_memory() -> limits.ResourceLimitError:
+    return limits.ResourceLimitError(
+        "the fragment needed more memory than this node allows (DuckDB's memory limit); narrow the query (fewer "
+        "variants or groups) or ask the data steward to raise [limits] memory_mb", "memory_limit")
 
 
 def _first_line(e: Exception) -> str:

@@ -25,6 +25,7 @@ from sqlglot import exp
 
 from ...genomics.kernels import group_counts
 from ...genomics.store import pack_mask
+from .. import limits
 from ..schema import GENOTYPE_VARIANT_COLUMNS, SAMPLE_ID
 from ..sqlcheck import DIALECT
 from .base import N_COLUMN
@@ -217,6 +218,11 @@ def _run(backend: DuckDBBackend, fragment: Fragment, g, conds, keys, partials, j
     v_groups, v_gid, nvg = _canonical(*_group_ids(v_tab, [k[0] for k in v_keys]), first_idx=v_idx)
     n_samples = backend.store.manifest.n_samples
     needed = tuple(sorted({c for _, kind in partials for c in _NEEDS[kind]}))
+    limits.check_scan(len(v_idx) * len(s_idx))
+    limits.check_rows(nvg * ns if keys else 1)
+    # counts per variant and sample group, then per group pair: refused before it is allocated
+    limits.reserve(8.0 * (len(v_idx) * max(ns, 1) * len(needed) + nvg * max(ns, 1) * (len(needed) + 4)) + ns * n_samples / 8,
+                   "counting genotypes per variant and group")
     masks = (np.stack([pack_mask(s_idx[s_gid == i], n_samples) for i in range(ns)])
              if ns and len(s_idx) else np.zeros((0, 1), np.uint64))
     order = np.argsort(v_idx, kind="stable")
