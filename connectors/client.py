@@ -36,6 +36,7 @@ class FlightTransport:
         self.tls = tls
         self._headers = [(P.AUTH_HEADER.encode(), (P.BEARER + token).encode())]
         self._client = flight_client(location, tls)
+        self._answered = False  # this node has answered a call: TLS and credentials work
 
     def _options(self, timeout: float | None) -> flight.FlightCallOptions:
         return flight.FlightCallOptions(headers=self._headers, timeout=timeout)
@@ -43,6 +44,7 @@ class FlightTransport:
     def catalog(self, timeout: float = 10.0) -> dict[str, Any]:
         try:
             results = list(self._client.do_action(flight.Action(P.ACTION_CATALOG, b""), self._options(timeout)))
+            self._answered = True
             return json.loads(results[0].body.to_pybytes())
         except flight.FlightError as e:
             raise self._error(e) from None
@@ -53,7 +55,9 @@ class FlightTransport:
         try:
             ticket = P.fragment_ticket(sql, query_id, **({P.KEY_DP: dp} if dp else {}))
             reader = self._client.do_get(flight.Ticket(ticket), self._options(timeout))
-            return reader.read_all()
+            out = reader.read_all()
+            self._answered = True
+            return out
         except flight.FlightError as e:
             raise self._error(e) from None
 
@@ -69,6 +73,7 @@ class FlightTransport:
         """A JSON request/response action (the secure combine protocols)."""
         try:
             results = list(self._client.do_action(flight.Action(kind, json.dumps(body).encode()), self._options(timeout)))
+            self._answered = True
             return json.loads(results[0].body.to_pybytes()) if results else {}
         except flight.FlightError as e:
             raise self._error(e) from None
@@ -87,6 +92,9 @@ class FlightTransport:
         if isinstance(e, flight.FlightTimedOutError):
             return NodeError(self.name, "timeout", "did not answer within the timeout")
         if isinstance(e, flight.FlightUnavailableError):
+            if self._answered and "socket closed" in str(e).lower():
+                # TLS and credentials worked before: the node went away mid-call, not a handshake refusal
+                return NodeError(self.name, "unavailable", f"the connection to {self.location} closed mid-call (the node stopped or crashed)")
             problem = tls_problem(e, self.location, self.tls)
             if problem is not None:  # a handshake failure: say which and how to fix it, not gRPC's text
                 return NodeError(self.name, "tls", f"{problem} [{self.location}]")

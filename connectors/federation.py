@@ -241,7 +241,26 @@ def _sandbox_training(allow_plain: bool):
     return TrainingPolicy(allow=True, allow_plain=allow_plain)
 
 
+def _previous_port(port_file: Path, host: str) -> int:
+    """The port a node of a local federation served on before it stopped (or crashed), if it is
+    still free: connected clients then reach the restarted node where they left it. 0 otherwise."""
+    import socket
+
+    try:
+        port = int(port_file.read_text().strip())
+    except (OSError, ValueError):
+        return 0
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: TIME_WAIT leftovers are fine
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return 0
+    return port
+
+
 def _alive(pid: int) -> bool:
+    _reap(pid)  # a child that died (e.g. killed) is a zombie until reaped, and zombies answer kill(pid, 0)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -265,6 +284,7 @@ def up(root: str | os.PathLike[str], timeout: float = 60.0) -> dict[str, int]:
         pidf = ndir / "node.pid"
         if pidf.exists() and _alive(int(pidf.read_text() or 0)):
             continue
+        port = n.port or _previous_port(ndir / "node.port", n.host)  # a restarted node keeps its address
         for stale in ("node.port", "node.pid"):
             (ndir / stale).unlink(missing_ok=True)
         if not n.config:
@@ -276,7 +296,7 @@ def up(root: str | os.PathLike[str], timeout: float = 60.0) -> dict[str, int]:
         env.setdefault("NUMBA_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, len(fed.nodes)))))
         procs[n.name] = subprocess.Popen(
             [sys.executable, "-m", "genofed.cli", "node", "serve", "--config", str(root / n.config),
-             "--host", n.host, "--port", str(n.port), "--port-file", str(ndir / "node.port")],
+             "--host", n.host, "--port", str(port), "--port-file", str(ndir / "node.port")],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
         )
         pidf.write_text(str(procs[n.name].pid))
@@ -284,6 +304,7 @@ def up(root: str | os.PathLike[str], timeout: float = 60.0) -> dict[str, int]:
     ports: dict[str, int] = {}
     client_tls = fed.client_tls()
     for n in fed.nodes:
+        tls_since: float | None = None
         while True:
             p = procs.get(n.name)
             if p is not None and p.poll() is not None:
@@ -296,9 +317,15 @@ def up(root: str | os.PathLike[str], timeout: float = 60.0) -> dict[str, int]:
                 ports[n.name] = _read_port(root, n.name) if not n.port else n.port
                 break
             except GenofedError as e:
-                if isinstance(e, NodeError) and e.node_code == "tls":  # misconfigured, not starting: waiting will not help
-                    down(root)
-                    raise
+                if isinstance(e, NodeError) and e.node_code == "tls":
+                    # a server still starting can reset a handshake; one that keeps failing it is
+                    # misconfigured, and waiting longer will not help
+                    tls_since = tls_since if tls_since is not None else time.monotonic()
+                    if time.monotonic() - tls_since > 3.0:
+                        down(root)
+                        raise
+                else:
+                    tls_since = None
                 if time.monotonic() > deadline:
                     down(root)
                     raise NodeError(n.name, "start_failed", f"did not answer within {timeout:g} s; see {root / n.name / 'node.log'}") from None

@@ -330,6 +330,9 @@ def ingest(
             n_samples=n, n_variants=n_rows, width=width, clinical=sorted(clin_counts), source=str(vcf)
         )
         final = writer.commit(manifest)
+    except OSError as e:
+        writer.abort()
+        raise IngestError(_os_problem(e, Path(store))) from None
     except BaseException:
         writer.abort()
         raise
@@ -337,6 +340,18 @@ def ingest(
         if bar is not None:
             bar[0].stop()
     return IngestReport(final, n, n_records, n_rows, clin_counts, notes)
+
+
+def _os_problem(e: OSError, store: Path) -> str:
+    """A clear message for an I/O failure during ingest (the previous store is still current)."""
+    import errno
+
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return (f"writing the store {store} failed: {os.strerror(e.errno)}{where}. Free disk space (or raise the quota / "
+                "file size limit) and ingest again; the previous store is unchanged and still served")
+    return (f"ingest into {store} failed: {e.strerror or e}{where}. Nothing was changed: the previous store (if any) "
+            "is still the current one")
 
 
 def _run_parallel(vcf: Path, n_all: int, columns, width: int, n: int, workdir: Path, workers: int):

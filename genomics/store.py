@@ -210,6 +210,22 @@ class PlaneReader:
         self._fds = []
 
 
+def _remove_orphans(root: Path) -> None:
+    """Remove half-written versions whose writer process is gone (killed mid-ingest)."""
+    for d in root.glob(".tmp-v-*"):
+        try:
+            pid = int(d.name.split("-")[3])  # .tmp-v-<stamp>-<pid>-<ns>
+        except (IndexError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # still being written
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            continue
+
+
 class StoreWriter:
     """Writes a new store version beside the current one and swaps it in atomically.
 
@@ -223,6 +239,7 @@ class StoreWriter:
         stamp = f"v-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{time.monotonic_ns() % 10**6}"
         self.version_dir = self.root / f".tmp-{stamp}"
         self.final_dir = self.root / stamp
+        _remove_orphans(self.root)
         self.version_dir.mkdir()
         (self.version_dir / "clinical").mkdir()
         self._files = [open(plane_file(self.version_dir, i), "wb") for i in range(N_PLANES)]  # noqa: SIM115
@@ -267,11 +284,12 @@ class StoreWriter:
         return self.final_dir
 
     def abort(self) -> None:
-        try:
-            for f in self._files:
+        for f in self._files:
+            try:
                 f.close()
-        finally:
-            shutil.rmtree(self.version_dir, ignore_errors=True)
+            except OSError:  # e.g. the disk is full: flushing the buffer fails too; the version goes anyway
+                pass
+        shutil.rmtree(self.version_dir, ignore_errors=True)
 
     def __enter__(self) -> StoreWriter:
         return self

@@ -10,7 +10,10 @@ What is logged never includes released values, cell counts or sample IDs: the fr
 as its SHA-256 (the steward can match it against a query), decisions carry the rule name only.
 Appends are serialised by a lock and an exclusive file lock (several node processes may share a
 log), written with one ``write`` call and fsync'd, so a crash loses at most the line being
-written; :func:`verify` reports a torn last line as such.
+written; :func:`verify` reports a torn last line as such. The next append after such a crash
+moves the torn bytes to ``<log>.torn`` and records a ``torn_tail_recovered`` event (their length
+and SHA-256) before its own line: the chain continues from the last complete record, and nothing
+the crash left behind is silently dropped.
 """
 
 from __future__ import annotations
@@ -68,6 +71,42 @@ class AuditLog:
                 return int(last["seq"]), str(last["hash"])
             step = min(size, step * 4)
 
+    def _recover_torn_tail(self, fd: int) -> dict[str, Any] | None:
+        """After a crash mid-append the file ends inside a line: move that partial line to
+        ``<log>.torn`` and truncate the log to its last complete record. Returns what was moved
+        (for the recovery event), or None when the log ends cleanly."""
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return None
+        start = size
+        while start > 0:  # back to the byte after the last newline
+            step = min(start, 65536)
+            chunk = os.pread(fd, step, start - step)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                start = start - step + cut + 1
+                break
+            start -= step
+        torn = os.pread(fd, size - start, start)
+        side = self.path.with_name(self.path.name + ".torn")
+        with open(side, "ab") as out:
+            out.write(torn + b"\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.ftruncate(fd, start)
+        os.fsync(fd)
+        return {"bytes": len(torn), "sha256": hashlib.sha256(torn).hexdigest(), "moved_to": side.name}
+
+    @staticmethod
+    def _write(fd: int, seq: int, prev: str, event: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Write record ``seq + 1`` chained to ``prev`` in one ``write``, then fsync."""
+        rec = {"seq": seq + 1, "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds"),
+               "prev": prev, "event": event, **{k: v for k, v in fields.items() if v is not None}}
+        rec["hash"] = line_hash(rec)
+        os.write(fd, _canonical(rec) + b"\n")
+        os.fsync(fd)
+        return rec
+
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         """Append one event; returns the written record."""
         with self._lock:
@@ -76,12 +115,12 @@ class AuditLog:
                 with os.fdopen(fd, "r+b", closefd=False) as f:
                     fcntl.flock(fd, fcntl.LOCK_EX)
                     try:
+                        recovered = self._recover_torn_tail(fd)
                         seq, prev = self._tail(f)
-                        rec = {"seq": seq + 1, "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds"),
-                               "prev": prev, "event": event, **{k: v for k, v in fields.items() if v is not None}}
-                        rec["hash"] = line_hash(rec)
-                        os.write(fd, _canonical(rec) + b"\n")
-                        os.fsync(fd)
+                        if recovered is not None:
+                            note = self._write(fd, seq, prev, "torn_tail_recovered", recovered)
+                            seq, prev = note["seq"], note["hash"]
+                        rec = self._write(fd, seq, prev, event, fields)
                     finally:
                         fcntl.flock(fd, fcntl.LOCK_UN)
             finally:
