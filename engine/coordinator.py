@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import random
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -136,6 +137,17 @@ class Coordinator:
                 raise PlanningError("table functions cannot be nested")
             return run_table_function(self, select, call[0], call[1], mode)
         plan = plan_query(select, self.catalog())
+        delay, give_up = 0.25, time.monotonic() + self.timeout
+        while True:  # a node answering "busy" (every execution slot taken) is asked again, with backoff
+            try:
+                return self._query_plan(plan, mode, t0, dp)
+            except NodeError as e:
+                if e.node_code != "busy" or time.monotonic() + delay > give_up:
+                    raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 4.0)
+
+    def _query_plan(self, plan: Plan, mode: str, t0: float, dp: dict[str, Any] | None) -> QueryResult:
         t1 = time.perf_counter()
         qid = uuid.uuid4().hex[:16]
         targets = self.transports
