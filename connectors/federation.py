@@ -421,3 +421,82 @@ def history_gates_off(root: str | os.PathLike[str]) -> None:
         node.setdefault("policy", {})["differencing"] = False
         node["risk"] = {"max_membership_power": 1.0, "beacon_cap": 1.0}
         p.write_text(tomli_w.dumps(node))
+
+
+def add_researcher(root: str | os.PathLike[str], name: str, roles: list[str] | None = None) -> str:
+    """Register a researcher at every node of a local federation; returns their new token.
+
+    Each node's ``node.toml`` gets a ``[[researchers]]`` entry holding only the sha256 of the
+    token (the token itself is written nowhere), and the local key holder, when there is one,
+    learns it as a coordinator so the researcher can use ``combine='he'``. Hand the token over
+    securely: it cannot be recovered. The researcher connects with
+    ``genofed.connect(root, token=token)``.
+
+    Nodes and the key holder read their clients when they start: restart running ones
+    (``down(root)`` then ``up(root)``) before the token is accepted.
+
+    Parameters
+    ----------
+    name
+        The researcher's name at the nodes (their DP ledger, audit records and rate limit go
+        by it); must not be registered at any node yet.
+    roles
+        ``[roles.*]`` each node defines (which tables the researcher may read); None or empty:
+        every table.
+
+    Examples
+    --------
+    >>> token = add_researcher("fed", "bob", roles=["genetics"])  # doctest: +SKIP
+    """
+    from .config import load_toml
+
+    fed = FederationConfig.load(root)
+    name = name.strip()
+    if not name:
+        raise ConfigError("a researcher needs a non-empty name")
+    roles = list(roles or [])
+    token = secrets.token_urlsafe(24)
+    digest = hash_token(token)
+    updates: list[tuple[Path, dict[str, Any]]] = []
+    for n in fed.nodes:
+        if not n.config:
+            raise ConfigError(f"node {n.name!r} has no local config in {fed.root / FEDERATION_FILE}; its steward adds researchers at the biobank")
+        path = fed.root / n.config
+        data = load_toml(path, "node config")
+        known = [r.get("name") for r in data.get("researchers", [])]
+        if name in known:
+            raise ConfigError(f"{path}: researcher {name!r} is already registered; choose another name")
+        missing = sorted(set(roles) - set(data.get("roles", {})))
+        if missing:
+            raise ConfigError(f"{path}: roles {missing} are not defined there (defined: {sorted(data.get('roles', {}))}); add [roles.NAME] tables first")
+        data.setdefault("researchers", []).append({"name": name, "token_sha256": digest, **({"roles": roles} if roles else {})})
+        updates.append((path, data))
+    if fed.keyholder.get("config"):
+        path = fed.root / fed.keyholder["config"]
+        data = load_toml(path, "key holder config")
+        if any(c.get("name") == name and c.get("role") == "coordinator" for c in data.get("clients", [])):
+            raise ConfigError(f"{path}: researcher {name!r} is already a client of the key holder; choose another name")
+        data.setdefault("clients", []).append({"name": name, "role": "coordinator", "token_sha256": digest})
+        updates.append((path, data))
+    for path, data in updates:  # every file checked before any is written
+        tmp = path.with_suffix(".toml.tmp")
+        tmp.write_text(tomli_w.dumps(data))
+        os.replace(tmp, path)
+    return token
+
+
+def running(root: str | os.PathLike[str]) -> list[str]:
+    """The node servers (and key holder) of a local federation whose processes are alive."""
+    fed = FederationConfig.load(root)
+    services = [(n.name, fed.root / n.name / "node.pid") for n in fed.nodes]
+    if fed.keyholder.get("config"):
+        services.append((KEYHOLDER_DIR, fed.root / KEYHOLDER_DIR / "keyholder.pid"))
+    alive = []
+    for name, pidf in services:
+        try:
+            pid = int(pidf.read_text().strip() or 0)
+            if pid > 0 and _alive(pid):
+                alive.append(name)
+        except (OSError, ValueError):
+            continue
+    return alive

@@ -20,11 +20,12 @@ from genofed.engine.errors import (
 __version__ = "0.1.0"
 
 
-def connect(path, timeout=None):  # noqa: ANN001
-    """Connect to a federation directory (see :func:`genofed.api.connect`)."""
+def connect(path, timeout=None, token=None):  # noqa: ANN001
+    """Connect to a federation directory, optionally with your own researcher ``token`` (see
+    :func:`genofed.api.connect`)."""
     from genofed.api import connect as _connect
 
-    return _connect(path, timeout=timeout)
+    return _connect(path, timeout=timeout, token=token)
 
 
 def train(path, features, label, **options):  # noqa: ANN001, ANN201

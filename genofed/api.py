@@ -244,15 +244,33 @@ class _LazyKeyHolder:
             self._client.close()
 
 
-def connect(path: str | os.PathLike[str], timeout: float | None = None) -> Federation:
+def connect(path: str | os.PathLike[str], timeout: float | None = None, token: str | None = None) -> Federation:
     """Connect to a federation: a directory with ``federation.toml`` (or the file itself).
+
+    Parameters
+    ----------
+    timeout
+        Seconds each node has to answer (default: the federation's ``timeout_s``).
+    token
+        Your own researcher token (from ``genofed federation add-researcher``), used at every
+        node and at the key holder instead of the tokens in ``federation.toml``: the nodes then
+        know you by your name (your privacy budget, rate limit and audit records).
 
     Examples
     --------
     >>> fed = genofed.connect("demo-federation")  # doctest: +SKIP
     >>> fed.sql("SELECT sex, count(*) AS n FROM samples GROUP BY sex").to_pandas()  # doctest: +SKIP
+    >>> bob = genofed.connect("demo-federation", token=os.environ["GENOFED_TOKEN"])  # doctest: +SKIP
     """
-    return Federation(FederationConfig.load(Path(path)), timeout=timeout)
+    config = FederationConfig.load(Path(path))
+    if token is not None:
+        if not token:
+            raise ConfigError("token is empty; give the token the data steward handed you")
+        for n in config.nodes:
+            n.token = token
+        if config.keyholder:
+            config.keyholder = {**config.keyholder, "token": token}
+    return Federation(config, timeout=timeout)
 
 
 def train(config: FederationConfig | str | os.PathLike[str], features: str | os.PathLike[str], label: str, *, model: str = "logistic", strategy: str = "fedavg",

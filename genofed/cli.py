@@ -183,6 +183,24 @@ def federation_down(directory: Path) -> None:
     click.echo(f"stopped {', '.join(stopped) if stopped else 'nothing (no node was running)'}")
 
 
+@federation.command("add-researcher")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("name")
+@click.option("--role", "roles", multiple=True, help="a [roles.NAME] every node defines (repeatable; default: every table)")
+def federation_add_researcher(directory: Path, name: str, roles: tuple[str, ...]) -> None:
+    """Register researcher NAME at every node of a local federation and print their token (once)."""
+    from genofed.connectors.federation import add_researcher, running
+
+    token = add_researcher(directory, name, list(roles))
+    click.echo(token)
+    click.echo(f"researcher {name!r} added at every node (the nodes keep only the token's sha256). This token is shown "
+               f"once: hand it to {name} over a secure channel; they connect with genofed.connect(DIR, token=TOKEN).", err=True)
+    alive = running(directory)
+    if alive:
+        click.echo(f"running now: {', '.join(alive)}; restart them to accept the token: genofed federation down {directory} && "
+                   f"genofed federation up {directory}", err=True)
+
+
 @main.group()
 def certs() -> None:
     """Certificates for TLS on the Flight links: a local CA, server and client certificates."""

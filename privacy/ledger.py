@@ -25,9 +25,12 @@ Durability and concurrency:
   then computes the noise and stores it with :meth:`ReleaseCache.put` (or :meth:`Ledger.put`).
   A crash between the charge and the ``put`` means the next identical query is charged again and
   gets fresh noise: conservative (both answers were paid for), never a free second draw.
-* Two identical queries racing past an empty cache are both charged (each pays for its own draw);
-  ``put`` keeps the first table stored and returns it, so the node can release that one and every
-  later repeat gets the same answer.
+* Two identical queries racing past an empty cache are charged once: while a charge for the same
+  (researcher, key) committed less than ``PENDING_WAIT_S`` ago has no stored release yet, the
+  later one waits (outside the write lock) for that release and is answered from the cache. If
+  none appears in time (the first one failed after its charge, or its process died), it is
+  charged for a draw of its own, as after a crash. ``put`` keeps the first table stored and
+  returns it, so every repeat gets the same answer.
 
 Nothing protected is stored: researcher names, query ids, fragment digests, amounts, and the noisy
 (already releasable) tables.
@@ -60,6 +63,7 @@ DELTA_UNIT = Decimal("1e-18")
 MAX_EPSILON = 1e6  # a budget above this is a misconfiguration (and would overflow the units)
 BUSY_TIMEOUT_MS = 60_000  # how long a charge waits for another writer before giving up
 WRITE_BUSY_MS = 2
+PENDING_WAIT_S = 30.0  # how long an identical query waits for a racing one's release before paying its own
 
 # Test-only fault hook: when set to a file path, a charge pauses after writing its row and before
 # COMMIT (write lock held, row uncommitted), touching that path so a test can SIGKILL it there.
@@ -342,6 +346,7 @@ class Ledger:
         self._store = _Store(path)
         self.path = self._store.path
         self.cache = ReleaseCache(_store=self._store)
+        self._stored = threading.Condition()  # notified by put (other processes' puts are polled)
 
     def close(self) -> None:
         self._store.close()
@@ -403,22 +408,35 @@ class Ledger:
                          epsilon: float, delta: float, budget_epsilon: float,
                          budget_delta: float) -> ChargeOrCached:
         """In one transaction: the cached release for (researcher, key) if there is one (no
-        charge), otherwise a committed charge (or :class:`BudgetExceeded`).
+        charge), otherwise a committed charge (or :class:`BudgetExceeded`). While an identical
+        release charged moments ago is still being noised, waits for it instead of charging
+        again (see the module docstring).
 
         After a charge, compute the noisy table and :meth:`put` it under the same key.
         """
         _check_amounts(epsilon, delta, budget_epsilon, budget_delta)
-        with self._store.transaction() as conn:
-            cached = ReleaseCache._get(conn, researcher, key)
-            if cached is not None:
-                return ChargeOrCached(cached=cached)
-            return ChargeOrCached(charge=self._charge(
-                conn, researcher, query_id, fragment_sha256, epsilon, delta, budget_epsilon,
-                budget_delta, key))
+        deadline = time.monotonic() + PENDING_WAIT_S
+        while True:
+            with self._store.transaction() as conn:
+                cached = ReleaseCache._get(conn, researcher, key)
+                if cached is not None:
+                    return ChargeOrCached(cached=cached)
+                pending = time.monotonic() < deadline and conn.execute(
+                    "SELECT 1 FROM charges WHERE researcher = ? AND release_key = ? AND charged_at > ? LIMIT 1",
+                    (researcher, key, time.time() - PENDING_WAIT_S)).fetchone() is not None
+                if not pending:
+                    return ChargeOrCached(charge=self._charge(
+                        conn, researcher, query_id, fragment_sha256, epsilon, delta, budget_epsilon,
+                        budget_delta, key))
+            with self._stored:  # an identical release is being noised: wait for it to be stored
+                self._stored.wait(timeout=0.05)
 
     def put(self, researcher: str, key: str, table: pa.Table) -> pa.Table:
         """Store the noisy table released for (researcher, key); see :meth:`ReleaseCache.put`."""
-        return self.cache.put(researcher, key, table)
+        stored = self.cache.put(researcher, key, table)
+        with self._stored:
+            self._stored.notify_all()
+        return stored
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ What each participant learns is documented in ``docs/secure-combine.md``.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import hashlib
 import json
 import os
@@ -346,6 +347,10 @@ def run_mpc(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: s
     ok = False
     names = [COORDINATOR_NAME, *(t.name for t in targets)]
     prepared: dict[str, Any] = {}
+    # mpc_run blocks until every node's party has its configuration: the calls of one query must
+    # all be in flight at once, so they get threads of their own, never a shared pool where other
+    # queries' blocked calls could hold the workers while this query's last call waits in line
+    runners = cf.ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="genofed-mpc-run")
     try:
         body: dict[str, Any] = {"sql": fragment_sql, "query_id": query_id, **({"dp": dp} if dp else {})}
         prepared = coordinator._fan_out(lambda t: t.action("mpc_prepare", body, timeout), targets)
@@ -363,7 +368,7 @@ def run_mpc(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: s
         futures = {}
         for i, t in enumerate(targets, start=1):
             run_body = {"query_id": query_id, "pid": i, "parties": parties, "names": names, "secret": secret, "timeout": timeout}
-            futures[coordinator._pool.submit(t.action, "mpc_run", run_body, timeout + 15.0)] = t
+            futures[runners.submit(t.action, "mpc_run", run_body, timeout + 15.0)] = t
         verdict = _await_coordinator(me, futures, timeout + 10.0)
         if verdict.get("event") != "done":
             j = verdict.get("party")
@@ -387,6 +392,7 @@ def run_mpc(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: s
                 coordinator._pool.submit(_quiet_abort, t, query_id)
         raise
     finally:
+        runners.shutdown(wait=False)
         if ok:
             release_party(me)
         else:
