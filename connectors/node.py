@@ -79,6 +79,28 @@ def make_backend(config: NodeConfig) -> Backend:
     raise GenofedError(f"unknown backend {config.backend!r} in node config; available: duckdb, hail")
 
 
+_LAZY_LOCK = threading.Lock()
+
+
+def _locked_once(fn):
+    """A lazily built attribute, built once even when server threads race for it (the node's
+    privacy state: two ledgers or trackers over one file would lose updates)."""
+    name = "_lazy_" + fn.__name__
+
+    @functools.wraps(fn)
+    def get(self):
+        value = self.__dict__.get(name)
+        if value is None:
+            with _LAZY_LOCK:
+                value = self.__dict__.get(name)
+                if value is None:
+                    value = fn(self)
+                    self.__dict__[name] = value
+        return value
+
+    return property(get)
+
+
 class NodeServer(flight.FlightServerBase):
     """Arrow Flight server for one node.
 
@@ -287,7 +309,8 @@ class NodeServer(flight.FlightServerBase):
                 from genofed.privacy.secure.layout import lane_hints
 
                 counts, finite = lane_hints(frag)
-                self._record("release", researcher, sql, query_id=qid, combine="mpc", decision="shared", groups=table.num_rows)
+                self._record("release", researcher, sql, query_id=qid, combine="mpc", decision="shared", groups=table.num_rows,
+                             **_dp_audit(notes))
                 addr = self._sessions().prepare(qid, table, list(frag.keys), list(frag.partials), sql, counts, finite)
             except GenofedError as e:
                 raise flight.FlightServerError(P.encode_error("mpc", str(e))) from None
@@ -333,7 +356,8 @@ class NodeServer(flight.FlightServerBase):
             raise flight.FlightServerError(P.encode_error(e.node_code, e.reason, party=e.node)) from None
         except GenofedError as e:
             raise flight.FlightServerError(P.encode_error("he", str(e))) from None
-        self._record("release", researcher, req[P.KEY_SQL], query_id=qid, combine="he", decision="encrypted", groups=g)
+        self._record("release", researcher, req[P.KEY_SQL], query_id=qid, combine="he", decision="encrypted", groups=g,
+                     **_dp_audit(notes))
         meta = {b"genofed.node": self.config.name.encode(), b"genofed.key_id": keys.key_id.encode(),
                 b"genofed.groups": str(g).encode(), b"genofed.layout": json.dumps(layout.to_json()).encode(),
                 **({P.META_NOTES: json.dumps(notes).encode()} if notes else {})}
@@ -348,7 +372,7 @@ class NodeServer(flight.FlightServerBase):
             self._kh = KeyHolderClient(loc, self.config.keyholder["token"], tls=self.config.keyholder_tls())
         return self._kh
 
-    @functools.cached_property
+    @_locked_once
     def tracker(self) -> Any:
         """The sample sets released to each researcher (differencing defence)."""
         from genofed.privacy.tracker import SampleTracker
@@ -415,7 +439,7 @@ class NodeServer(flight.FlightServerBase):
         c = group_counts(store.planes, vs, masks, ("alt1", "alt2", "called", "diploid"), complete=store.complete)
         return (c["alt1"] + c["alt2"])[:, 0].astype(np.int64), (c["called"] + c["diploid"])[:, 0].astype(np.int64)
 
-    @functools.cached_property
+    @_locked_once
     def membership(self) -> Any:
         """Released variants per researcher and cohort, and beacon budgets (re-identification gate)."""
         from genofed.privacy.membership import MembershipGate
@@ -423,7 +447,7 @@ class NodeServer(flight.FlightServerBase):
         state = self.config.state_path()
         return MembershipGate(state / "risk.sqlite" if state is not None else None, self.backend.store.manifest.n_variants, self.config.risk)
 
-    @functools.cached_property
+    @_locked_once
     def ledger(self) -> Any:
         """The per-researcher privacy budget ledger and release cache (SQLite, in the state dir)."""
         import tempfile
@@ -436,12 +460,16 @@ class NodeServer(flight.FlightServerBase):
         state.mkdir(parents=True, exist_ok=True)
         return Ledger(state / "ledger.sqlite")
 
-    @functools.cached_property
+    @_locked_once
     def _clinical_multiplicity(self) -> dict[str, int]:
         """The most rows one sample has in each clinical table (bounds a sample's rows under DP)."""
         out = {}
         for t in self.backend.store.manifest.clinical:
-            rows = self.backend.con.sql(f'SELECT max(c) FROM (SELECT count(*) AS c FROM "{t}" GROUP BY sample_id)').fetchall()
+            cur = self.backend.con.cursor()  # server threads never share one DuckDB connection
+            try:
+                rows = cur.sql(f'SELECT max(c) FROM (SELECT count(*) AS c FROM "{t}" GROUP BY sample_id)').fetchall()
+            finally:
+                cur.close()
             out[t] = int(rows[0][0] or 1)
         return out
 
@@ -474,8 +502,8 @@ class NodeServer(flight.FlightServerBase):
         pol = self.config.dp
         decision = self.ledger.charge_or_cached(researcher, str(qid), fragment_digest(sql), key, mech.epsilon, mech.delta,
                                                 pol.budget_epsilon, pol.budget_delta)
-        if decision.hit:
-            return decision.cached, {"cached": True}
+        if decision.hit:  # an identical release, charged and stored by a racing query: its noise, its details
+            return decision.cached, {"cached": True, **json.loads((decision.cached.schema.metadata or {}).get(b"genofed.dp", b"{}"))}
         noisy, prov = noise_table(table, frag, mech, plan)
         prov = {**prov, "remaining_epsilon": decision.charge.remaining_epsilon, **({"membership_risk": risk} if risk else {})}
         noisy = noisy.replace_schema_metadata({b"genofed.dp": json.dumps(prov).encode()})
@@ -484,7 +512,11 @@ class NodeServer(flight.FlightServerBase):
 
     def _analysis_variants(self, frag: Any) -> int:
         """How many variants an analysis round reads at this node."""
-        rows = self.backend.con.sql(f"SELECT count(*) FROM ({frag.variant_sql})").fetchall()
+        cur = self.backend.con.cursor()
+        try:
+            rows = cur.sql(f"SELECT count(*) FROM ({frag.variant_sql})").fetchall()
+        finally:
+            cur.close()
         return int(rows[0][0])
 
     def _release_identity(self, frag: Any, sql: str, sets: Any, vidx: np.ndarray | None) -> tuple[str]:
@@ -648,12 +680,22 @@ class NodeServer(flight.FlightServerBase):
         }
         table = table.replace_schema_metadata(meta)
         self._record("release", researcher, req[P.KEY_SQL], query_id=req.get(P.KEY_QUERY_ID), combine="plain", decision="released",
-                     groups=table.num_rows, suppressed=n_suppressed)
+                     groups=table.num_rows, suppressed=n_suppressed, **_dp_audit(notes))
         log.info("query %s for %s: %d groups, %d suppressed", req.get(P.KEY_QUERY_ID), researcher, table.num_rows, n_suppressed)
         # large partial tables (e.g. per-variant GWAS statistics, many of them constant) go
         # LZ4-compressed: cheaper than the bytes on any real network
         opts = pa.ipc.IpcWriteOptions(compression="lz4") if table.nbytes > (1 << 20) else None
         return flight.RecordBatchStream(table, options=opts)
+
+
+def _dp_audit(notes: dict[str, Any]) -> dict[str, Any]:
+    """The DP facts of a release for the audit log: ε charged (0 when served from the release
+    cache, which charges nothing) and whether it was cached. Never the noise or the values."""
+    dp = notes.get("dp")
+    if not dp:
+        return {}
+    cached = bool(dp.get("cached"))
+    return {"dp_epsilon": 0.0 if cached else dp.get("epsilon"), "dp_cached": cached}
 
 
 def _warm_kernels() -> None:

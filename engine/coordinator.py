@@ -106,7 +106,10 @@ class Coordinator:
         a node still silent ``timeout + grace`` seconds later fails the call with code ``timeout``
         (each transport call has its own deadline; this bounds a transport that would not)."""
         ts = transports or self.transports
-        futures = {self._pool.submit(fn, t): t for t in ts}
+        # one thread per node for this call alone: calls that wait for each other at the nodes
+        # (MPC prepare, HE alignment at the key holder) must never queue behind another query's
+        pool = cf.ThreadPoolExecutor(max_workers=len(ts), thread_name_prefix="genofed-fanout")
+        futures = {pool.submit(fn, t): t for t in ts}
         results: dict[str, Any] = {}
         deadline = time.monotonic() + self.timeout + grace
         try:
@@ -119,6 +122,7 @@ class Coordinator:
         finally:
             for f in futures:
                 f.cancel()
+            pool.shutdown(wait=False)
         return {t.name: results[t.name] for t in ts}
 
     def query(self, sql: str, combine: str | None = None, _allow_table_functions: bool = True, dp: dict[str, Any] | None = None) -> QueryResult:
