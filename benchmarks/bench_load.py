@@ -197,6 +197,7 @@ def run(args: argparse.Namespace, concurrency: int) -> dict:
         "queries": len(jobs), "researchers": len(researchers), "concurrency": concurrency,
         "mix": dict(Counter(j.cls for j in jobs)), "tags": dict(Counter(j.tag for j in jobs)),
         "answered": len(answered), "errors": len(errors), "budget_refusals": len(refusals),
+        "busy_retries": sum(int(o.provenance.details.get("busy_retries", 0)) for o in answered if o.provenance is not None),
         "wall_s": wall, "throughput_qps": len(answered) / wall,
         "latency_s": L.latency_summary(outcomes),
         "rows": {"max": max((o.table.num_rows for o in answered if o.table is not None), default=0),
@@ -229,11 +230,12 @@ def markdown(report: dict) -> str:
              f"distinct counts from the first researcher, racing past their budget. A fresh copy of the federation "
              f"(empty ledgers, audit logs, histories) for each N.")
     L.append("")
-    L.append("| N threads | answered | errors | budget refusals | wall | queries/s | p50 | p95 | p99 | max |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|")
+    L.append("| N threads | answered | errors | budget refusals | busy retries | wall | queries/s | p50 | p95 | p99 | max |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for x in runs:
         a = x["latency_s"]["all"]
-        L.append(f"| {x['concurrency']} | {x['answered']} | {x['errors']} | {x['budget_refusals']} | {x['wall_s']:.1f} s | "
+        L.append(f"| {x['concurrency']} | {x['answered']} | {x['errors']} | {x['budget_refusals']} | {x.get('busy_retries', 0)} | "
+                 f"{x['wall_s']:.1f} s | "
                  f"{x['throughput_qps']:.2f} | {a['p50']:.2f} s | {a['p95']:.2f} s | {a['p99']:.2f} s | {a['max']:.2f} s |")
     L.append("")
     L.append("Latency per class (end-to-end `Federation.sql`, queueing in the pool excluded):")
@@ -273,7 +275,10 @@ def markdown(report: dict) -> str:
              "(the client's and one per node, each a Python process with MPyC loaded; a process keeps at most two warm), so "
              "with N = 100 about 50 mpc queries run up to some 200 party processes at once (the trees' peak memory above) and the "
              "plain queries wait for CPU with them; the node servers themselves stay under 500 MB. With 13-37 answers per "
-             "class, p99 is the maximum. Other jobs shared the machine (load averages above).")
+             "class, p99 is the maximum. Each node executes at most `[limits] max_concurrent` (4) fragments at once; a fragment "
+             "that waits longer than `queue_seconds` (30 s) for a slot is answered `busy` and the coordinator asks again with "
+             "backoff (busy retries above; the retried query's nodes that had answered serve it from their release cache). "
+             "Other jobs shared the machine (load averages above).")
     L.append("")
     L.append("Found while building this load, and fixed: racing identical DP queries were each charged for the one answer they all got (a release key charged twice at a node), now "
              "charged once (`privacy/ledger.py`); an mpc query's three `mpc_run` calls shared the client's 4-thread pool with "

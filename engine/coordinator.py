@@ -141,13 +141,17 @@ class Coordinator:
                 raise PlanningError("table functions cannot be nested")
             return run_table_function(self, select, call[0], call[1], mode)
         plan = plan_query(select, self.catalog())
-        delay, give_up = 0.25, time.monotonic() + self.timeout
+        delay, give_up, retries = 0.25, time.monotonic() + self.timeout, 0
         while True:  # a node answering "busy" (every execution slot taken) is asked again, with backoff
             try:
-                return self._query_plan(plan, mode, t0, dp)
+                result = self._query_plan(plan, mode, t0, dp)
+                if retries:
+                    result.provenance.details["busy_retries"] = retries
+                return result
             except NodeError as e:
                 if e.node_code != "busy" or time.monotonic() + delay > give_up:
                     raise
+            retries += 1
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 4.0)
 

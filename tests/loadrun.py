@@ -388,7 +388,13 @@ def check_nodes(rep: Report, root: Path, outcomes: list[Outcome], researchers: l
                         mine = charged.get(qid)
                         rep.check(mine is not None and math.isclose(mine["epsilon"], o.job.epsilon),
                                   f"{name}/{r}: answered DP query {qid} not charged ε={o.job.epsilon} here ({mine})")
-                orphans = [q for q in charged if q not in answered]
+                # a query retried after a node answered "busy" is answered under a new query id,
+                # from the release cache of the nodes that had already charged the first attempt:
+                # that first charge paid for the answer the researcher got, it is no orphan
+                cached_here = {fragment_digest(o.provenance.fragment_sql) for o in answered.values()
+                               if o.job.researcher == r and o.job.epsilon is not None
+                               and o.provenance.details.get("dp", {}).get("nodes", {}).get(name, {}).get("cached")}
+                orphans = [q for q, e in charged.items() if q not in answered and e["fragment_sha256"] not in cached_here]
                 rep.check(len(orphans) <= failed_dp[r], f"{name}/{r}: {len(orphans)} charges for unanswered queries, only {failed_dp[r]} DP queries failed")
                 for q in orphans:  # charged here, refused somewhere else (audited there)
                     rep.check(q in refused_ids, f"{name}/{r}: charge for query {q} that no node refused or answered")
