@@ -115,14 +115,17 @@ def read_clinical(path: str | os.PathLike[str]) -> pa.Table:
 
 
 def _check_bgzf(path: Path) -> None:
-    with open(path, "rb") as f:
-        head = f.read(4)
-        if head[:2] != b"\x1f\x8b":
-            return  # plain text VCF
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - 28))
-        tail = f.read(28)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+            if head[:2] != b"\x1f\x8b":
+                return  # plain text VCF
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 28))
+            tail = f.read(28)
+    except OSError as e:
+        raise IngestError(f"VCF {path} cannot be read ({e.strerror or e}); give a VCF file you can read") from None
     if head[3:4] == b"\x04" and tail != BGZF_EOF:
         raise IngestError(
             f"{path}: truncated BGZF file (the end-of-file marker is missing, {size} bytes). "
@@ -151,6 +154,13 @@ def _vcf_reader(vcf: Path, samples: list[str] | None):
     except (OSError, Exception) as e:  # cyvcf2 raises plain Exception
         raise IngestError(f"{vcf}: not a readable VCF ({e}); give a VCF or bgzipped VCF with a #CHROM header") from e
     return reader
+
+
+def _samples(reader, vcf: Path) -> list[str]:
+    try:
+        return list(reader.samples)
+    except UnicodeDecodeError:
+        raise IngestError(f"{vcf}: the sample names in the #CHROM header line are not UTF-8 text; fix the header") from None
 
 
 def ingest(
@@ -199,8 +209,10 @@ def ingest(
 
     if vcf.suffix.lower() == ".bcf" or reader == "cyvcf2":
         header_reader = _vcf_reader(vcf, None)
-        vcf_samples = list(header_reader.samples)
-        header_reader.close()
+        try:
+            vcf_samples = _samples(header_reader, vcf)
+        finally:
+            header_reader.close()
     else:
         vcf_samples = read_header(vcf)[0]
     if len(set(vcf_samples)) != len(vcf_samples):
@@ -241,6 +253,11 @@ def ingest(
             columns = np.array([pos_of[s] for s in chosen], dtype=np.intp)
         batches = iter_batches(vcf, columns, width, batch=chunk_records)
     elif reader == "cyvcf2":
+        if vcf.suffix.lower() != ".bcf":
+            # htslib crashes the process (SIGSEGV) on a malformed GT in a record whose contig the
+            # header does not declare: the text reader checks every record first (and names the line)
+            for _ in iter_batches(vcf, None, plane_width(max(1, len(vcf_samples))), batch=chunk_records):
+                pass
         batches = _batched(_cyvcf2_records(vcf, subset, chosen), n, width, chunk_records)
     else:
         raise IngestError(f"unknown VCF reader {reader!r}; use auto, text or cyvcf2")
@@ -389,7 +406,7 @@ def _batched(records, n: int, width: int, size: int):
 def _cyvcf2_records(vcf: Path, subset: list[str] | None, chosen: list[str]):
     """Records through cyvcf2/htslib (BCF input, and a cross-check of the text reader)."""
     reader = _vcf_reader(vcf, subset)
-    if list(reader.samples) != chosen:
+    if _samples(reader, vcf) != chosen:
         raise IngestError(f"{vcf}: sample subsetting failed; check for duplicate sample ids in the VCF header")
     n = len(chosen)
     it = iter(reader)
@@ -399,19 +416,20 @@ def _cyvcf2_records(vcf: Path, subset: list[str] | None, chosen: list[str]):
             try:
                 rec = next(it)
                 g = rec.genotype.array()
+                alts = rec.ALT or []
+                filt = rec.FILTER
+                filt = "PASS" if filt is None and rec.FILTERS == ["PASS"] else filt
+                fixed = (rec.CHROM, rec.POS, rec.ID, rec.REF, alts, rec.QUAL, filt)
             except StopIteration:
                 break
-            except Exception as e:  # cyvcf2 raises bare Exception on htslib parse errors
+            except Exception as e:  # cyvcf2 raises bare Exception on htslib parse errors, UnicodeDecodeError on non-UTF-8 text
                 raise IngestError(_exact_error(vcf, index)) from e
             if g.shape[1] < 3:
                 g = np.concatenate([g[:, :1], np.full((n, 1), -2, np.int16), g[:, 1:]], axis=1)
-            alts = rec.ALT or []
             if g.shape[0] and int(g[:, :2].max()) > len(alts):
                 raise IngestError(_exact_error(vcf, index))
-            filt = rec.FILTER
-            filt = "PASS" if filt is None and rec.FILTERS == ["PASS"] else filt
             index += 1
-            yield rec.CHROM, rec.POS, rec.ID, rec.REF, alts, rec.QUAL, filt, g[:, :2], g[:, 2] == 1
+            yield (*fixed, g[:, :2], g[:, 2] == 1)
     finally:
         reader.close()
 

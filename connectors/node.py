@@ -271,16 +271,16 @@ class NodeServer(flight.FlightServerBase):
             body = self._json_body(action)
             yield flight.Result(json.dumps(self._mpc_action(kind, body, self._researcher(context), context)).encode())
         else:
-            raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, f"unknown action {kind!r}"))
+            raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, f"unknown action {kind[:40]!r}; see list_actions"))
 
     @staticmethod
     def _json_body(action) -> dict[str, Any]:
         try:
             body = json.loads(action.body.to_pybytes().decode() or "{}")
-            if not isinstance(body, dict) or not isinstance(body.get(P.KEY_QUERY_ID), str):
-                raise ValueError("expected a JSON object with a query_id")
+            if not isinstance(body, dict) or not isinstance(body.get(P.KEY_QUERY_ID), str) or len(body[P.KEY_QUERY_ID]) > 200:
+                raise ValueError("expected a JSON object with a query_id (a string of at most 200 characters)")
             return body
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: JSON nested too deeply
             raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, f"malformed request: {e}")) from None
 
     def _sessions(self):
@@ -634,6 +634,27 @@ class NodeServer(flight.FlightServerBase):
             self._record("error", researcher, sql, query_id=qid, decision="error")
             raise flight.FlightServerError(P.encode_error(P.CODE_INTERNAL, "internal error at the node; the steward can see it in the node log")) from None
 
+    # -- what a node does not serve: a clean wire error, never the server's traceback ------------
+    def _not_served(self, what: str):
+        return flight.FlightServerError(P.encode_error(
+            P.CODE_BAD_REQUEST, f"this node does not serve {what}; fragments go through do_get tickets and the mpc_* actions"))
+
+    def list_flights(self, context, criteria):
+        raise self._not_served("list_flights")
+
+    def get_flight_info(self, context, descriptor):
+        raise self._not_served("get_flight_info")
+
+    def get_schema(self, context, descriptor):
+        # pyarrow forwards any error raised here with the server's traceback: answer "no columns"
+        return flight.SchemaResult(pa.schema([]))
+
+    def do_put(self, context, descriptor, reader, writer):
+        raise self._not_served("do_put (nothing is uploaded to a node)")
+
+    def do_exchange(self, context, descriptor, reader, writer):
+        raise self._not_served("do_exchange")
+
     # -- fragments -------------------------------------------------------------------------
     def do_get(self, context, ticket):
         researcher = self._researcher(context)
@@ -641,16 +662,23 @@ class NodeServer(flight.FlightServerBase):
             req = json.loads(ticket.ticket.decode())
             if not isinstance(req, dict) or req.get(P.KEY_KIND) != P.TICKET_KIND_FRAGMENT or not isinstance(req.get(P.KEY_SQL), str):
                 raise ValueError("not a fragment request")
-            if req.get(P.KEY_VERSION) != P.PROTOCOL_VERSION:
-                raise ValueError(f"protocol version {req.get(P.KEY_VERSION)} not supported (this node speaks {P.PROTOCOL_VERSION})")
-        except (ValueError, UnicodeDecodeError) as e:
+            version = req.get(P.KEY_VERSION)
+            if type(version) is not int or version != P.PROTOCOL_VERSION:
+                raise ValueError(f"protocol version {str(version)[:20]} not supported (this node speaks {P.PROTOCOL_VERSION})")
+            qid = req.get(P.KEY_QUERY_ID, "?")
+            if not isinstance(qid, str) or len(qid) > 200:
+                raise ValueError("query_id must be a string of at most 200 characters")
+            timeout = req.get("timeout", 60.0)
+            if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 86400:
+                raise ValueError("timeout must be a number of seconds, above 0 and at most 86400")
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: JSON nested too deeply
             self._record("bad_request", researcher, decision="refused", rule="malformed")
             raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, f"malformed ticket: {e}")) from None
         mode = req.get(P.KEY_COMBINE, "plain")
         if mode == "he":
             return flight.RecordBatchStream(self._he(req, researcher, context))
         if mode != "plain":
-            raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, f"combine mode {mode!r} is not served by do_get; see the mpc_* actions"))
+            raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, f"combine mode {str(mode)[:20]!r} is not served by do_get; see the mpc_* actions"))
         if not self.config.allow_plain:
             self._record("refused", researcher, req[P.KEY_SQL], query_id=req.get(P.KEY_QUERY_ID), decision="refused", rule="plain_not_allowed")
             raise flight.FlightServerError(P.encode_error(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -20,6 +21,13 @@ import numpy as np
 from genofed.engine.errors import IngestError
 
 _SEP = re.compile(rb"[/|]")
+
+try:  # what a corrupt or truncated gzip stream raises, depending on the decompressor
+    from isal.isal_zlib import error as _IsalError
+
+    CORRUPT_STREAM: tuple[type[BaseException], ...] = (EOFError, OSError, zlib.error, _IsalError)  # type: ignore[assignment]
+except ImportError:  # pragma: no cover - isal is a dependency
+    CORRUPT_STREAM = (EOFError, OSError, zlib.error)
 
 
 def _open(path: Path) -> IO[bytes]:
@@ -38,14 +46,25 @@ def _open(path: Path) -> IO[bytes]:
 def read_header(path: Path) -> tuple[list[str], int]:
     """Sample names and the number of header lines."""
     n = 0
-    with _open(path) as fh:
-        for line in fh:
-            n += 1
-            if line.startswith(b"#CHROM"):
-                cols = line.rstrip(b"\r\n").decode().split("\t")
-                return cols[9:], n
-            if not line.startswith(b"#"):
-                break
+    try:
+        fh = _open(path)
+    except OSError as e:
+        raise IngestError(f"{path}: cannot be read ({e.strerror or e}); check the path and its permissions") from None
+    try:
+        with fh:
+            for line in fh:
+                n += 1
+                if line.startswith(b"#CHROM"):
+                    cols = line.rstrip(b"\r\n").decode().split("\t")
+                    return cols[9:], n
+                if not line.startswith(b"#"):
+                    break
+    except UnicodeDecodeError:
+        raise IngestError(f"{path}:{n}: the #CHROM line is not UTF-8 text; fix the sample names in the header") from None
+    except CORRUPT_STREAM as e:
+        raise IngestError(
+            f"{path}: compressed data is truncated or corrupt in the header, after line {n} ({e}); copy the file again"
+        ) from None
     raise IngestError(f"{path}: no #CHROM header line; give a VCF file")
 
 
@@ -165,7 +184,7 @@ def batches_from_lines(
                 yield from drain()
         if metas:
             yield from drain()
-    except (EOFError, OSError, gzip.BadGzipFile) as e:
+    except CORRUPT_STREAM as e:
         raise IngestError(
             f"{path}: compressed data is truncated or corrupt after line {lineno} ({e}); copy the file again"
         ) from None
@@ -187,18 +206,38 @@ def _parse_fixed(line: bytes, end: int, where: str) -> tuple[Meta, bytes, int]:
         raise IngestError(f"{where}: record has {len(tabs) + 1} tab-separated columns, a VCF record needs at least 8 (column {len(tabs) + 2} missing; is the line truncated?)")
     head = line[: tabs[6] if len(tabs) == 7 else tabs[7]].split(b"\t")
     chrom, pos_b, rid, ref, alt_b, qual_b, filt_b = head[:7]
+    for col, value in ((0, chrom), (3, ref), (4, alt_b)):
+        if not value:
+            raise IngestError(f"{where}, column {col + 1} ({_FIXED[col]}): empty; a VCF record needs it (use '.' for no ALT allele)")
     if not pos_b.isdigit():
         raise IngestError(f"{where}, column 2 (POS): {pos_b[:40].decode(errors='replace')!r} is not a positive integer")
     try:
         qual = None if qual_b == b"." else float(qual_b)
     except ValueError:
         raise IngestError(f"{where}, column 6 (QUAL): {qual_b[:20].decode(errors='replace')!r} is not a number or '.'") from None
-    alts = [] if alt_b == b"." else alt_b.decode().split(",")
-    meta = (chrom.decode(), int(pos_b), None if rid == b"." else rid.decode(), ref.decode(), alts,
-            qual, None if filt_b == b"." else filt_b.decode())
+    try:
+        alts = [] if alt_b == b"." else alt_b.decode().split(",")
+        meta = (chrom.decode(), int(pos_b), None if rid == b"." else rid.decode(), ref.decode(), alts,
+                qual, None if filt_b == b"." else filt_b.decode())
+        if "" in alts:
+            raise IngestError(f"{where}, column 5 (ALT): {alt_b[:40].decode()!r} has an empty allele; separate ALT alleles by single commas")
+    except UnicodeDecodeError:
+        col = next(i for i, b in enumerate((chrom, pos_b, rid, ref, alt_b, qual_b, filt_b)) if not _is_utf8(b))
+        raise IngestError(f"{where}, column {col + 1} ({_FIXED[col]}): not UTF-8 text; is the file corrupt?") from None
     if len(tabs) < 9:
         return meta, b"", -(len(tabs) + 1)
     return meta, line[tabs[7] + 1 : tabs[8]], tabs[8] + 1
+
+
+_FIXED = ("CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER")
+
+
+def _is_utf8(b: bytes) -> bool:
+    try:
+        b.decode()
+        return True
+    except UnicodeDecodeError:
+        return False
 
 
 _BAD = np.int8(-128)

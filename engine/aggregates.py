@@ -21,7 +21,7 @@ from sqlglot import exp
 
 from .errors import UnsupportedError
 from .schema import GENOMIC_AGGREGATES, SAMPLE_ID
-from .sqlcheck import AGGREGATES_DOC, DIALECT, STANDARD_AGGREGATES
+from .sqlcheck import AGGREGATES_DOC, DIALECT, STANDARD_AGGREGATES, clip
 
 # add_partial(partial aggregate expression, combine op) -> column of the combined partial
 AddPartial = Callable[[exp.Expression, str], exp.Expression]
@@ -66,7 +66,7 @@ def decompose(node: exp.Expression, add: AddPartial) -> exp.Expression:
         raise UnsupportedError(f"aggregate {name.upper()} has no federated decomposition; supported: {AGGREGATES_DOC}")
     for inner in node.find_all(exp.AggFunc, exp.Anonymous):
         if inner is not node and (isinstance(inner, exp.AggFunc) or inner.name.lower() in GENOMIC_AGGREGATES):
-            raise UnsupportedError(f"nested aggregates are not supported: {node.sql(DIALECT)!r}")
+            raise UnsupportedError(f"nested aggregates are not supported: {clip(node.sql(DIALECT))!r}")
     return fn(node, add)
 
 
@@ -236,7 +236,9 @@ def _hwe_p(node: exp.Expression, add: AddPartial) -> exp.Expression:
     het = add(_genomic("het_count", d), "sum")
     hom_ref = add(_genomic("hom_ref_count", d), "sum")
     hom_alt = add(_genomic("hom_alt_diploid_count", d), "sum")
-    return tmpl("genofed_hwe_p(CAST(:h AS BIGINT), CAST(:r AS BIGINT), CAST(:a AS BIGINT))", h=het, r=hom_ref, a=hom_alt)
+    # no diploid call (no rows, or haploid calls only): NULL, without asking the test (it has no p)
+    return tmpl("CASE WHEN :h + :r + :a > 0 THEN genofed_hwe_p(CAST(:h AS BIGINT), CAST(:r AS BIGINT), CAST(:a AS BIGINT)) END",
+                h=het, r=hom_ref, a=hom_alt)
 
 
 @register("call_rate")

@@ -25,7 +25,7 @@ from sqlglot import exp
 
 from .errors import FragmentError, GenofedError, PlanningError
 from .schema import CORE_TABLES, SAMPLE_ID, Catalog
-from .sqlcheck import DIALECT, is_aggregate, parse, qualify_query
+from .sqlcheck import DIALECT, TOO_DEEP, clip, is_aggregate, parse, qualify_query
 
 PREFIX = "genofed-analysis:"
 VERSION = 1
@@ -95,14 +95,17 @@ def parse_expression(text: str, what: str) -> exp.Expression:
     """A scalar SQL expression (phenotype, covariate or predicate) from an argument string."""
     if not isinstance(text, str) or not text.strip():
         raise PlanningError(f"{what} must be a non-empty SQL expression string")
+    shown = clip(text)
     try:
         e = sqlglot.parse_one(text, dialect=DIALECT)
-    except sqlglot.errors.ParseError as err:
-        raise PlanningError(f"{what} {text!r} is not a valid SQL expression: {str(err).splitlines()[0]}") from None
+    except (sqlglot.errors.ParseError, sqlglot.errors.TokenError) as err:
+        raise PlanningError(f"{what} {shown!r} is not a valid SQL expression: {clip(str(err), 200)}") from None
+    except RecursionError:
+        raise PlanningError(f"{what} {shown!r}: {TOO_DEEP}") from None
     if isinstance(e, (exp.Select, exp.Query)) or any(isinstance(n, (exp.Select, exp.Subquery)) for n in e.walk()):
-        raise PlanningError(f"{what} {text!r} must be an expression over columns, without subqueries")
+        raise PlanningError(f"{what} {shown!r} must be an expression over columns, without subqueries")
     if any(is_aggregate(n) for n in e.walk()):
-        raise PlanningError(f"{what} {text!r} must be a per-sample expression, not an aggregate")
+        raise PlanningError(f"{what} {shown!r} must be a per-sample expression, not an aggregate")
     return e
 
 
@@ -116,7 +119,7 @@ def _resolve_tables(exprs: list[exp.Expression], catalog: Catalog, side: str) ->
             if c.table:
                 if c.table not in sample_tables:
                     allowed = ", ".join(sample_tables)
-                    raise PlanningError(f"column {c.sql(DIALECT)!r}: table {c.table!r} is not available here; use one of {allowed}")
+                    raise PlanningError(f"column {clip(c.sql(DIALECT))!r}: table {clip(c.table)!r} is not available here; use one of {allowed}")
                 t = c.table
             else:
                 having = [t for t in sample_tables if c.name in catalog.tables.get(t, {})]
@@ -124,7 +127,7 @@ def _resolve_tables(exprs: list[exp.Expression], catalog: Catalog, side: str) ->
                     having = ["samples"]
                 if not having:
                     where = "the samples or clinical tables" if side == "s" else "variants"
-                    raise PlanningError(f"unknown column {c.name!r}: not in {where}")
+                    raise PlanningError(f"unknown column {clip(c.name)!r}: not in {where}")
                 if len(having) > 1:
                     raise PlanningError(f"column {c.name!r} is ambiguous ({', '.join(having)}); qualify it as table.column")
                 t = having[0]
@@ -140,7 +143,7 @@ def sample_query(phenotype: str | None, covariates: list[str], predicate: str | 
     and ``c0..`` (covariates, DOUBLE); samples with a NULL phenotype or covariate are excluded
     (as plink2 does). Returns the SQL and the tables it reads."""
     y = parse_expression(phenotype, "phenotype") if phenotype is not None else None
-    cs = [parse_expression(c, f"covariate {c!r}") for c in covariates]
+    cs = [parse_expression(c, "covariate") for c in covariates]
     pred = parse_expression(predicate, "samples filter") if predicate else None
     xs = [parse_expression(x, "expression") for x in (extra or [])]
     exprs = [e for e in [y, *cs, pred, *xs] if e is not None]
@@ -162,6 +165,8 @@ def sample_query(phenotype: str | None, covariates: list[str], predicate: str | 
         qualified = qualify_query(parse(q.sql(DIALECT)), catalog)
     except GenofedError as e:
         raise PlanningError(f"sample selection: {e}") from None
+    except RecursionError:
+        raise PlanningError(f"sample selection: {TOO_DEEP}") from None
     return qualified.sql(DIALECT), ["samples", *[t for t in tables if t != "samples"]]
 
 
@@ -171,9 +176,9 @@ def variant_query(predicate: str | None, catalog: Catalog, ids: bool = False) ->
     if pred is not None:
         for c in pred.find_all(exp.Column):
             if c.table and c.table != "variants":
-                raise PlanningError(f"variants filter: column {c.sql(DIALECT)!r} is not a column of variants")
+                raise PlanningError(f"variants filter: column {clip(c.sql(DIALECT))!r} is not a column of variants")
             if c.name not in CORE_TABLES["variants"] and c.name not in catalog.tables.get("variants", {}):
-                raise PlanningError(f"variants filter: unknown column {c.name!r}; variants has {', '.join(CORE_TABLES['variants'])}")
+                raise PlanningError(f"variants filter: unknown column {clip(c.name)!r}; variants has {', '.join(CORE_TABLES['variants'])}")
     cols = ["variant_id", "chrom", "pos", "ref", "alt"]
     q = exp.select(*cols).from_("variants")
     if pred is not None:
@@ -182,12 +187,14 @@ def variant_query(predicate: str | None, catalog: Catalog, ids: bool = False) ->
         qualified = qualify_query(parse(q.sql(DIALECT)), catalog)
     except GenofedError as e:
         raise PlanningError(f"variants filter: {e}") from None
+    except RecursionError:
+        raise PlanningError(f"variants filter: {TOO_DEEP}") from None
     return qualified.sql(DIALECT)
 
 
 def check_name(name: Any, what: str) -> str:
     if not isinstance(name, str) or not _SAFE_NAME.match(name):
-        raise PlanningError(f"{what} must be a lower-case identifier (letters, digits, _), got {name!r}")
+        raise PlanningError(f"{what} must be a lower-case identifier (letters, digits, _), got {clip(repr(name))}")
     return name
 
 
@@ -210,11 +217,11 @@ def validate_analysis(payload: str, catalog: Catalog, policy: Any = None) -> Ana
         fn, args, round_, state = body["fn"], body["args"], body["round"], body.get("state") or {}
         if not (isinstance(fn, str) and isinstance(args, dict) and isinstance(round_, str) and isinstance(state, dict)):
             raise ValueError("fn, args, round and state have the wrong types")
-    except (ValueError, KeyError, TypeError) as e:
-        raise FragmentError(f"analysis request refused: malformed ({e})") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as e:  # RecursionError: JSON nested too deeply
+        raise FragmentError(f"analysis request refused: malformed ({clip(str(e), 120)})") from None
     analysis = ANALYSES.get(fn)
     if analysis is None:
-        raise FragmentError(f"analysis request refused: unknown analysis {fn!r}")
+        raise FragmentError(f"analysis request refused: unknown analysis {clip(fn)!r}; available: {', '.join(sorted(ANALYSES))}")
     try:
         return analysis.node_fragment(args, round_, state, catalog, policy)
     except PlanningError as e:

@@ -259,6 +259,10 @@ def finalize_sql(sql: str, tables: dict[str, pa.Table]) -> pa.Table:
         for name, t in tables.items():
             con.register(name, t)
         out = con.sql(sql).to_arrow_table()
+    except duckdb.Error as e:  # arithmetic over the released totals: overflow, division by zero, a narrowing CAST
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PlanningError(f"the final step over the combined totals failed: {first[:300]}; change the expression "
+                            "around the aggregates (a wider type, a guard against zero)") from None
     finally:
         con.close()
     return narrow_integers(out)

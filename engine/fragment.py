@@ -18,7 +18,7 @@ from .aggregates import is_partial_aggregate
 from .errors import DisclosureError, FragmentError, GenofedError
 from .planner import _check_structure
 from .schema import SAMPLE_ID, Catalog
-from .sqlcheck import DIALECT, is_aggregate, parse, qualify_query, reveals_sample_id
+from .sqlcheck import DIALECT, TOO_DEEP, clip, is_aggregate, parse, qualify_query, reveals_sample_id
 
 _KEY = re.compile(r"^_k\d+$")
 _PARTIAL = re.compile(r"^_p\d+$")
@@ -50,6 +50,13 @@ def validate_fragment(sql: str, catalog: Catalog, *, allow_min_max: bool = False
         the fragment asks for something the node's policy refuses (MIN/MAX).
     """
     try:
+        return _validate(sql, catalog, allow_min_max)
+    except RecursionError:
+        raise FragmentError(f"fragment refused: {TOO_DEEP}") from None
+
+
+def _validate(sql: str, catalog: Catalog, allow_min_max: bool) -> Fragment:
+    try:
         q = qualify_query(parse(sql), catalog)
         _check_structure(q)
     except GenofedError as e:
@@ -59,11 +66,12 @@ def validate_fragment(sql: str, catalog: Catalog, *, allow_min_max: bool = False
         if q.args.get(arg) is not None:
             raise FragmentError(f"fragment refused: {arg.upper()} is applied by the coordinator, not in a fragment")
     keys, partials = [], []
+    sources: dict[int, dict[str, exp.Expression]] = {}
     for p in q.expressions:
         name = p.alias_or_name
         body = p.unalias()
         if _KEY.match(name):
-            if reveals_sample_id(body) or reveals_sample_id(_through_subqueries(body, q)):
+            if reveals_sample_id(body) or reveals_sample_id(_through_subqueries(body, q, sources)):
                 raise DisclosureError("grouping by sample_id releases per-person rows; refused by the node", rule="row_level")
             if body.sql(DIALECT) not in group:
                 raise FragmentError(f"fragment refused: key {name} is not a GROUP BY expression")
@@ -84,7 +92,7 @@ def validate_fragment(sql: str, catalog: Catalog, *, allow_min_max: bool = False
                     raise FragmentError("fragment refused: COUNT(DISTINCT ...) only on sample_id")
             partials.append(name)
         else:
-            raise FragmentError(f"fragment refused: output column {name!r} is neither a key (_k<i>) nor a partial (_p<i>)")
+            raise FragmentError(f"fragment refused: output column {clip(name)!r} is neither a key (_k<i>) nor a partial (_p<i>)")
     if len(keys) != len(group):
         raise FragmentError("fragment refused: every GROUP BY expression must be output as a key")
     if not keys and not partials:
@@ -124,15 +132,18 @@ def _sample_identity(q: exp.Select, catalog: Catalog) -> exp.Column | None:
     return None
 
 
-def _through_subqueries(e: exp.Expression, select: exp.Select, depth: int = 0) -> exp.Expression:
+def _through_subqueries(e: exp.Expression, select: exp.Select, cache: dict[int, dict[str, exp.Expression]],
+                        depth: int = 0) -> exp.Expression:
     """``e`` with every column that comes from a subquery or CTE replaced by the expression that
     defines it there (recursively), so ``t.sid`` from ``(SELECT sample_id AS sid ...) t`` is seen
-    as ``sample_id``."""
+    as ``sample_id``. ``cache`` keeps each SELECT's sources (one walk per SELECT, not per key)."""
     from .samplesets import _sources
 
     if depth > 8:
         return e
-    sources = _sources(select)
+    if id(select) not in cache:
+        cache[id(select)] = _sources(select)
+    sources = cache[id(select)]
     e = e.copy()
     for col in list(e.find_all(exp.Column)):
         src = sources.get(col.table)
@@ -142,7 +153,7 @@ def _through_subqueries(e: exp.Expression, select: exp.Select, depth: int = 0) -
         proj = next((p for p in body.expressions if p.alias_or_name == col.name), None)
         if proj is None:
             continue
-        inner = _through_subqueries(proj.unalias(), body, depth + 1)
+        inner = _through_subqueries(proj.unalias(), body, cache, depth + 1)
         if col is e:
             return inner
         col.replace(inner.copy())

@@ -18,8 +18,10 @@ from .errors import DisclosureError, PlanningError, UnsupportedError
 from .schema import Catalog
 from .sqlcheck import (
     DIALECT,
+    TOO_DEEP,
     check_joins,
     check_node_local,
+    clip,
     is_aggregate,
     qualify_query,
     reveals_sample_id,
@@ -69,7 +71,18 @@ def plan_query(select: exp.Select, catalog: Catalog) -> Plan:
     DisclosureError
         the query would release row-level data.
     """
+    try:
+        plan = _plan(select, catalog)
+        _ = plan.fragment_sql, plan.final_sql  # the SQL the coordinator ships must be writable
+        return plan
+    except RecursionError:
+        raise PlanningError(TOO_DEEP) from None
+
+
+def _plan(select: exp.Select, catalog: Catalog) -> Plan:
     output_names = _dedupe([_output_name(p) for p in select.expressions])
+    if "" in output_names:
+        raise PlanningError("a column alias is empty (AS \"\"); give every output column a name")
     group_all = select.args.get("group")
     if group_all is not None and group_all.args.get("all"):
         select = select.copy()
@@ -130,7 +143,7 @@ def plan_query(select: exp.Select, catalog: Catalog) -> Plan:
             return exp.Paren(this=finals[sql].copy())
         if isinstance(node, exp.Column):
             raise PlanningError(
-                f"column {node.sql(DIALECT)!r} must appear in GROUP BY or be used in an aggregate function"
+                f"column {clip(node.sql(DIALECT))!r} must appear in GROUP BY or be used in an aggregate function"
             )
         if isinstance(node, (exp.Subquery, exp.Select, exp.Exists)):
             raise PlanningError(
@@ -168,6 +181,7 @@ def plan_query(select: exp.Select, catalog: Catalog) -> Plan:
         final.set("order", exp.Order(expressions=ordered))
     for arg in ("limit", "offset"):
         if q.args.get(arg) is not None:
+            _check_limit(q.args[arg], arg.upper())
             final.set(arg, q.args[arg].copy())
 
     fragment = q.copy()
@@ -187,6 +201,19 @@ def plan_query(select: exp.Select, catalog: Catalog) -> Plan:
     sample_tables = catalog.sample_tables()
     variants_only = not (tables & sample_tables)
     return Plan(fragment, keys, partials, final, output_names, tables, uses_min_max, variants_only, labels)
+
+
+INT64_MAX = 2**63 - 1
+
+
+def _check_limit(node: exp.Expression, what: str) -> None:
+    """LIMIT/OFFSET: a whole number the coordinator's DuckDB accepts (or LIMIT ALL/NULL)."""
+    e = node.args.get("expression")
+    if isinstance(e, exp.Null) or (isinstance(e, exp.Var) and e.name.upper() == "ALL" and what == "LIMIT"):
+        return
+    if not (isinstance(e, exp.Literal) and not e.is_string and e.this.isdigit() and int(e.this) <= INT64_MAX):
+        shown = clip(e.sql(DIALECT)) if isinstance(e, exp.Expression) else "nothing"
+        raise PlanningError(f"{what} must be a whole number from 0 to {INT64_MAX}{' (or ALL)' if what == 'LIMIT' else ''}, got {shown!r}")
 
 
 def _dedupe(names: list[str]) -> list[str]:
@@ -214,11 +241,15 @@ def _check_structure(q: exp.Select) -> None:
     """Node-locality of joins, CTEs and subqueries, for the outer query and every nested one."""
     for sel in q.find_all(exp.Select):
         check_joins(sel)
+        for arg, where in (("where", "WHERE (conditions on aggregates go in HAVING)"), ("group", "GROUP BY")):
+            clause = sel.args.get(arg)
+            if clause is not None and any(is_aggregate(n) for n in _outside_subqueries(clause)):
+                raise PlanningError(f"aggregate functions are not allowed in {where}")
         if sel is q:
             continue
         parent = sel.parent
         if isinstance(parent, exp.CTE):
-            check_node_local(sel, f"CTE {parent.alias_or_name!r}")
+            check_node_local(sel, f"CTE {clip(parent.alias_or_name)!r}")
         elif isinstance(parent, exp.Subquery) and isinstance(parent.parent, (exp.From, exp.Join)):
             check_node_local(sel, "subquery in FROM")
         elif isinstance(parent, exp.In) or (isinstance(parent, exp.Subquery) and isinstance(parent.parent, exp.In)):
@@ -233,3 +264,12 @@ def _check_structure(q: exp.Select) -> None:
     for node in q.walk():
         if isinstance(node, exp.Window):
             raise UnsupportedError("window functions (OVER) are not supported in federated queries")
+
+
+def _outside_subqueries(tree: exp.Expression):
+    """``tree`` and its descendants, not descending into nested SELECTs."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(c for c in node.iter_expressions() if not isinstance(c, (exp.Select, exp.Subquery)))

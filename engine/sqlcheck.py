@@ -6,6 +6,8 @@ everything here works from the SQL text and a catalog alone.
 
 from __future__ import annotations
 
+import re
+
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import OptimizeError
@@ -68,17 +70,45 @@ AGGREGATES_DOC = (
 )
 
 
+# bounds on one query: a node parses and validates every fragment it receives, and parsing,
+# qualifying (quadratic in subqueries and in nesting depth) and planning cost grows with them
+MAX_SQL_CHARS = 1_000_000
+MAX_SELECTS = 64
+MAX_DEPTH = 1000
+
+TOO_DEEP = (
+    "the query nests expressions, subqueries or parentheses too deeply to be analysed; flatten it "
+    "(IN (...) lists instead of long OR chains, CTEs instead of nested subqueries)"
+)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def clip(text: str, limit: int = 60) -> str:
+    """``text`` shortened for an error message (names and SQL echoed back can be huge)."""
+    text = " ".join(_ANSI.sub("", str(text)).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def parse(sql: str) -> exp.Select:
     """Parse one SELECT statement (DuckDB dialect); errors keep sqlglot's line and column."""
+    if not isinstance(sql, str):
+        raise ParseError(f"expected the SQL text as a string, got {type(sql).__name__}")
+    if len(sql) > MAX_SQL_CHARS:
+        raise ParseError(f"the query is {len(sql):,} characters long; at most {MAX_SQL_CHARS:,} are supported: split it into smaller queries")
+    sql = sql.removeprefix("\ufeff")  # a byte-order mark, from a file saved by some editors
     try:
         stmts = sqlglot.parse(sql, dialect=DIALECT)
     except SqlglotParseError as e:
         err = e.errors[0] if e.errors else {}
         line, col = err.get("line"), err.get("col")
-        desc = err.get("description") or str(e)
+        desc = clip(err.get("description") or str(e), 200)
         raise ParseError(f"SQL syntax error at line {line}, column {col}: {desc}", line, col) from None
     except sqlglot.errors.TokenError as e:
-        raise ParseError(f"SQL syntax error: {e}") from None
+        raise ParseError(f"SQL syntax error: {clip(str(e), 200)}") from None
+    except RecursionError:
+        raise ParseError(f"SQL syntax error: {TOO_DEEP}") from None
     stmts = [s for s in stmts if s is not None]
     if len(stmts) != 1:
         raise ParseError(f"expected exactly one SQL statement, got {len(stmts)}")
@@ -86,7 +116,25 @@ def parse(sql: str) -> exp.Select:
     if not isinstance(stmt, exp.Select):
         kind = type(stmt).__name__.upper()
         raise UnsupportedError(f"only SELECT queries are supported, got {kind}")
+    if _depth(stmt) > MAX_DEPTH:
+        raise UnsupportedError(f"{TOO_DEEP} (at most {MAX_DEPTH} levels)")
+    n_selects = sum(1 for _ in stmt.find_all(exp.Select))
+    if n_selects > MAX_SELECTS:
+        raise UnsupportedError(
+            f"the query has {n_selects} SELECTs (subqueries and CTEs); at most {MAX_SELECTS} are supported: "
+            "merge CTEs or run parts as separate queries"
+        )
     return stmt
+
+
+def _depth(tree: exp.Expression) -> int:
+    """The nesting depth of a syntax tree (iteratively: the tree may be deeper than the stack)."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        stack.extend((child, d + 1) for child in node.iter_expressions())
+    return deepest
 
 
 def is_aggregate(node: exp.Expression) -> bool:
@@ -102,14 +150,16 @@ def qualify_query(select: exp.Select, catalog: Catalog) -> exp.Select:
     for t in select.find_all(exp.Table):
         if not isinstance(t.this, exp.Identifier):
             raise UnsupportedError(
-                f"table functions such as {t.this.sql(DIALECT)[:40]!r} are not supported; query the federated tables ({_tables(catalog)})"
+                f"table functions such as {clip(t.this.sql(DIALECT), 40)!r} are not supported; query the federated tables ({_tables(catalog)})"
             )
         if t.name in cte_names and not t.db:
             continue
         if t.db or t.catalog:
-            raise PlanningError(f"table {t.sql(DIALECT)!r}: only the federated tables can be queried ({_tables(catalog)})")
+            raise PlanningError(f"table {clip(t.sql(DIALECT))!r}: only the federated tables can be queried ({_tables(catalog)})")
         if t.name not in catalog.tables:
-            raise PlanningError(f"unknown table {t.name!r}; the federated tables are {_tables(catalog)}")
+            raise PlanningError(f"unknown table {clip(t.name)!r}; the federated tables are {_tables(catalog)}")
+        if t.alias and t.alias != t.name and t.alias in catalog.tables:
+            raise PlanningError(f"table alias {t.alias!r} for {t.name} is the name of another federated table; choose another alias")
     validate_nodes(select)
     schema = {t: dict(cols) for t, cols in catalog.tables.items()}
     try:
@@ -121,14 +171,38 @@ def qualify_query(select: exp.Select, catalog: Catalog) -> exp.Select:
             quote_identifiers=False,
             identify=False,
         )
+    except RecursionError:
+        raise PlanningError(TOO_DEEP) from None
     except OptimizeError as e:
-        msg = str(e)
+        msg = clip(str(e), 200)
+        m = re.match(r"Column '([^']*)' could not be resolved\.", msg)
+        having = _ambiguous(select, m.group(1), catalog) if m else []
+        if m and len(having) > 1:
+            raise PlanningError(
+                f"column {m.group(1)!r} is ambiguous: it is in {' and '.join(having)}; qualify it as table.column "
+                f"(e.g. {having[0]}.{m.group(1)})"
+            ) from None
         if "could not be resolved" in msg or "Unknown column" in msg:
             raise PlanningError(f"unknown column: {msg}. Run .catalog() to list the tables and their columns") from None
         raise PlanningError(f"cannot resolve the query: {msg}") from None
     assert isinstance(q, exp.Select)
-    annotate_types(q, schema=schema)
+    try:
+        annotate_types(q, schema=schema)
+    except RecursionError:
+        raise PlanningError(TOO_DEEP) from None
     return q
+
+
+def _ambiguous(select: exp.Select, name: str, catalog: Catalog) -> list[str]:
+    """The tables of one SELECT that all have a column ``name`` used unqualified there."""
+    for sel in select.find_all(exp.Select):
+        frm = sel.args.get("from_") or sel.args.get("from")
+        sources = ([frm.this] if frm is not None else []) + [j.this for j in sel.args.get("joins") or []]
+        having = sorted({t.name for t in sources if isinstance(t, exp.Table) and name in catalog.tables.get(t.name, {})})
+        using = {u.name for j in sel.args.get("joins") or [] for u in j.args.get("using") or []}
+        if len(having) > 1 and name not in using and any(isinstance(n, exp.Column) and not n.table and n.name == name for n in _own_nodes(sel)):
+            return having
+    return []
 
 
 def _tables(catalog: Catalog) -> str:
@@ -151,7 +225,7 @@ def validate_nodes(tree: exp.Expression) -> None:
             if isinstance(node, exp.AggFunc):
                 raise UnsupportedError(f"unsupported aggregate function {name.upper()}; supported aggregates: {AGGREGATES_DOC}")
             raise UnsupportedError(f"unsupported function {name.upper()}; supported scalar functions: {SCALAR_FUNCTIONS_DOC}")
-        raise UnsupportedError(f"unsupported SQL construct {type(node).__name__.upper()}: {node.sql(DIALECT)[:60]!r}")
+        raise UnsupportedError(f"unsupported SQL construct {type(node).__name__.upper()}: {clip(node.sql(DIALECT))!r}")
 
 
 def check_joins(select: exp.Select) -> None:
@@ -171,7 +245,7 @@ def check_joins(select: exp.Select) -> None:
             ]
             if not keys:
                 raise PlanningError(
-                    f"join condition {on.sql(DIALECT)!r} is not node-local: join on sample_id or variant_id equality"
+                    f"join condition {clip(on.sql(DIALECT))!r} is not node-local: join on sample_id or variant_id equality"
                 )
 
 

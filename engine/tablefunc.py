@@ -20,7 +20,7 @@ from sqlglot import exp
 from . import analysis as A
 from .errors import GenofedError, PlanningError
 from .planner import PartialSpec
-from .sqlcheck import DIALECT
+from .sqlcheck import DIALECT, clip
 
 if TYPE_CHECKING:
     from .coordinator import Coordinator
@@ -45,7 +45,7 @@ def table_function(select: exp.Expression) -> tuple[str, dict[str, Any]] | None:
         return None
     name = call.name.lower()
     if name not in ANALYSES:
-        raise PlanningError(f"unknown table function {call.name}(); available: {', '.join(sorted(ANALYSES))}")
+        raise PlanningError(f"unknown table function {clip(call.name)}(); available: {', '.join(sorted(ANALYSES))}")
     if select.args.get("joins") or select.args.get("with"):
         raise PlanningError(f"{name}() must be the only source of the query: no joins or CTEs")
     analysis = ANALYSES[name]
@@ -53,7 +53,7 @@ def table_function(select: exp.Expression) -> tuple[str, dict[str, Any]] | None:
     positional = [p for p in analysis.params if analysis.params[p].required]
     for i, a in enumerate(call.expressions):
         if isinstance(a, (exp.Kwarg, exp.EQ, exp.PropertyEQ)):
-            key = a.this.name.lower()
+            key = clip(a.this.name.lower())
             if key in args:
                 raise PlanningError(f"{name}(): argument {key} given twice")
             args[key] = _literal(name, key, a.expression)
@@ -69,7 +69,10 @@ def _literal(fn: str, key: str, e: exp.Expression) -> Any:
         if e.is_string:
             return e.this
         txt = e.this
-        return float(txt) if any(ch in txt for ch in ".eE") else int(txt)
+        try:
+            return float(txt) if any(ch in txt for ch in ".eE") else int(txt)
+        except ValueError:
+            raise PlanningError(f"{fn}(): argument {key} is not a valid number: {clip(txt)!r}") from None
     if isinstance(e, exp.Neg) and isinstance(e.this, exp.Literal) and not e.this.is_string:
         v = _literal(fn, key, e.this)
         return -v
@@ -79,7 +82,7 @@ def _literal(fn: str, key: str, e: exp.Expression) -> Any:
         return None
     if isinstance(e, exp.Array):
         return [_literal(fn, key, x) for x in e.expressions]
-    raise PlanningError(f"{fn}(): argument {key} must be a literal (string, number, true/false or ['a', 'b']), got {e.sql(DIALECT)!r}")
+    raise PlanningError(f"{fn}(): argument {key} must be a literal (string, number, true/false or ['a', 'b']), got {clip(e.sql(DIALECT))!r}")
 
 
 @dataclass

@@ -94,12 +94,17 @@ class NodeStore:
             meta = json.loads((self.path / "manifest.json").read_text())
         except (OSError, ValueError) as e:
             raise IngestError(f"store {self.root}: unreadable manifest.json ({e}); re-run ingest") from e
+        if not isinstance(meta, dict):
+            raise IngestError(f"store {self.root}: manifest.json is not a JSON object; the store is damaged: re-run ingest")
         if meta.get("version") != FORMAT_VERSION:
             raise IngestError(
-                f"store {self.root} has format version {meta.get('version')}, this genofed reads "
+                f"store {self.root} has format version {str(meta.get('version'))[:20]}, this genofed reads "
                 f"{FORMAT_VERSION}; re-run ingest"
             )
-        self.manifest = StoreManifest(**meta)
+        try:
+            self.manifest = StoreManifest(**meta)
+        except TypeError as e:
+            raise IngestError(f"store {self.root}: manifest.json has unexpected fields ({e}); the store is damaged: re-run ingest") from None
         self._planes: PlaneReader | None = None
 
     @property

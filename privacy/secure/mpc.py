@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import json
+import logging
 import os
 import queue
 import secrets
@@ -256,18 +257,26 @@ class NodeSessions:
         with self._lock:
             s = self._sessions.pop(query_id, None)
         if s is None:
-            raise CombineError(f"no prepared MPC session for query {query_id} (expired or never prepared)")
+            raise CombineError(f"no prepared MPC session for query {query_id[:40]!r} (expired or never prepared)")
         try:
-            names = [str(x) for x in body["names"]]
-            pid = int(body["pid"])
+            names, parties, pid, secret = body["names"], body["parties"], body["pid"], body["secret"]
+            if not (isinstance(names, list) and isinstance(parties, list) and 2 <= len(names) == len(parties)
+                    and all(isinstance(x, str) for x in names) and all(_is_address(x) for x in parties)):
+                raise ValueError("names and parties must be lists of the same length: party names, and host:port addresses")
+            if type(pid) is not int or not 1 <= pid < len(names):
+                raise ValueError(f"pid must be a node party's index, 1 to {len(names) - 1}")
             if names[pid] != node_name:
-                raise CombineError(f"the coordinator assigned party {pid} to {names[pid]!r}, not to this node")
-            timeout = float(body.get("timeout", 60.0))
+                raise CombineError(f"the coordinator assigned party {pid} to {names[pid][:40]!r}, not to this node")
+            timeout = body.get("timeout", 60.0)
+            if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 86400:
+                raise ValueError("timeout must be a number of seconds, above 0 and at most 86400")
+            if not isinstance(secret, str) or len(secret) < 32 or len(secret) % 2 or not all(c in "0123456789abcdefABCDEF" for c in secret):
+                raise ValueError("secret must be a hex string of at least 16 bytes")
             cfg = {
                 "pid": pid,
-                "parties": [str(p) for p in body["parties"]],
+                "parties": parties,
                 "names": names,
-                "secret": str(body["secret"]),
+                "secret": secret,
                 "timeout": timeout,
                 "plan": s.plan,  # this node's own view of the query, not the coordinator's
                 "keys": s.keys,
@@ -277,9 +286,12 @@ class NodeSessions:
                 "min_count": min_count,  # this node's own policy, not the coordinator's
                 "input": str(s.input),
             }
-        except (KeyError, TypeError, ValueError, IndexError) as e:
+        except CombineError:
+            self._close(s)  # the session was taken: its party and files go too
+            raise
+        except (KeyError, TypeError, ValueError) as e:
             self._close(s)
-            raise CombineError(f"malformed mpc_run request: {e}") from None
+            raise CombineError(f"malformed mpc_run request: {str(e)[:200]}") from None
         verdict: dict[str, Any] = {"event": "error", "code": "error", "reason": "interrupted"}
         try:
             s.party.start(cfg)
@@ -322,6 +334,14 @@ class NodeSessions:
             self._close(s)
 
 
+def _is_address(p: Any) -> bool:
+    """``host:port`` as a party address."""
+    if not isinstance(p, str) or len(p) > 300:
+        return False
+    host, _, port = p.rpartition(":")
+    return bool(host) and port.isdigit() and int(port) < 65536
+
+
 def _await_verdict(party: PartyProcess, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
@@ -331,7 +351,10 @@ def _await_verdict(party: PartyProcess, timeout: float) -> dict[str, Any]:
         if ev.get("event") in ("done", "error"):
             return ev
         if ev.get("event") == "exit":
-            return {"event": "error", "code": "crashed", "party": None, "reason": f"the MPC party exited with code {ev.get('code')}: {party.log_tail()}"}
+            # the party's output stays in this node's log for the steward; the wire gets the fact only
+            logging.getLogger("genofed.node").warning("MPC party exited with code %s: %s", ev.get("code"), party.log_tail())
+            return {"event": "error", "code": "crashed", "party": None,
+                    "reason": f"the MPC party exited with code {ev.get('code')} (its output is in the node's log)"}
 
 
 # -- coordinator side ------------------------------------------------------------------------------
