@@ -518,7 +518,7 @@ def _report(row: dict[str, float], syn: SyntheticSet, real_curve: np.ndarray, sy
         "provenance": {"combine": mode, "audit_s": round(seconds, 2), "nodes": ", ".join(gen.get("nodes", [])),
                        "pca_overlap_per_population": {k: round(v, 4) for k, v in overlaps.items()}},
         "scores": {"aats": aats, "aa_truth": aa_t, "aa_syn": aa_s, "exact_copies": copies, "kinship_max_bin": kin_max,
-                   "kinship_over": over, "kinship_limit": kin_limit, "kinship_real_q99_bin": floor, "kinship_real_max_bin": kin_ref_max, "mia_auc": auc, "canaries": can_n, "canaries_detected": can_d, "af_r": af_r,
+                   "kinship_over": over, "kinship_limit": kin_limit, "kinship_real_q99_bin": floor, "kinship_real_max_bin": kin_ref_max, "mia_auc": auc, "mia_members": int(hm.sum()), "mia_nonmembers": int(hn.sum()), "canaries": can_n, "canaries_detected": can_d, "af_r": af_r,
                    "ld_error": ld_err, "pca_overlap": pca_ov},
     }
 

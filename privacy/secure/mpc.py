@@ -392,7 +392,7 @@ def run_mpc(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: s
         for i, t in enumerate(targets, start=1):
             run_body = {"query_id": query_id, "pid": i, "parties": parties, "names": names, "secret": secret, "timeout": timeout}
             futures[runners.submit(t.action, "mpc_run", run_body, timeout + 15.0)] = t
-        verdict = _await_coordinator(me, futures, timeout + 10.0)
+        verdict = _await_coordinator(me, futures, timeout + 10.0, names)
         if verdict.get("event") != "done":
             j = verdict.get("party")
             who = verdict.get("node") or (names[j] if isinstance(j, int) and 0 < j < len(names) else None)
@@ -433,7 +433,19 @@ def _quiet_abort(t: Any, query_id: str) -> None:
 _PRIORITY = {"tampered": 0, "mismatch": 1, "malformed": 1, "crashed": 2, "error": 3, "unavailable": 4, "disconnected": 5, "timeout": 6}
 
 
-def _await_coordinator(me: PartyProcess, futures: dict[Any, Any], timeout: float) -> dict[str, Any]:
+def _root_causes(verdicts: list[dict[str, Any]], names: list[str] | None) -> list[dict[str, Any]]:
+    """Drop the verdicts that are consequences: "X disconnected" when X itself reported a fault
+    of someone else (X's party gave up on a stalled peer and exited; the others then saw X go)."""
+    def blamed(v: dict[str, Any]) -> Any:
+        j = v.get("party")
+        return v.get("node") or (names[j] if names and isinstance(j, int) and 0 <= j < len(names) else None)
+
+    reported_other = {v.get("from") for v in verdicts if v.get("from") and blamed(v) not in (None, v.get("from"))}
+    kept = [v for v in verdicts if not (v.get("code") == "disconnected" and blamed(v) in reported_other)]
+    return kept or verdicts
+
+
+def _await_coordinator(me: PartyProcess, futures: dict[Any, Any], timeout: float, names: list[str] | None = None) -> dict[str, Any]:
     """Wait for the coordinator's party. On failure, gather every diagnosis that arrives within a
     moment (the coordinator's party and the nodes') and return the most specific: a party that
     sent a tampered message is named over one that merely disconnected after detecting it."""
@@ -460,12 +472,13 @@ def _await_coordinator(me: PartyProcess, futures: dict[Any, Any], timeout: float
             node = getattr(e, "node", t.name)
             if node == COORDINATOR_NAME:
                 continue  # a node blaming the coordinator: the coordinator's own party knows better
-            verdicts.append({"event": "error", "code": getattr(e, "node_code", "error"), "node": node, "reason": getattr(e, "reason", str(e))})
+            verdicts.append({"event": "error", "code": getattr(e, "node_code", "error"), "node": node, "from": t.name,
+                             "reason": getattr(e, "reason", str(e))})
         now = time.monotonic()
         if verdicts and settle is None:
             settle = now + 1.5
         if settle is not None and (now >= settle or any(v.get("code") == "tampered" for v in verdicts)):
             # most specific first; on a tie, the coordinator's own party (it hears from everyone)
-            return min(verdicts, key=lambda v: (_PRIORITY.get(str(v.get("code")), 3), "node" in v))
+            return min(_root_causes(verdicts, names), key=lambda v: (_PRIORITY.get(str(v.get("code")), 3), "node" in v))
         if now > deadline:
             return {"event": "error", "code": "timeout", "party": None, "reason": "the protocol did not finish in time"}
