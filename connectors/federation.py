@@ -261,6 +261,12 @@ def _previous_port(port_file: Path, host: str) -> int:
 
 def _alive(pid: int) -> bool:
     _reap(pid)  # a child that died (e.g. killed) is a zombie until reaped, and zombies answer kill(pid, 0)
+    try:  # a process still exiting, or another's zombie, is not alive either
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state in ("Z", "X"):
+            return False
+    except (OSError, IndexError):
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -91,6 +91,8 @@ def _args(node: exp.Expression) -> list[exp.Expression]:
 @register("count")
 def _count(node: exp.Expression, add: AddPartial) -> exp.Expression:
     arg = node.this
+    if arg is None:  # e.g. COUNT() or COUNT(+)
+        raise UnsupportedError("COUNT needs an argument: COUNT(*), COUNT(column) or COUNT(DISTINCT sample_id)")
     if isinstance(arg, exp.Star):
         return add(exp.Count(this=exp.Star()), "sum")
     if isinstance(arg, exp.Distinct):

@@ -56,6 +56,14 @@ def _events(root: Path, node: str) -> list[dict]:
     return list(records(log))
 
 
+def _gone(pid: int) -> None:
+    """Until a killed node process has exited and been reaped."""
+    try:
+        psutil.Process(pid).wait(30)
+    except psutil.NoSuchProcess:
+        pass
+
+
 def _wait_busy(pid: int, timeout: float = 60.0) -> None:
     """Until the process is using CPU (executing a fragment)."""
     p = psutil.Process(pid)
@@ -112,6 +120,7 @@ def test_node_killed_mid_query_is_named_releases_nothing_and_restarts(local_fed,
         qids = {e.get("query_id") for e in _events(root, node) if e["event"] == "mpc_done"}
         shared = {e.get("query_id") for e in _events(root, node) if e["event"] == "release"}
         assert len(qids) == 1 and len(shared) >= 1  # the first query only: the killed one was never combined
+    _gone(victim)  # reaped, not merely dying
     up(root)  # restarts biobank_B (only), on the address clients know
     assert _pid(root, "biobank_B") != victim
     assert _rows(fed.sql(SMALL, combine="mpc").to_arrow()) == want  # the same client, no reconnect
@@ -311,6 +320,7 @@ def test_kill_9_during_budgeted_queries_keeps_ledger_and_audit_consistent(fed_di
             t.join(90)
             stop.set()
             assert failures and isinstance(failures[0], NodeError) and failures[0].node == "biobank_B", failures
+            _gone(victim)
             up(root)
         fed.sql("SELECT count(*) AS n FROM samples", epsilon=0.5)  # serves again after the last restart
     finally:

@@ -61,11 +61,11 @@ def _answer(fed, sql=SMALL):
 
 
 def test_time_limit_stops_the_fragment_and_the_node_serves_on(fed_dir_1126, tmp_path, pooled1126):
-    root = _limited(fed_dir_1126, tmp_path / "time", query_seconds=0.3)
-    with serve_in_process(root):
+    root = _limited(fed_dir_1126, tmp_path / "time", query_seconds=0.1)
+    with serve_in_process(root, wrap=lambda b, name: _Slow(b, 0.3)):  # a slow node: its storage lags 0.3 s
         fed = genofed.connect(root, timeout=60)
         t0 = time.monotonic()
-        with pytest.raises(NodeError, match=r"node 'biobank_\w' resource_limit: the fragment ran past this node's time limit \(0.3 s\)"):
+        with pytest.raises(NodeError, match=r"node 'biobank_\w' resource_limit: the fragment ran past this node's time limit \(0.1 s\)"):
             fed.sql(SLOW, combine="plain")
         assert time.monotonic() - t0 < 5
         assert _answer(fed) == _pooled_small(pooled1126)
@@ -111,14 +111,17 @@ def test_memory_limit_refuses_before_allocating(fed_dir_1126, tmp_path, pooled11
     assert all("memory_limit" in r for r in _refusals(root).values())
 
 
-class _Observed:
-    """A backend that tells when a fragment starts executing (an observation point, not a fault)."""
+class _Slow:
+    """A node whose backend lags ``delay`` seconds before each fragment (an injected fault: slow
+    storage), and tells when a fragment has started."""
 
-    def __init__(self, backend, started: threading.Event):
-        self._b, self._started = backend, started
+    def __init__(self, backend, delay: float, started: threading.Event | None = None):
+        self._b, self._delay, self._started = backend, delay, started
 
     def execute(self, fragment):
-        self._started.set()
+        if self._started is not None:
+            self._started.set()
+        time.sleep(self._delay)
         return self._b.execute(fragment)
 
     def __getattr__(self, name):
@@ -130,7 +133,7 @@ def test_slots_queue_then_busy(fed_dir_1126, tmp_path, pooled1126):
     told the node is busy (and may retry), and nothing is lost."""
     root = _limited(fed_dir_1126, tmp_path / "busy", max_concurrent=1, queue_seconds=0.2)
     started = {n.name: threading.Event() for n in FederationConfig.load(root).nodes}
-    with serve_in_process(root, wrap=lambda b, name: _Observed(b, started[name])):
+    with serve_in_process(root, wrap=lambda b, name: _Slow(b, 1.0, started[name])):
         slow = genofed.connect(root, timeout=60)
         errors: list[BaseException] = []
 
@@ -165,7 +168,7 @@ def test_a_query_nobody_waits_for_is_stopped(fed_dir_1126, tmp_path, pooled1126)
     """The coordinator gives up after 0.3 s: the nodes stop the fragment (the call is cancelled)
     instead of computing for nobody, and their single slot is free for the next query."""
     root = _limited(fed_dir_1126, tmp_path / "cancel", max_concurrent=1, queue_seconds=5)
-    with serve_in_process(root):
+    with serve_in_process(root, wrap=lambda b, name: _Slow(b, 1.0)):
         impatient = genofed.connect(root, timeout=0.3)
         with pytest.raises(NodeError, match=r"timeout"):
             impatient.sql(SLOW, combine="plain")
