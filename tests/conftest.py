@@ -125,6 +125,18 @@ def clone_federation(src: Path, dst: Path, *, min_count: int, node_min_count: in
     return dst
 
 
+def set_node_section(root: Path, section: str, table: dict) -> Path:
+    """Write ``[section]`` into every node.toml of the federation at ``root`` (e.g. ``limits``, ``dp``)."""
+    import tomllib
+
+    for n in FederationConfig.load(root).nodes:
+        p = root / n.config
+        node = tomllib.loads(p.read_text())
+        node[section] = dict(table)
+        p.write_text(tomli_w.dumps(node))
+    return root
+
+
 @pytest.fixture(scope="session")
 def fed_dir_1126(tmp_path_factory, data_1126, phenotypes_1126) -> Path:
     root = tmp_path_factory.mktemp("fed1126")

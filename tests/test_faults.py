@@ -19,13 +19,11 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from pathlib import Path
 
 import psutil
 import pytest
-import tomli_w
-from conftest import LocalFederation, clone_federation
+from conftest import LocalFederation, clone_federation, set_node_section
 
 import genofed
 from genofed.connectors.federation import FederationConfig, up
@@ -275,12 +273,7 @@ def test_ingest_killed_leaves_no_orphan_versions(data_1126, tmp_path):
 
 def _dp_root(src: Path, dst: Path, budget: float) -> Path:
     root = clone_federation(src, dst, min_count=5, combine="plain", gates=False)
-    for n in FederationConfig.load(root).nodes:
-        p = root / n.config
-        node = tomllib.loads(p.read_text())
-        node["dp"] = {"budget_epsilon": budget, "max_epsilon": 1.0}
-        p.write_text(tomli_w.dumps(node))
-    return root
+    return set_node_section(root, "dp", {"budget_epsilon": budget, "max_epsilon": 1.0})
 
 
 def test_kill_9_during_budgeted_queries_keeps_ledger_and_audit_consistent(fed_dir_1126, tmp_path):

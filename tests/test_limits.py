@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import threading
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
-import tomli_w
-from conftest import clone_federation
+from conftest import clone_federation, set_node_section
 from inproc import serve_in_process
 
 import genofed
@@ -33,13 +31,7 @@ SMALL = "SELECT s.population, count(*) AS n FROM samples s GROUP BY 1"
 
 
 def _limited(src: Path, dst: Path, **limits) -> Path:
-    root = clone_federation(src, dst, min_count=1, gates=False)
-    for n in FederationConfig.load(root).nodes:
-        p = root / n.config
-        node = tomllib.loads(p.read_text())
-        node["limits"] = limits
-        p.write_text(tomli_w.dumps(node))
-    return root
+    return set_node_section(clone_federation(src, dst, min_count=1, gates=False), "limits", limits)
 
 
 def _refusals(root: Path) -> dict[str, list[str]]:
