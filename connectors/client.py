@@ -53,7 +53,8 @@ class FlightTransport:
         """A plain-mode fragment: the node's partial table itself (noised by the node when ``dp``
         asks for it or its policy requires it)."""
         try:
-            ticket = P.fragment_ticket(sql, query_id, **({P.KEY_DP: dp} if dp else {}))
+            extra: dict[str, Any] = {P.KEY_DP: dp} if dp else {}
+            ticket = P.fragment_ticket(sql, query_id, **extra)
             reader = self._client.do_get(flight.Ticket(ticket), self._options(timeout))
             out = reader.read_all()
             self._answered = True

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,7 @@ def init_federation(
     split: str | os.PathLike[str] | None = None,
     *,
     n_nodes: int = 3,
-    clinical: dict[str, str | os.PathLike[str]] | None = None,
+    clinical: Mapping[str, str | os.PathLike[str]] | None = None,
     min_count: int = DEFAULT_MIN_COUNT,
     node_min_count: int | None = None,
     allow_min_max: bool = False,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,7 +167,7 @@ def ingest(
     store: str | os.PathLike[str],
     vcf: str | os.PathLike[str],
     samples: str | os.PathLike[str] | pa.Table | None = None,
-    clinical: dict[str, str | os.PathLike[str] | pa.Table] | None = None,
+    clinical: Mapping[str, str | os.PathLike[str] | pa.Table] | None = None,
     *,
     chunk_records: int = CHUNK_RECORDS,
     progress: bool = False,

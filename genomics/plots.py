@@ -20,7 +20,7 @@ import math
 import os
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -891,4 +891,4 @@ def save(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 150) -> Path:
     return path
 
 
-PLOTS = {"manhattan": manhattan, "qq": qq, "pca": pca_scatter, "ld-decay": ld_decay}
+PLOTS: dict[str, Callable[..., Figure]] = {"manhattan": manhattan, "qq": qq, "pca": pca_scatter, "ld-decay": ld_decay}

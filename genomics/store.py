@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from genofed.engine.errors import IngestError
 
@@ -254,7 +255,7 @@ class StoreWriter:
     def dir(self) -> Path:
         return self.version_dir
 
-    def write_planes(self, planes: np.ndarray, complete: np.ndarray | None = None) -> None:
+    def write_planes(self, planes: np.ndarray, complete: npt.ArrayLike | None = None) -> None:
         for i, f in enumerate(self._files):
             f.write(np.ascontiguousarray(planes[:, i], dtype=np.uint8).tobytes())
         if complete is not None:

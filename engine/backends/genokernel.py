@@ -180,6 +180,7 @@ def _canonical(groups: pa.Table, gid: np.ndarray, n: int, by_key: bool = False,
         keys = [(c, "ascending", "at_start") for c in groups.column_names]
         order = pc.sort_indices(groups, sort_keys=keys).to_numpy()
     else:
+        assert first_idx is not None, "variant groups are ordered by their first row: pass first_idx"
         first = np.full(n, np.iinfo(np.int64).max, np.int64)
         np.minimum.at(first, gid, first_idx)
         order = np.argsort(first, kind="stable")

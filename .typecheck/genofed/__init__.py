@@ -1,0 +1,1 @@
+../../genofed/__init__.py

@@ -1,0 +1,1 @@
+../../genofed/api.py

@@ -1,0 +1,1 @@
+../../genofed/demo.py
