@@ -551,7 +551,7 @@ class LocalNode:
             return validate_analysis(sql, self.cat, self.cfg)
         return validate_fragment(sql, self.cat, allow_min_max=self.cfg.allow_min_max)
 
-    def run_fragment(self, sql: str, query_id: str, timeout: float):
+    def run_fragment(self, sql: str, query_id: str, timeout: float, user_sql: str | None = None):
         from genofed.engine.combine import narrow_integers
         from genofed.privacy.disclosure import apply_min_count
 

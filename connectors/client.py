@@ -49,12 +49,14 @@ class FlightTransport:
         except flight.FlightError as e:
             raise self._error(e) from None
 
-    def run_fragment(self, sql: str, query_id: str, timeout: float, dp: dict[str, Any] | None = None) -> pa.Table:
+    def run_fragment(self, sql: str, query_id: str, timeout: float, dp: dict[str, Any] | None = None,
+                     user_sql: str | None = None) -> pa.Table:
         """A plain-mode fragment: the node's partial table itself (noised by the node when ``dp``
-        asks for it or its policy requires it)."""
+        asks for it or its policy requires it). ``user_sql``: the researcher's query as written,
+        for their release history at the node."""
         try:
             extra: dict[str, Any] = {P.KEY_DP: dp} if dp else {}
-            ticket = P.fragment_ticket(sql, query_id, **extra)
+            ticket = P.fragment_ticket(sql, query_id, **extra, **_user_sql(user_sql))
             reader = self._client.do_get(flight.Ticket(ticket), self._options(timeout))
             out = reader.read_all()
             self._answered = True
@@ -62,13 +64,29 @@ class FlightTransport:
         except flight.FlightError as e:
             raise self._error(e) from None
 
-    def run_he(self, sql: str, query_id: str, key_id: str, timeout: float, dp: dict[str, Any] | None = None) -> pa.Table:
+    def run_he(self, sql: str, query_id: str, key_id: str, timeout: float, dp: dict[str, Any] | None = None,
+               user_sql: str | None = None) -> pa.Table:
         """An HE-mode fragment: the node's lanes as ciphertexts (schema metadata: layout, groups)."""
         try:
-            ticket = P.fragment_ticket(sql, query_id, "he", key_id=key_id, timeout=timeout, **({P.KEY_DP: dp} if dp else {}))
+            ticket = P.fragment_ticket(sql, query_id, "he", key_id=key_id, timeout=timeout, **({P.KEY_DP: dp} if dp else {}),
+                                       **_user_sql(user_sql))
             return self._client.do_get(flight.Ticket(ticket), self._options(timeout + 10.0)).read_all()
         except flight.FlightError as e:
             raise self._error(e) from None
+
+    def history(self, limit: int = 1000, since: float | None = None, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Your own releases (and refusals) at this node, oldest first: dicts with ``id``,
+        ``query_id``, ``time`` (unix), ``user_sql``, ``fragment_sha256``, ``combine``, ``kind``,
+        ``decision`` and ``rule``. The node answers for the researcher the token names, never
+        another one.
+
+        Examples
+        --------
+        >>> [r["decision"] for r in transport.history(limit=10)]  # doctest: +SKIP
+        ['released', 'refused']
+        """
+        body: dict[str, Any] = {"limit": limit, **({"since": since} if since is not None else {})}
+        return list(self.action(P.ACTION_HISTORY, body, timeout).get("releases", []))
 
     def action(self, kind: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         """A JSON request/response action (the secure combine protocols)."""
@@ -104,3 +122,8 @@ class FlightTransport:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _user_sql(text: str | None) -> dict[str, str]:
+    """The ticket field carrying the researcher's SQL as written (clipped as the node keeps it)."""
+    return {P.KEY_USER_SQL: text[: P.MAX_USER_SQL_CHARS]} if isinstance(text, str) else {}

@@ -80,6 +80,7 @@ def make_backend(config: NodeConfig) -> Backend:
 
 
 _LAZY_LOCK = threading.Lock()
+_REQUEST = threading.local()  # the request this server thread handles: (researcher, query id, user_sql, combine)
 
 
 def _locked_once(fn):
@@ -237,10 +238,13 @@ class NodeServer(flight.FlightServerBase):
             (P.ACTION_MPC_PREPARE, "run a fragment and start this node's MPC party"),
             (P.ACTION_MPC_RUN, "run the MPC protocol for a prepared fragment"),
             (P.ACTION_MPC_ABORT, "drop a prepared fragment"),
+            (P.ACTION_HISTORY, "your own releases and refusals at this node"),
         ]
 
     def _record(self, event: str, researcher: str, sql: str | None = None, **fields: Any) -> None:
         """Audit one decision. Fails closed: if the log cannot be written, nothing is released."""
+        if event in ("release", "refused"):
+            self._log_release(researcher, sql, fields)
         if self.audit is None:
             return
         from genofed.privacy.audit import fragment_digest
@@ -250,6 +254,61 @@ class NodeServer(flight.FlightServerBase):
         except OSError as e:
             log.error("audit log %s cannot be written: %s", self.audit.path, e)
             raise flight.FlightServerError(P.encode_error(P.CODE_INTERNAL, "the node's audit log cannot be written; nothing was released")) from None
+
+    @staticmethod
+    def _note_request(researcher: str, req: dict[str, Any], combine: Any) -> None:
+        """Remember, for the request this thread serves, the researcher's SQL as written (the
+        ticket's or body's ``user_sql``: a string, clipped; anything else is ignored) and the
+        combine mode, for the release log entries its decisions make."""
+        from genofed.privacy.releases import clip_text
+
+        qid = req.get(P.KEY_QUERY_ID)
+        _REQUEST.current = (researcher, qid if isinstance(qid, str) else "?", clip_text(req.get(P.KEY_USER_SQL)),
+                            combine if combine in P.COMBINE_MODES else None)
+
+    def _log_release(self, researcher: str, sql: str | None, fields: dict[str, Any]) -> None:
+        """Log a release or refusal in the researcher's release log (:attr:`releases`). A release
+        that cannot be logged is not made (as with the audit log); a refusal stays a refusal."""
+        import sqlite3
+
+        from genofed.engine.analysis import is_analysis
+        from genofed.privacy.audit import fragment_digest
+
+        qid = fields.get("query_id")
+        qid = qid if isinstance(qid, str) else "?"
+        noted = getattr(_REQUEST, "current", None)
+        user_sql, combine = noted[2:] if noted is not None and noted[:2] == (researcher, qid) else (None, None)
+        decision = fields.get("decision")
+        try:
+            self.releases.record(researcher, qid, user_sql=user_sql, fragment_sha256=fragment_digest(sql) if sql else None,
+                                 combine=fields.get("combine") or combine, kind="analysis" if sql and is_analysis(sql) else "sql",
+                                 decision=decision, rule=fields.get("rule"))
+        except (sqlite3.Error, OSError, ValueError) as e:
+            log.error("release log of %s cannot be written: %s", self.config.name, e)
+            if decision != "refused":
+                raise flight.FlightServerError(P.encode_error(
+                    P.CODE_INTERNAL, "the node's release log cannot be written; nothing was released")) from None
+
+    def _history(self, action: Any, researcher: str) -> dict[str, Any]:
+        """``ACTION_HISTORY``: the calling researcher's own releases and refusals at this node
+        (body ``{"limit": n, "since": unix time}``, both optional; at most 1,000), never another
+        researcher's."""
+        import math
+
+        try:
+            body = json.loads(action.body.to_pybytes().decode() or "{}")
+            if not isinstance(body, dict):
+                raise ValueError("expected a JSON object")
+            limit, since = body.get("limit", 1000), body.get("since")
+            if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= 1000:
+                raise ValueError("limit must be a whole number from 0 to 1000")
+            if since is not None and (isinstance(since, bool) or not isinstance(since, int | float) or not math.isfinite(float(since))):
+                raise ValueError("since must be a unix time in seconds")
+        except (ValueError, OverflowError, UnicodeDecodeError, RecursionError) as e:
+            raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, f"malformed history request: {e}")) from None
+        self._record("history", researcher, decision="answered")
+        rows = [{k: v for k, v in r.to_dict().items() if k != "researcher"} for r in self.releases.list(researcher, limit, since)]
+        return {"node": self.config.name, "researcher": researcher, "releases": rows}
 
     def do_action(self, context, action):
         kind = action.type
@@ -267,6 +326,8 @@ class NodeServer(flight.FlightServerBase):
             body["allow_plain"] = self.config.allow_plain
             body["model_policy"] = self.config.model_policy()
             yield flight.Result(json.dumps(body).encode())
+        elif kind == P.ACTION_HISTORY:
+            yield flight.Result(json.dumps(self._history(action, self._researcher(context))).encode())
         elif kind in (P.ACTION_MPC_PREPARE, P.ACTION_MPC_RUN, P.ACTION_MPC_ABORT):
             body = self._json_body(action)
             yield flight.Result(json.dumps(self._mpc_action(kind, body, self._researcher(context), context)).encode())
@@ -299,6 +360,7 @@ class NodeServer(flight.FlightServerBase):
             sql = body.get(P.KEY_SQL)
             if not isinstance(sql, str):
                 raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, "mpc_prepare needs the fragment sql"))
+            self._note_request(researcher, body, "mpc")
             self._admit(researcher, sql, qid)
             frag, table, notes = self._run(sql, qid, researcher, "mpc", body.get(P.KEY_DP), context=context)
             if self._quasi_identified(frag) and frag.keys:
@@ -379,6 +441,15 @@ class NodeServer(flight.FlightServerBase):
 
         state = self.config.state_path()
         return SampleTracker(state / "tracker.sqlite" if state is not None else None, self.backend.store.manifest.n_samples)
+
+    @_locked_once
+    def releases(self) -> Any:
+        """What this node released to (and refused) each researcher: their SQL as written, hashes
+        and decisions, never values (``genofed history``, refusals naming an earlier release)."""
+        from genofed.privacy.releases import FILE_NAME, ReleaseLog
+
+        state = self.config.state_path()
+        return ReleaseLog(state / FILE_NAME if state is not None else None)
 
     def _guard(self, frag: Any, researcher: str, mode: str, sets: Any = False) -> dict[str, Any] | None:
         """The release gates that depend on who is counted: the differencing defence (refuse a
@@ -675,6 +746,7 @@ class NodeServer(flight.FlightServerBase):
             self._record("bad_request", researcher, decision="refused", rule="malformed")
             raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, f"malformed ticket: {e}")) from None
         mode = req.get(P.KEY_COMBINE, "plain")
+        self._note_request(researcher, req, mode)
         if mode == "he":
             return flight.RecordBatchStream(self._he(req, researcher, context))
         if mode != "plain":

@@ -29,7 +29,8 @@ class Transport(Protocol):
 
     def catalog(self, timeout: float = ...) -> dict[str, Any]: ...
 
-    def run_fragment(self, sql: str, query_id: str, timeout: float, dp: dict[str, Any] | None = None) -> pa.Table: ...
+    def run_fragment(self, sql: str, query_id: str, timeout: float, dp: dict[str, Any] | None = None,
+                     user_sql: str | None = None) -> pa.Table: ...
 
     def action(self, kind: str, body: dict[str, Any], timeout: float) -> dict[str, Any]: ...
 
@@ -125,12 +126,16 @@ class Coordinator:
             pool.shutdown(wait=False)
         return {t.name: results[t.name] for t in ts}
 
-    def query(self, sql: str, combine: str | None = None, _allow_table_functions: bool = True, dp: dict[str, Any] | None = None) -> QueryResult:
+    def query(self, sql: str, combine: str | None = None, _allow_table_functions: bool = True, dp: dict[str, Any] | None = None,
+              _user_sql: str | None = None) -> QueryResult:
         """Plan, dispatch, combine, apply disclosure control and finalize one query (or run a
         table function such as ``gwas_linear(...)``, see :mod:`genofed.engine.tablefunc`).
         ``dp`` (``{"epsilon": .., "mechanism": "laplace"|"gaussian", "delta": ..}``) asks every
-        node to noise its partials under differential privacy before they leave it."""
+        node to noise its partials under differential privacy before they leave it. Every node
+        is sent ``sql`` as written (or ``_user_sql``: the query a table function runs for) for
+        the researcher's release history there."""
         t0 = time.perf_counter()
+        user_sql = sql if _user_sql is None else _user_sql
         mode = check_mode(combine or self.default_combine)
         select = parse(sql)
         from .tablefunc import run_table_function, table_function
@@ -139,12 +144,12 @@ class Coordinator:
         if call is not None:
             if not _allow_table_functions:
                 raise PlanningError("table functions cannot be nested")
-            return run_table_function(self, select, call[0], call[1], mode)
+            return run_table_function(self, select, call[0], call[1], mode, user_sql=user_sql)
         plan = plan_query(select, self.catalog())
         delay, give_up, retries = 0.25, time.monotonic() + self.timeout, 0
         while True:  # a node answering "busy" (every execution slot taken) is asked again, with backoff
             try:
-                result = self._query_plan(plan, mode, t0, dp)
+                result = self._query_plan(plan, mode, t0, dp, user_sql)
                 if retries:
                     result.provenance.details["busy_retries"] = retries
                 return result
@@ -155,7 +160,7 @@ class Coordinator:
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 4.0)
 
-    def _query_plan(self, plan: Plan, mode: str, t0: float, dp: dict[str, Any] | None) -> QueryResult:
+    def _query_plan(self, plan: Plan, mode: str, t0: float, dp: dict[str, Any] | None, user_sql: str | None = None) -> QueryResult:
         t1 = time.perf_counter()
         qid = uuid.uuid4().hex[:16]
         targets = self.transports
@@ -170,7 +175,7 @@ class Coordinator:
         sql_frag = plan.fragment_sql
         wire: dict[str, int] = {}
         notes: dict[str, Any] = {}
-        combined = self._combine(mode, plan, qid, targets, wire, dp, notes)
+        combined = self._combine(mode, plan, qid, targets, wire, dp, notes, user_sql=user_sql)
         dp_info = {node: n["dp"] for node, n in notes.items() if n.get("dp")}
         risk_info = {node: n["risk"] for node, n in notes.items() if n.get("risk")}
         kanon = {node: n["k_anonymity"] for node, n in notes.items() if n.get("k_anonymity")}
@@ -200,13 +205,15 @@ class Coordinator:
         return QueryResult(table, prov)
 
     def _combine(self, mode: str, plan: Plan, qid: str, targets: list[Transport], wire: dict[str, int],
-                 dp: dict[str, Any] | None = None, notes: dict[str, Any] | None = None) -> pa.Table:
+                 dp: dict[str, Any] | None = None, notes: dict[str, Any] | None = None, user_sql: str | None = None) -> pa.Table:
         """Partials from every target node, combined in ``mode``: one row per group with keys,
         partials, ``_n`` and ``_suppressed``. ``notes`` collects each node's DP and
-        re-identification notes (``{node: {"dp": .., "risk": ..}}``)."""
+        re-identification notes (``{node: {"dp": .., "risk": ..}}``). ``user_sql``, the
+        researcher's query as written, goes to every node with the fragment."""
         sql = plan.fragment_sql
+        mine = {"user_sql": user_sql} if user_sql is not None else {}
         if mode == "plain":
-            parts = self._fan_out(lambda t: t.run_fragment(sql, qid, self.timeout, **({"dp": dp} if dp else {})), targets)
+            parts = self._fan_out(lambda t: t.run_fragment(sql, qid, self.timeout, **({"dp": dp} if dp else {}), **mine), targets)
             wire.update({node: ipc_size(t) for node, t in parts.items()})
             if notes is not None:
                 import json
@@ -220,10 +227,10 @@ class Coordinator:
         if mode == "mpc":
             from genofed.privacy.secure.mpc import run_mpc
 
-            return narrow_integers(run_mpc(self, targets, sql, qid, self.min_count, self.timeout, wire, dp=dp, notes=notes))
+            return narrow_integers(run_mpc(self, targets, sql, qid, self.min_count, self.timeout, wire, dp=dp, notes=notes, user_sql=user_sql))
         from genofed.privacy.secure.he import run_he
 
-        return narrow_integers(run_he(self, targets, sql, qid, self.min_count, self.timeout, wire, dp=dp, notes=notes))
+        return narrow_integers(run_he(self, targets, sql, qid, self.min_count, self.timeout, wire, dp=dp, notes=notes, user_sql=user_sql))
 
     def _disclosure(self, combined: pa.Table, plan: Plan) -> tuple[pa.Table, list[dict[str, Any]]]:
         if combined.num_rows == 0:

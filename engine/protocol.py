@@ -16,6 +16,7 @@ ACTION_PING = "ping"
 ACTION_MPC_PREPARE = "mpc_prepare"
 ACTION_MPC_RUN = "mpc_run"
 ACTION_MPC_ABORT = "mpc_abort"
+ACTION_HISTORY = "history"  # the calling researcher's own releases at the node (JSON)
 
 COMBINE_MODES = ("plain", "mpc", "he")
 
@@ -27,6 +28,8 @@ KEY_SQL = "sql"
 KEY_QUERY_ID = "query_id"
 KEY_COMBINE = "combine"
 KEY_DP = "dp"  # {mechanism, epsilon, delta}: ask the nodes to noise their partials
+KEY_USER_SQL = "user_sql"  # the researcher's SQL as written, for their release history at the node
+MAX_USER_SQL_CHARS = 20_000  # what is sent and kept of it
 
 AUTH_HEADER = "authorization"
 BEARER = "Bearer "

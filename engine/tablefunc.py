@@ -109,6 +109,7 @@ class AnalysisRun:
     suppressed: list[dict[str, Any]] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     dp: dict[str, Any] | None = None  # differential privacy request for every round (analyses that support it)
+    user_sql: str | None = None  # the researcher's query as written, sent with every round (their release history)
     _seen: set = field(default_factory=set)
 
     def round(self, fn: str, args: dict[str, Any], round_: str, state: dict[str, Any], keys: list[str],
@@ -118,7 +119,8 @@ class AnalysisRun:
         self.rounds += 1
         wire: dict[str, int] = {}
         notes: dict[str, Any] = {}
-        combined = c._combine(self.mode, spec, f"{self.query_id}r{self.rounds}", c.transports, wire, self.dp, notes)
+        combined = c._combine(self.mode, spec, f"{self.query_id}r{self.rounds}", c.transports, wire, self.dp, notes,
+                              user_sql=self.user_sql)
         dp_nodes = {node: n["dp"] for node, n in notes.items() if n.get("dp")}
         if dp_nodes:
             self.details.setdefault("dp_nodes", {}).update(dp_nodes)
@@ -133,7 +135,7 @@ class AnalysisRun:
         return released
 
     def sql(self, query: str) -> pa.Table:
-        res = self.coordinator.query(query, combine=self.mode, _allow_table_functions=False)
+        res = self.coordinator.query(query, combine=self.mode, _allow_table_functions=False, _user_sql=self.user_sql)
         self.rounds += 1
         for k, v in res.provenance.wire_bytes.items():
             self.wire[k] = self.wire.get(k, 0) + v
@@ -147,8 +149,10 @@ class AnalysisRun:
         self.details[key] = value
 
 
-def run_table_function(coordinator: Coordinator, select: exp.Select, name: str, given: dict[str, Any], mode: str):
-    """Run a table-function query; returns a :class:`~genofed.engine.coordinator.QueryResult`."""
+def run_table_function(coordinator: Coordinator, select: exp.Select, name: str, given: dict[str, Any], mode: str,
+                       user_sql: str | None = None):
+    """Run a table-function query; returns a :class:`~genofed.engine.coordinator.QueryResult`.
+    ``user_sql``: the query as the researcher wrote it, sent with every round."""
     from genofed.genomics.analyses import ANALYSES
 
     from .coordinator import Provenance, QueryResult, finalize_sql
@@ -162,7 +166,7 @@ def run_table_function(coordinator: Coordinator, select: exp.Select, name: str, 
         A.sample_query(args.get("phenotype") if analysis.phenotype else None,
                        list(args.get("covariates") or []) if analysis.covariates else [], args.get("samples"), catalog)
     A.variant_query(args.get("variants"), catalog)
-    run = AnalysisRun(coordinator, mode, uuid.uuid4().hex[:16])
+    run = AnalysisRun(coordinator, mode, uuid.uuid4().hex[:16], user_sql=user_sql)
     t1 = time.perf_counter()
     table = analysis.drive(args, run)
     if name == "pca":

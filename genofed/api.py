@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,11 @@ from genofed.connectors.federation import FederationConfig
 from genofed.engine.coordinator import Coordinator, Provenance, QueryResult
 from genofed.engine.errors import ConfigError, GenofedError
 from genofed.engine.schema import Catalog
+
+HISTORY_SCHEMA = pa.schema([("node", pa.string()), ("release_id", pa.int64()), ("query_id", pa.string()), ("time", pa.string()),
+                            ("sql", pa.string()), ("kind", pa.string()), ("combine", pa.string()), ("decision", pa.string()),
+                            ("rule", pa.string())])
+
 
 
 class Result:
@@ -186,6 +192,58 @@ class Federation:
     def train(self, features: str | os.PathLike[str], label: str, **options: Any) -> dict[str, Any]:
         """Train a model across this federation's nodes with Flower: see :func:`genofed.train`."""
         return train(self.config, features, label, federation=self, **options)
+
+    def history(self, node: str | None = None, limit: int = 1000, since: float | datetime | None = None) -> pa.Table:
+        """Your own releases, and refusals, at every node of the federation (or one).
+
+        Each node keeps, per researcher, what it released to them: the query id, the time, the
+        SQL as you wrote it, the combine mode and the decision (or the rule that refused it),
+        never a released value. A node answers for the researcher your token names only. A
+        federated query appears once per node that answered it (a table function once per
+        round).
+
+        Parameters
+        ----------
+        node
+            Only this node's history (default: every node).
+        limit
+            The newest ``limit`` entries of each node (at most 1,000).
+        since
+            Only entries at or after this time: a ``datetime`` (naive means UTC) or unix seconds.
+
+        Returns
+        -------
+        pyarrow.Table
+            Columns ``node``, ``release_id``, ``query_id``, ``time`` (ISO 8601, UTC), ``sql``,
+            ``kind`` (``sql`` or ``analysis``), ``combine``, ``decision`` (``released``,
+            ``shared``, ``encrypted`` or ``refused``) and ``rule``; oldest first.
+
+        Examples
+        --------
+        >>> fed = genofed.connect("demo-federation")  # doctest: +SKIP
+        >>> fed.history().to_pandas()[["node", "time", "sql", "decision", "rule"]]  # doctest: +SKIP
+                node                  time                                             sql  decision  rule
+        0  biobank_A  2025-05-01T09:12:03Z  SELECT sex, count(*) AS n FROM samples GROUP BY sex  released  None
+        """
+        import concurrent.futures as cf
+
+        targets = self._transports
+        if node is not None:
+            targets = [t for t in self._transports if t.name == node]
+            if not targets:
+                raise ConfigError(f"no node {node!r} in this federation; its nodes are {', '.join(self.nodes)}")
+        if isinstance(since, datetime):
+            since = (since if since.tzinfo else since.replace(tzinfo=UTC)).timestamp()
+        timeout = self._coord.timeout
+        with cf.ThreadPoolExecutor(max_workers=len(targets)) as pool:
+            answers = list(pool.map(lambda t: (t.name, t.history(limit=limit, since=since, timeout=timeout)), targets))
+        rows = sorted(((name, r) for name, releases in answers for r in releases),
+                      key=lambda nr: (float(nr[1].get("time") or 0), nr[0], int(nr[1].get("id") or 0)))
+        return pa.Table.from_pylist([{
+            "node": name, "release_id": r.get("id"), "query_id": r.get("query_id"),
+            "time": datetime.fromtimestamp(float(r.get("time") or 0), UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "sql": r.get("user_sql"), "kind": r.get("kind"), "combine": r.get("combine"), "decision": r.get("decision"),
+            "rule": r.get("rule")} for name, r in rows], schema=HISTORY_SCHEMA)
 
     def explain(self, query: str) -> dict[str, str]:
         """The node fragment and the finalize step a query plans into."""

@@ -304,6 +304,44 @@ def _fmt(v) -> str:
 
 
 @main.command()
+@click.option("--federation", "fed_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--node", help="only this node's history")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+def history(fed_dir: Path, node: str | None, fmt: str) -> None:
+    """List your own releases and refusals at the nodes (query id, time, your SQL, decision, rule).
+
+    Example: genofed history --federation fed --format csv
+    """
+    import genofed
+
+    with genofed.connect(fed_dir) as fed:
+        table = fed.history(node=node)
+    if fmt == "csv":
+        click.echo(table.to_pandas().to_csv(index=False), nl=False)
+    elif fmt == "json":
+        click.echo(json.dumps(table.to_pylist(), indent=2))
+    else:
+        _print_history(table)
+        click.echo(f"{table.num_rows} entries", err=True)
+
+
+def _print_history(table) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:  # a file or a pipe: no terminal width to fit, keep ids whole
+        console = Console(width=200)
+    t = Table(show_header=True, header_style="bold")
+    cols = ("time", "node", "query_id", "combine", "decision", "rule", "sql")
+    for c in cols:
+        t.add_column(c, no_wrap=c != "sql", overflow="fold")
+    for row in table.select(list(cols)).to_pylist():
+        t.add_row(*["" if v is None else " ".join(str(v).split()) for v in row.values()])
+    console.print(t)
+
+
+@main.command()
 @click.argument("kind", type=click.Choice(["manhattan", "qq", "pca", "ld-decay"]))
 @click.argument("sql", required=False)
 @click.option("--federation", "fed_dir", type=click.Path(path_type=Path), help="run SQL (or --name) on this federation")

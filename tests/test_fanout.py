@@ -552,11 +552,11 @@ class _IgnoresItsTimeout:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def run_fragment(self, sql: str, query_id: str, timeout: float, dp: Any = None) -> Any:
+    def run_fragment(self, sql: str, query_id: str, timeout: float, dp: Any = None, user_sql: str | None = None) -> Any:
         with self._cv:
             self._inflight += 1
         try:
-            return self._inner.run_fragment(sql, query_id, 60.0, dp)
+            return self._inner.run_fragment(sql, query_id, 60.0, dp, user_sql)
         finally:
             with self._cv:
                 self._inflight -= 1

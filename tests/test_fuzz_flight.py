@@ -185,6 +185,7 @@ def fragment_tickets(draw) -> bytes:
                 {"mechanism": "foo", "epsilon": 0.5}, {"epsilon": 0.5, "delta": 2}, {"epsilon": 0.5, "mechanism": "gaussian"}]),
         ("key_id", ["k", None, 1]),
         ("timeout", [1, "abc", -5, float("inf"), None, [1]]),
+        ("user_sql", ["SELECT 1", "", None, 1, ["SELECT 1"], {"a": 1}, "x" * 100_000, "\u0000\ud800"]),
     ]:
         if draw(st.integers(0, 3)) == 0:
             body[key] = draw(st.sampled_from(values))
@@ -222,7 +223,7 @@ def test_hand_made_fragments(node, sql):
 
 # -- do_action -------------------------------------------------------------------------------
 
-ACTIONS = [P.ACTION_MPC_PREPARE, P.ACTION_MPC_RUN, P.ACTION_MPC_ABORT, P.ACTION_CATALOG, P.ACTION_PING]
+ACTIONS = [P.ACTION_MPC_PREPARE, P.ACTION_MPC_RUN, P.ACTION_MPC_ABORT, P.ACTION_CATALOG, P.ACTION_PING, P.ACTION_HISTORY]
 
 
 @st.composite
@@ -248,7 +249,7 @@ def action_bodies(draw) -> bytes:
 
 
 @FUZZ
-@given(kind=st.sampled_from([P.ACTION_MPC_RUN, P.ACTION_MPC_ABORT, P.ACTION_CATALOG, P.ACTION_PING]), body=action_bodies())
+@given(kind=st.sampled_from([P.ACTION_MPC_RUN, P.ACTION_MPC_ABORT, P.ACTION_CATALOG, P.ACTION_PING, P.ACTION_HISTORY]), body=action_bodies())
 def test_action_bodies(node, kind, body):
     refused(node, lambda: node.action(kind, body), body)
 

@@ -500,16 +500,18 @@ def round_ckks(x: np.ndarray) -> np.ndarray:
 # -- coordinator: one query ------------------------------------------------------------------------
 
 def run_he(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: str, min_count: int, timeout: float, wire: dict[str, int] | None = None,
-           dp: dict[str, Any] | None = None, notes: dict[str, Any] | None = None) -> pa.Table:
+           dp: dict[str, Any] | None = None, notes: dict[str, Any] | None = None, user_sql: str | None = None) -> pa.Table:
     """Run one query under HE; returns the released combined table. The coordinator sees
-    ciphertexts, their sums, and the released groups only."""
+    ciphertexts, their sums, and the released groups only. ``user_sql``: the researcher's query
+    as written, for their release history at each node."""
     kh = getattr(coordinator, "keyholder", None)
     if kh is None:
         raise CombineError("combine='he' needs a key holder: add a [keyholder] table (location, token) to federation.toml, or use combine='mpc'")
     key_id = kh.open(query_id, [t.name for t in targets], min_count, timeout=timeout)
     keys = kh.public_keys()
     # the node's call deadline is timeout + 10 s (encryption after the fragment): wait as long
-    parts = coordinator._fan_out(lambda t: t.run_he(fragment_sql, query_id, key_id, timeout, dp=dp), targets, grace=12.0)
+    mine = {"user_sql": user_sql} if user_sql is not None else {}
+    parts = coordinator._fan_out(lambda t: t.run_he(fragment_sql, query_id, key_id, timeout, dp=dp, **mine), targets, grace=12.0)
     layouts, groups = set(), set()
     if notes is not None:  # each node's DP and re-identification notes for the provenance
         notes.update({node: json.loads(t.schema.metadata[b"genofed.notes"]) for node, t in parts.items()

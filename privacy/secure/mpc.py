@@ -38,7 +38,7 @@ from typing import Any
 import pyarrow as pa
 
 from genofed.engine.errors import CombineError, NodeError
-from genofed.engine.protocol import write_ipc_file
+from genofed.engine.protocol import KEY_USER_SQL, MAX_USER_SQL_CHARS, write_ipc_file
 
 PARTY_MODULE = "genofed.privacy.secure._mpc_party"
 COORDINATOR_NAME = "coordinator"
@@ -360,9 +360,10 @@ def _await_verdict(party: PartyProcess, timeout: float) -> dict[str, Any]:
 # -- coordinator side ------------------------------------------------------------------------------
 
 def run_mpc(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: str, min_count: int, timeout: float, wire: dict[str, int] | None = None,
-            dp: dict[str, Any] | None = None, notes: dict[str, Any] | None = None) -> pa.Table:
+            dp: dict[str, Any] | None = None, notes: dict[str, Any] | None = None, user_sql: str | None = None) -> pa.Table:
     """Run one query under MPC; returns the combined table (keys, released partials,
-    ``_n`` NULL, ``_suppressed``). Raises :class:`NodeError` naming the node at fault."""
+    ``_n`` NULL, ``_suppressed``). Raises :class:`NodeError` naming the node at fault.
+    ``user_sql``: the researcher's query as written, for their release history at each node."""
     require_mpyc("at the coordinator")
     workdir = Path(tempfile.mkdtemp(prefix="genofed-mpc-coord-"))
     os.chmod(workdir, 0o700)
@@ -375,7 +376,8 @@ def run_mpc(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: s
     # queries' blocked calls could hold the workers while this query's last call waits in line
     runners = cf.ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="genofed-mpc-run")
     try:
-        body: dict[str, Any] = {"sql": fragment_sql, "query_id": query_id, **({"dp": dp} if dp else {})}
+        body: dict[str, Any] = {"sql": fragment_sql, "query_id": query_id, **({"dp": dp} if dp else {}),
+                                **({KEY_USER_SQL: user_sql[:MAX_USER_SQL_CHARS]} if isinstance(user_sql, str) else {})}
         prepared = coordinator._fan_out(lambda t: t.action("mpc_prepare", body, timeout), targets)
         me.port(timeout=30)
         if notes is not None:  # each node's DP and re-identification notes for the provenance

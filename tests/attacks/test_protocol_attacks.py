@@ -316,12 +316,13 @@ def _calls():
     return {
         "do_get": lambda c, o: c.do_get(ticket, o).read_all(),
         "catalog": lambda c, o: list(c.do_action(flight.Action(P.ACTION_CATALOG, b""), o)),
+        "history": lambda c, o: list(c.do_action(flight.Action(P.ACTION_HISTORY, b"{}"), o)),
         "mpc_prepare": lambda c, o: list(c.do_action(flight.Action(P.ACTION_MPC_PREPARE, json.dumps(
             {P.KEY_QUERY_ID: "noauth", P.KEY_SQL: "SELECT count(*) AS _p0 FROM samples"}).encode()), o)),
     }
 
 
-@pytest.mark.parametrize("call", ["do_get", "catalog", "mpc_prepare"])
+@pytest.mark.parametrize("call", ["do_get", "catalog", "history", "mpc_prepare"])
 @pytest.mark.parametrize("header", [None, "Bearer not-the-token", "not-a-bearer", "Bearer "])
 def test_unauthenticated_calls_are_refused_and_audited(cfg, call, header):
     n = cfg.nodes[1]
