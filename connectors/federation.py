@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import tomli_w
 
 from genofed.engine.errors import ConfigError, GenofedError, NodeError
+from genofed.engine.privatefs import open_private, private_dir, write_private
 from genofed.privacy.disclosure import DEFAULT_MIN_COUNT
 
 from .config import NodeConfig, Researcher, hash_token
@@ -38,6 +39,7 @@ from .ingest import _read_table, ingest, normalise_name, read_clinical, read_sam
 from .tls import ClientTLS, check_table
 
 FEDERATION_FILE = "federation.toml"
+PRIVATE_UMASK = 0o077  # what the node and key holder processes of a local federation write is their owner's only
 KEYHOLDER_DIR = "keyholder"
 TLS_DIR = "tls"
 
@@ -123,11 +125,7 @@ class FederationConfig:
             data["keyholder"] = dict(self.keyholder)
         if self.tls:
             data["tls"] = dict(self.tls)
-        path = self.root / FEDERATION_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(tomli_w.dumps(data))
-        os.replace(tmp, path)
-        return path
+        return write_private(self.root / FEDERATION_FILE, tomli_w.dumps(data))  # holds the researcher's token
 
 
 def _read_port(root: Path, node: str, what: str = "node") -> int:
@@ -175,7 +173,7 @@ def init_federation(
     if combine == "plain" and not allow_plain:
         raise ConfigError("combine='plain' as the default needs node policies that allow it: pass allow_plain=True (development only)")
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    private_dir(root)  # tokens, keys, stores and privacy state: the owner's only
     sheet = read_sample_sheet(samples)
     ids = sheet.column("sample_id")
     if split is not None:
@@ -195,7 +193,7 @@ def init_federation(
     clin_tables = {normalise_name(k): read_clinical(v) for k, v in (clinical or {}).items()}
     token = secrets.token_urlsafe(24)
     kh_clients = [{"name": "researcher", "role": "coordinator", "token_sha256": hash_token(token)}]
-    (root / KEYHOLDER_DIR).mkdir(exist_ok=True)
+    private_dir(root / KEYHOLDER_DIR)
     if tls:
         from .tls import make_ca, make_cert
 
@@ -207,7 +205,7 @@ def init_federation(
         members = pa.array([s for s, n in assign.items() if n == name], pa.string())
         node_sheet = sheet.filter(pc.is_in(ids, value_set=members))
         ndir = root / name
-        ndir.mkdir(exist_ok=True)
+        private_dir(ndir)
         ingest(ndir / "store", vcf, node_sheet, dict(clin_tables), progress=progress)
         cfg = NodeConfig(
             name=name,
@@ -224,10 +222,10 @@ def init_federation(
         if tls:
             make_cert(root / TLS_DIR, ndir / TLS_DIR, "node")
         kh_clients.append({"name": name, "role": "node", "token_sha256": hash_token(kh_token)})
-        (ndir / "node.toml").write_text(tomli_w.dumps(cfg.to_toml()))
+        write_private(ndir / "node.toml", tomli_w.dumps(cfg.to_toml()))
         entries.append(NodeEntry(name, token=token, config=f"{name}/node.toml", tls=tls))
     kh_tls = {"tls": {"cert": f"{TLS_DIR}/keyholder.crt", "key": f"{TLS_DIR}/keyholder.key"}} if tls else {}
-    (root / KEYHOLDER_DIR / "keyholder.toml").write_text(tomli_w.dumps({"keyholder": {"name": f"{root.name}-keys"}, "clients": kh_clients, **kh_tls}))
+    write_private(root / KEYHOLDER_DIR / "keyholder.toml", tomli_w.dumps({"keyholder": {"name": f"{root.name}-keys"}, "clients": kh_clients, **kh_tls}))
     fed = FederationConfig(root, root.name, entries, min_count=min_count, combine=combine,
                            keyholder={"token": token, "config": f"{KEYHOLDER_DIR}/keyholder.toml", "tls": tls},
                            tls={"ca": f"{TLS_DIR}/ca.crt"} if tls else {})
@@ -296,7 +294,7 @@ def up(root: str | os.PathLike[str], timeout: float = 60.0) -> dict[str, int]:
             (ndir / stale).unlink(missing_ok=True)
         if not n.config:
             raise ConfigError(f"node {n.name!r} has no local config; 'up' starts local federations only")
-        log = open(ndir / "node.log", "ab")  # noqa: SIM115
+        log = open_private(ndir / "node.log", "ab")  # the steward's: engine messages there may quote values
         # the nodes of a local federation share this machine's cores: split the compiled
         # kernels' threads between them instead of oversubscribing
         env = dict(os.environ)
@@ -304,9 +302,9 @@ def up(root: str | os.PathLike[str], timeout: float = 60.0) -> dict[str, int]:
         procs[n.name] = subprocess.Popen(
             [sys.executable, "-m", "genofed.cli", "node", "serve", "--config", str(root / n.config),
              "--host", n.host, "--port", str(port), "--port-file", str(ndir / "node.port")],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True, env=env, umask=PRIVATE_UMASK,
         )
-        pidf.write_text(str(procs[n.name].pid))
+        write_private(pidf, str(procs[n.name].pid))
     deadline = time.monotonic() + timeout
     ports: dict[str, int] = {}
     client_tls = fed.client_tls()
@@ -348,14 +346,14 @@ def _start_keyholder(fed: FederationConfig, timeout: float) -> None:
     if pidf.exists() and _alive(int(pidf.read_text() or 0)):
         return
     (kdir / "keyholder.port").unlink(missing_ok=True)
-    log = open(kdir / "keyholder.log", "ab")  # noqa: SIM115
+    log = open_private(kdir / "keyholder.log", "ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "genofed.cli", "keyholder", "serve", "--config", str(fed.root / fed.keyholder["config"]),
          "--host", fed.keyholder.get("host", "127.0.0.1"), "--port", str(fed.keyholder.get("port", 0)),
          "--port-file", str(kdir / "keyholder.port")],
-        stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+        stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True, umask=PRIVATE_UMASK,
     )
-    pidf.write_text(str(proc.pid))
+    write_private(pidf, str(proc.pid))
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
@@ -427,7 +425,7 @@ def history_gates_off(root: str | os.PathLike[str]) -> None:
         node = tomllib.loads(p.read_text())
         node.setdefault("policy", {})["differencing"] = False
         node["risk"] = {"max_membership_power": 1.0, "beacon_cap": 1.0}
-        p.write_text(tomli_w.dumps(node))
+        write_private(p, tomli_w.dumps(node))
 
 
 def add_researcher(root: str | os.PathLike[str], name: str, roles: list[str] | None = None) -> str:
@@ -486,9 +484,7 @@ def add_researcher(root: str | os.PathLike[str], name: str, roles: list[str] | N
         data.setdefault("clients", []).append({"name": name, "role": "coordinator", "token_sha256": digest})
         updates.append((path, data))
     for path, data in updates:  # every file checked before any is written
-        tmp = path.with_suffix(".toml.tmp")
-        tmp.write_text(tomli_w.dumps(data))
-        os.replace(tmp, path)
+        write_private(path, tomli_w.dumps(data))
     return token
 
 

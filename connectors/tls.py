@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from genofed.engine.errors import ConfigError
+from genofed.engine.privatefs import private_dir, write_private
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
@@ -39,23 +40,12 @@ CLIENT_KEYS = {"ca", "cert", "key"}
 
 
 # -- writing certificates --------------------------------------------------------------------------
-def _write(path: Path, data: bytes, private: bool = False) -> Path:
-    """Write ``data`` atomically (temporary file + rename); private keys get mode 0600 from the
-    moment they exist."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600 if private else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+def _write(path: Path, data: bytes) -> Path:
+    """Write ``data`` atomically (temporary file + rename), mode 0600 from the moment it exists,
+    in a 0700 directory: private keys, and certificates too (genofed reads them as their owner;
+    a CA certificate is handed to others by copying it)."""
+    private_dir(path.parent)
+    return write_private(path, data)
 
 
 def _new_key():
@@ -108,7 +98,7 @@ def make_ca(directory: str | os.PathLike[str], name: str = "genofed local CA", d
     )
     from cryptography.hazmat.primitives import serialization
 
-    _write(key_path, _key_pem(key), private=True)
+    _write(key_path, _key_pem(key))
     _write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
 
@@ -177,7 +167,7 @@ def make_cert(
         builder = builder.add_extension(x509.SubjectAlternativeName(_alt_names(hosts)), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
     out = Path(out_dir)
-    key_path = _write(out / f"{name}.key", _key_pem(key), private=True)
+    key_path = _write(out / f"{name}.key", _key_pem(key))
     cert_path = _write(out / f"{name}.crt", cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
 

@@ -58,6 +58,21 @@ class DisclosureError(GenofedError):
         self.rule = rule
 
 
+class ExecutionError(GenofedError, ValueError):
+    """An execution engine (DuckDB, Hail, NumPy) failed on a fragment's data: an overflow, a
+    conversion, a division by zero. Translated at the node from the engine's exception, whose
+    message can carry the operands (people's values): ours names the kind of failure, the
+    construct and the columns, never a value. ``kind``, ``construct`` and ``columns`` hold them."""
+
+    code = "execution"
+
+    def __init__(self, message: str, kind: str = "engine", construct: str | None = None, columns: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.kind = kind
+        self.construct = construct
+        self.columns = tuple(columns)
+
+
 class CombineError(GenofedError):
     """Partials from the nodes could not be combined."""
 

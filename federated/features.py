@@ -188,7 +188,6 @@ def load_features(config: Any, spec: FeatureSpec, researcher: str, *, run_id: st
     query the node cannot evaluate; messages name the rule, never a count.
     """
     from genofed.engine.backends.analysis import AnalysisData
-    from genofed.engine.backends.duckdb import _first_line
 
     sel = check_feature_sql(spec.sql)
     pol: TrainingPolicy = config.training
@@ -220,8 +219,10 @@ def load_features(config: Any, spec: FeatureSpec, researcher: str, *, run_id: st
         try:
             t = cur.sql(f"SELECT _q.*, _sidx.sidx AS _sidx FROM ({sel.sql(dialect='duckdb')}) AS _q "
                         "JOIN _sidx USING (sample_id) ORDER BY _sidx").to_arrow_table()
-        except Exception as e:  # duckdb.Error
-            raise ConfigError(f"node {config.name}: the feature query failed: {_first_line(e)}") from None
+        except Exception as e:  # duckdb.Error; never its message: it quotes the operands (people's values)
+            from genofed.engine.backends.engine_errors import translate_duckdb
+
+            raise ConfigError(f"node {config.name}: {translate_duckdb(e, 'evaluate the feature query', sel)}") from None
         finally:
             cur.close()
         if spec.label not in t.column_names:

@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from genofed.engine.errors import IngestError
+from genofed.engine.privatefs import open_private, private_dir, private_tree, write_private
 
 FORMAT_VERSION = 3  # 3: the hap1_alt plane (phase kept: which haplotype carries the ALT)
 
@@ -240,15 +241,15 @@ class StoreWriter:
     """
 
     def __init__(self, root: str | os.PathLike[str]):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = private_dir(root)  # people's genotypes and clinical values: the owner's only
         stamp = f"v-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{time.monotonic_ns() % 10**6}"
         self.version_dir = self.root / f".tmp-{stamp}"
         self.final_dir = self.root / stamp
         _remove_orphans(self.root)
-        self.version_dir.mkdir()
-        (self.version_dir / "clinical").mkdir()
-        self._files = [open(plane_file(self.version_dir, i), "wb") for i in range(N_PLANES)]  # noqa: SIM115
+        self.version_dir.mkdir(mode=0o700)
+        private_dir(self.version_dir, parents=False)  # mkdir's mode is masked by the umask
+        private_dir(self.version_dir / "clinical", parents=False)
+        self._files = [open_private(plane_file(self.version_dir, i), "wb") for i in range(N_PLANES)]
         self._complete: list[np.ndarray] = []
 
     @property
@@ -275,9 +276,11 @@ class StoreWriter:
             os.fsync(f.fileno())
             f.close()
         if self._complete:
-            np.save(self.version_dir / "complete.npy", np.concatenate(self._complete))
+            with open_private(self.version_dir / "complete.npy", "wb") as f:
+                np.save(f, np.concatenate(self._complete))
         manifest.created = time.time()
-        (self.version_dir / "manifest.json").write_text(manifest.to_json())
+        write_private(self.version_dir / "manifest.json", manifest.to_json())
+        private_tree(self.version_dir)  # what ingest wrote into it (Parquet tables) too
         os.replace(self.version_dir, self.final_dir)
         link_tmp = self.root / f".current-{os.getpid()}"
         if link_tmp.is_symlink() or link_tmp.exists():

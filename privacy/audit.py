@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from genofed.engine.privatefs import DIR_MODE, FILE_MODE, open_private
+
 GENESIS = "0" * 64
 _FIELDS_EXCLUDED = ("hash",)
 
@@ -48,11 +50,11 @@ def fragment_digest(payload: str) -> str:
 
 
 class AuditLog:
-    """Append-only, hash-chained audit log at ``path`` (created with mode 0600)."""
+    """Append-only, hash-chained audit log at ``path`` (mode 0600; a new directory for it 0700)."""
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
     def _tail(self, f) -> tuple[int, str]:
@@ -89,7 +91,7 @@ class AuditLog:
             start -= step
         torn = os.pread(fd, size - start, start)
         side = self.path.with_name(self.path.name + ".torn")
-        with open(side, "ab") as out:
+        with open_private(side, "ab") as out:
             out.write(torn + b"\n")
             out.flush()
             os.fsync(out.fileno())
@@ -110,8 +112,10 @@ class AuditLog:
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         """Append one event; returns the written record."""
         with self._lock:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, FILE_MODE)
             try:
+                if os.fstat(fd).st_mode & 0o077:  # a log an earlier version left readable by others
+                    os.fchmod(fd, FILE_MODE)
                 with os.fdopen(fd, "r+b", closefd=False) as f:
                     fcntl.flock(fd, fcntl.LOCK_EX)
                     try:

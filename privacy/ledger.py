@@ -57,6 +57,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from genofed.engine.errors import DisclosureError
+from genofed.engine.privatefs import private_sqlite
 
 EPS_UNIT = Decimal("1e-12")
 DELTA_UNIT = Decimal("1e-18")
@@ -207,8 +208,7 @@ class _Store:
     """One SQLite connection to the ledger file (WAL, synchronous=FULL), shared by threads."""
 
     def __init__(self, path: str | os.PathLike[str]):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = private_sqlite(path)  # budgets and cached releases: the owner's only (with -wal, -shm)
         self._lock = threading.RLock()
         self._conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000,
                                      isolation_level=None, check_same_thread=False)

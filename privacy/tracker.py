@@ -51,9 +51,12 @@ RULE = "differencing"
 
 def state_db(path: Path | None) -> sqlite3.Connection:
     """A node privacy-state database: SQLite in WAL mode with full fsync (``None``: in memory),
-    shared by the server's threads (callers hold their own lock)."""
+    shared by the server's threads (callers hold their own lock). The file (and the ``-wal`` and
+    ``-shm`` files SQLite makes with its mode) is its owner's only, in a 0700 directory."""
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        from genofed.engine.privatefs import private_sqlite
+
+        private_sqlite(path)
     con = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, isolation_level=None, timeout=30)
     if path is not None:
         con.execute("PRAGMA journal_mode=WAL")

@@ -48,15 +48,14 @@ class AnalysisData:
         self._variants: pa.Table | None = None
 
     def _sql(self, sql: str) -> pa.Table:
-        from .duckdb import _first_line
-
         cur = self.backend.con.cursor()
         try:
             return cur.sql(sql).to_arrow_table()
-        except duckdb.ConversionException:
-            raise FragmentError("a phenotype, covariate or filter value could not be converted to a number; check the expressions") from None
-        except duckdb.Error as e:
-            raise FragmentError(f"the node could not select the analysis data: {_first_line(e)}") from None
+        except duckdb.Error as e:  # never DuckDB's message: it quotes the operands (people's values)
+            from .engine_errors import parse_for_columns, translate_duckdb
+
+            raise translate_duckdb(e, "select the analysis data (phenotype, covariates, samples or variants filter)",
+                                   parse_for_columns(sql)) from None
         finally:
             cur.close()
 
@@ -200,10 +199,13 @@ def derived_dir(store_root: Path) -> Path:
 
 
 def write_derived(root: Path, name: str, table: pa.Table) -> Path:
-    d = derived_dir(root)
-    d.mkdir(parents=True, exist_ok=True)
+    """Write a derived per-sample table (owner-only, like the rest of the store)."""
+    from ..privatefs import open_private, private_dir
+
+    d = private_dir(derived_dir(root))
     tmp = d / f".{name}.parquet.tmp"
-    pq.write_table(table, tmp)
+    with open_private(tmp, "wb") as f:
+        pq.write_table(table, f)
     final = d / f"{name}.parquet"
     tmp.replace(final)
     return final

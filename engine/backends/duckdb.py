@@ -29,6 +29,7 @@ from ..samplesets import SampleSets, _conjuncts
 from ..schema import CORE_TABLES, GENOTYPE_VARIANT_COLUMNS
 from ..sqlcheck import DIALECT
 from .base import N_COLUMN, Backend
+from .engine_errors import describe, translate_duckdb
 
 
 def _zero_if_null(e: exp.Expression) -> exp.Expression:
@@ -177,13 +178,13 @@ class DuckDBBackend(Backend):
 
             return ANALYSES[fragment.fn].node_round(fragment, AnalysisData(self, fragment))
 
-        if "genotypes" in fragment.tables:
-            result = try_kernel(self, fragment)
-            if result is not None:
-                return result
-        sql = self.compile(fragment)
         cur = self.con.cursor()
         try:
+            if "genotypes" in fragment.tables:
+                result = try_kernel(self, fragment)  # its sample and variant selections run in DuckDB too
+                if result is not None:
+                    return result
+            sql = self.compile(fragment)
             if "genotypes" in fragment.tables:
                 vidx = self.variant_selection(fragment, cur)
                 cells = len(vidx) * self.store.manifest.n_samples
@@ -205,12 +206,8 @@ class DuckDBBackend(Backend):
                 out = cur.sql(sql).to_arrow_table()
             limits.check_rows(out.num_rows)
             return out
-        except duckdb.ConversionException:
-            raise FragmentError("a value could not be converted by a CAST or comparison; check the types in the query") from None
-        except duckdb.OutOfMemoryException:
-            raise _out_of_memory() from None
-        except duckdb.Error as e:
-            raise FragmentError(f"the node could not run the fragment: {_first_line(e)}") from None
+        except duckdb.Error as e:  # never DuckDB's message: it quotes the operands (people's values)
+            raise translate_duckdb(e, "run the fragment", fragment.select) from None
         finally:
             cur.close()
 
@@ -225,7 +222,7 @@ class DuckDBBackend(Backend):
                 cur.execute(GENOTYPES_VIEW)
             return cur.sql(sql).to_arrow_table().schema
         except duckdb.Error as e:
-            raise FragmentError(f"the node could not type the fragment: {_first_line(e)}") from None
+            raise translate_duckdb(e, "type the fragment", fragment.select) from None
         finally:
             cur.close()
 
@@ -265,10 +262,8 @@ class DuckDBBackend(Backend):
                 cur.execute(GENOTYPES_VIEW)
             with limits.watch(cur):
                 t = cur.sql(sql).to_arrow_table()
-        except duckdb.OutOfMemoryException:
-            raise _out_of_memory() from None
         except duckdb.Error as e:
-            raise FragmentError(f"the node could not compute the query's sample set: {_first_line(e)}") from None
+            raise translate_duckdb(e, "compute the query's sample set", fragment.select) from None
         finally:
             cur.close()
         sidx_all = t.column("_sidx").to_numpy().astype(np.int64)
@@ -288,7 +283,13 @@ class DuckDBBackend(Backend):
         where = exp.or_(*conds) if len(conds) > 1 else conds[0]
         q = exp.select("vidx").from_(exp.to_table("_variants").as_("_v")).where(where).order_by("vidx")
         con = cur or self.con.cursor()
-        tbl = con.sql(q.sql(DIALECT)).to_arrow_table()
+        try:
+            tbl = con.sql(q.sql(DIALECT)).to_arrow_table()
+        except duckdb.Error as e:
+            raise translate_duckdb(e, "select the fragment's variants", fragment.select) from None
+        finally:
+            if cur is None:
+                con.close()
         return tbl.column("vidx").to_numpy().astype(np.int64)
 
     def close(self) -> None:
@@ -303,7 +304,10 @@ def _out_of_memory() -> limits.ResourceLimitError:
 
 
 def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0][:300]
+    """A value-free description of an engine error (its kind and class), never its message: DuckDB
+    quotes the operands. Prefer :func:`.engine_errors.translate_duckdb`, which also names the
+    construct and the columns."""
+    return describe(e)
 
 
 def variant_conditions(select: exp.Select) -> list[exp.Expression] | None:

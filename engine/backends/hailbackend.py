@@ -32,10 +32,11 @@ from typing import Any
 import pyarrow as pa
 
 from ...genomics.store import NodeStore
-from ..errors import FragmentError, GenofedError
+from ..errors import ExecutionError
 from ..fragment import Fragment
 from .base import Backend
 from .duckdb import DuckDBBackend
+from .engine_errors import translate_engine
 from .hail_exprs import UnsupportedByBackend
 from .hail_session import HailSettings, ensure_session
 
@@ -152,8 +153,8 @@ class HailBackend(Backend):
                 rows = [dict(r) for r in plan.table.collect()]
         except UnsupportedByBackend:
             raise
-        except Exception as e:  # noqa: BLE001 - Hail/Spark raise many types
-            raise FragmentError(f"the hail backend could not run the fragment: {str(e).strip().splitlines()[0][:300]}") from None
+        except Exception as e:  # noqa: BLE001 - Hail/Spark raise many types; their messages quote values
+            raise translate_engine(e, "Hail", "run the fragment", fragment.select) from None
         return _to_arrow(rows, schema, plan.decode)
 
     def close(self) -> None:
@@ -179,5 +180,6 @@ def _array(values: list[Any], t: pa.DataType) -> pa.Array:
         return pa.array([None if v is None else float(v) for v in values], t)
     try:
         return pa.array(values, t)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise GenofedError(f"the hail backend produced values that do not fit {t}: {e}") from None
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:  # Arrow's message quotes the value
+        raise ExecutionError(f"the node could not run the fragment: the hail backend produced a value that does not fit "
+                             f"{t} ({type(e).__name__}); CAST the expression to a wider type", "overflow") from None

@@ -323,7 +323,15 @@ def _one_query(cfg: dict[str, Any], sock: socket.socket | None = None) -> None:
     except SystemExit:
         raise
     except BaseException as e:  # noqa: BLE001  (any failure must reach the parent as an event)
-        _fail("error", pid, f"{_who(pid)} failed: {type(e).__name__}: {e}")
+        # a node party's exception can quote its node's partials: the message and traceback go to
+        # the party's stderr (the node's log, the steward's); the verdict, which crosses the wire,
+        # names the exception's class only
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        sys.stderr.flush()
+        _fail("error", pid, f"{_who(pid)} failed: {type(e).__name__}: {e}" if pid == 0 else
+              f"{_who(pid)} failed: {type(e).__name__} (the message is in that node's log)")
     finally:
         if record is not None:
             record.close()

@@ -38,6 +38,7 @@ from typing import Any
 import pyarrow as pa
 
 from genofed.engine.errors import CombineError, NodeError
+from genofed.engine.privatefs import make_private, private_dir
 from genofed.engine.protocol import KEY_USER_SQL, MAX_USER_SQL_CHARS, write_ipc_file
 
 PARTY_MODULE = "genofed.privacy.secure._mpc_party"
@@ -232,10 +233,10 @@ class NodeSessions:
         """Hold a partial table for ``query_id`` and start its party; returns the party's address."""
         require_mpyc("at this node")
         self._expire()
-        workdir = Path(tempfile.mkdtemp(prefix="genofed-mpc-"))
-        os.chmod(workdir, 0o700)
+        workdir = private_dir(tempfile.mkdtemp(prefix="genofed-mpc-"))
         path = workdir / "partials.arrow"
         write_ipc_file(path, table)
+        make_private(path)  # the node's partials: only this user (its party) reads them
         party = take_party(-1, self.host)  # a node party; its index is assigned by the coordinator in run()
         try:
             port = party.port(timeout=30)
@@ -348,6 +349,9 @@ def _await_verdict(party: PartyProcess, timeout: float) -> dict[str, Any]:
         ev = party.next_event(deadline - time.monotonic())
         if ev is None:
             return {"event": "error", "code": "timeout", "party": None, "reason": "the MPC party did not finish in time"}
+        if ev.get("event") == "error" and ev.get("code") == "error":
+            # this node's party failed on its own: what it printed stays in this node's log
+            logging.getLogger("genofed.node").warning("MPC party failed: %s", party.log_tail(4000))
         if ev.get("event") in ("done", "error"):
             return ev
         if ev.get("event") == "exit":
@@ -365,8 +369,7 @@ def run_mpc(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: s
     ``_n`` NULL, ``_suppressed``). Raises :class:`NodeError` naming the node at fault.
     ``user_sql``: the researcher's query as written, for their release history at each node."""
     require_mpyc("at the coordinator")
-    workdir = Path(tempfile.mkdtemp(prefix="genofed-mpc-coord-"))
-    os.chmod(workdir, 0o700)
+    workdir = private_dir(tempfile.mkdtemp(prefix="genofed-mpc-coord-"))
     me = take_party(0)
     ok = False
     names = [COORDINATOR_NAME, *(t.name for t in targets)]
