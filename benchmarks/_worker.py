@@ -379,7 +379,7 @@ def task_fed_query(a: dict) -> dict:
         "up_s": t_up,
         "coordinator_timings_median": med,
         "rows": table.num_rows,
-        "suppressed": len(res.suppressed),
+        "suppressed": res.suppressed,
         "nodes": res.provenance.nodes,
         "node_peak_rss_mb": node_peak,
         "coordinator_peak_rss_mb": peak_rss_mb(),

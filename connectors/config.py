@@ -26,6 +26,11 @@ Example::
     differencing = true        # refuse releases whose samples differ from an earlier one by < min_count
     quasi_identifiers = ["phenotypes.zip", "phenotypes.birth_date", "samples.sex"]  # k-anonymous at this node
     rate_limit_per_minute = 600   # requests per researcher (0: unlimited); roles may set their own
+    identifiers = ["samples.family_id"]   # like sample_id: join keys only, never values (rule 1)
+    dominance = 0.9            # largest share one person may hold of a released sum (1: off)
+
+    [federation]
+    key_secret = "..."         # shared by the federation's nodes (never the researcher): blinds withheld groups' keys
 
     [limits]                   # per-query resource limits (defaults shown)
     query_seconds = 300        # wall clock per fragment; also stops when the caller gives up
@@ -171,6 +176,9 @@ class NodeConfig:
     differencing: bool = True  # the tracker defence (privacy/tracker.py)
     state: str = ""  # [node] state: directory of the node's privacy state (tracker, ledger); default state/ next to node.toml
     quasi_identifiers: list[str] = field(default_factory=list)  # "table.column": groups keyed on them are k-anonymous here
+    identifiers: list[str] = field(default_factory=list)  # "table.column": join keys only, like sample_id (disclosure rule 1)
+    dominance: float = 0.9  # no released sum may have one person's share of its absolute total above this (rule 2)
+    key_secret: str = ""  # [federation] key_secret: shared by the nodes, blinds withheld groups' keys (rule 3)
     rate_limit_per_minute: int = 600  # per researcher; 0 is unlimited
     roles: dict[str, Role] = field(default_factory=dict)
     dp: Any = None  # [dp]: genofed.privacy.dpnode.DPPolicy (defaults when absent)
@@ -290,7 +298,7 @@ class NodeConfig:
             raise ConfigError(f"{where}: a [node] table with name = \"...\" is required")
         policy = data.get("policy", {})
         known = {"min_count", "allow_min_max", "allow_plain", "max_genotype_cells", "min_cases", "min_controls", "glm_max_param_ratio",
-                 "hidden_columns", "differencing", "quasi_identifiers", "rate_limit_per_minute"}
+                 "hidden_columns", "differencing", "quasi_identifiers", "rate_limit_per_minute", "identifiers", "dominance"}
         unknown = set(policy) - known
         if unknown:
             raise ConfigError(f"{where}: unknown [policy] keys {sorted(unknown)}; known: {sorted(known)}")
@@ -312,6 +320,19 @@ class NodeConfig:
         qis = policy.get("quasi_identifiers", [])
         if not isinstance(qis, list) or not all(isinstance(h, str) and h.count(".") == 1 for h in qis):
             raise ConfigError(f"{where}: [policy] quasi_identifiers must be a list of \"table.column\" strings, got {qis!r}")
+        idents = policy.get("identifiers", [])
+        if not isinstance(idents, list) or not all(isinstance(h, str) and h.count(".") == 1 for h in idents):
+            raise ConfigError(f"{where}: [policy] identifiers must be a list of \"table.column\" strings, got {idents!r}")
+        dominance = policy.get("dominance", 0.9)
+        if isinstance(dominance, bool) or not isinstance(dominance, (int, float)) or not 0.5 <= dominance <= 1:
+            raise ConfigError(f"{where}: [policy] dominance must be a number from 0.5 to 1 (the largest share of a sum one "
+                              f"person may hold; 1 switches the rule off), got {dominance!r}")
+        fed = data.get("federation", {})
+        if not isinstance(fed, dict) or set(fed) - {"key_secret"}:
+            raise ConfigError(f"{where}: [federation] may hold key_secret (a secret shared by the federation's nodes only)")
+        key_secret = fed.get("key_secret", "")
+        if not isinstance(key_secret, str) or (key_secret and len(key_secret) < 16):
+            raise ConfigError(f"{where}: [federation] key_secret must be a string of at least 16 characters")
         rate = policy.get("rate_limit_per_minute", 600)
         if not isinstance(rate, int) or isinstance(rate, bool) or rate < 0:
             raise ConfigError(f"{where}: [policy] rate_limit_per_minute must be an integer ≥ 0 (0 is unlimited), got {rate!r}")
@@ -404,6 +425,9 @@ class NodeConfig:
             hidden_columns=[h.lower() for h in hidden],
             differencing=bool(policy.get("differencing", True)),
             quasi_identifiers=[h.lower() for h in qis],
+            identifiers=[h.lower() for h in idents],
+            dominance=float(dominance),
+            key_secret=key_secret,
             rate_limit_per_minute=rate,
             roles=roles,
             dp=dp_policy,
@@ -434,7 +458,10 @@ class NodeConfig:
                 "differencing": self.differencing,
                 "rate_limit_per_minute": self.rate_limit_per_minute,
                 **({"quasi_identifiers": list(self.quasi_identifiers)} if self.quasi_identifiers else {}),
+                **({"identifiers": list(self.identifiers)} if self.identifiers else {}),
+                **({"dominance": self.dominance} if self.dominance != 0.9 else {}),
             },
+            **({"federation": {"key_secret": self.key_secret}} if self.key_secret else {}),
             **({"roles": {r.name: {"tables": r.tables, **({"rate_limit_per_minute": r.rate_limit_per_minute}
                                                            if r.rate_limit_per_minute is not None else {})}
                           for r in self.roles.values()}} if self.roles else {}),

@@ -201,6 +201,7 @@ def init_federation(
             make_ca(root / TLS_DIR, name=f"genofed {root.name} local CA")
         make_cert(root / TLS_DIR, root / KEYHOLDER_DIR / TLS_DIR, "keyholder")
     entries = []
+    key_secret = secrets.token_urlsafe(32)  # the nodes' own: blinds withheld groups' keys (the researcher never has it)
     for name in node_names:
         members = pa.array([s for s, n in assign.items() if n == name], pa.string())
         node_sheet = sheet.filter(pc.is_in(ids, value_set=members))
@@ -218,6 +219,7 @@ def init_federation(
                        **({"ca": f"../{TLS_DIR}/ca.crt"} if tls else {})},
             tls={"cert": f"{TLS_DIR}/node.crt", "key": f"{TLS_DIR}/node.key"} if tls else {},
             training=_sandbox_training(allow_plain),
+            key_secret=key_secret,
         )
         if tls:
             make_cert(root / TLS_DIR, ndir / TLS_DIR, "node")

@@ -36,10 +36,8 @@ from genofed.engine.errors import (
     UnsupportedError,
 )
 from genofed.engine.fragment import validate_fragment
-from genofed.engine.protocol import SUPPRESSED_COLUMN
 from genofed.engine.schema import Catalog
 from genofed.genomics.store import NodeStore
-from genofed.privacy.disclosure import apply_min_count
 
 from .config import NodeConfig, match_bearer
 
@@ -155,7 +153,11 @@ class NodeServer(flight.FlightServerBase):
         return {**catalog, "tables": tables}
 
     def _validate_uncached(self, sql: str):
-        return validate_fragment(sql, self.catalog, allow_min_max=self.config.allow_min_max)
+        frag = validate_fragment(sql, self.catalog, allow_min_max=self.config.allow_min_max)
+        from genofed.privacy.rules import check_request
+
+        check_request(frag, self.config)
+        return frag
 
     def _validate_any(self, sql: str):
         """A SQL fragment (validation cached) or an analysis round (validated every time: its
@@ -163,7 +165,11 @@ class NodeServer(flight.FlightServerBase):
         from genofed.engine.analysis import is_analysis, validate_analysis
 
         if is_analysis(sql):
-            return validate_analysis(sql, self.catalog, self.config)
+            from genofed.privacy.rules import check_request
+
+            frag = validate_analysis(sql, self.catalog, self.config)
+            check_request(frag, self.config)
+            return frag
         return self._validate(sql)
 
     def _admit(self, researcher: str, sql: str | None, qid: Any) -> None:
@@ -206,25 +212,24 @@ class NodeServer(flight.FlightServerBase):
 
         return bool(referenced_columns(frag.select) & set(self.config.quasi_identifiers))
 
-    def _k_anonymous(self, frag: Any, table: pa.Table) -> tuple[pa.Table, int]:
-        """Groups of a quasi-identifier fragment with fewer than min_count samples leave this node
-        not even as keys (so nobody learns that someone with those values is here); a global
-        aggregate over fewer than min_count samples, none included, is withheld. Returns the
-        table and the number of groups withheld."""
-        import pyarrow.compute as pc
+    def _disclose(self, frag: Any, table: pa.Table, notes: dict[str, Any], mode: str, qid: str, researcher: str,
+                  sql: str) -> Any:
+        """The pipeline's disclosure step, one for every combine mode (:func:`genofed.privacy.rules.release`):
+        what may leave this node. Refusals are audited; ``notes["withheld"]`` counts withheld
+        groups by rule (never which)."""
+        from genofed.privacy.rules import release
 
-        from genofed.engine.protocol import N_COLUMN
-
-        n = pc.fill_null(table.column(N_COLUMN), 0)
-        if frag.keys:
-            small = pc.less(n, self.config.min_count)
-            dropped = int(pc.sum(pc.cast(small, pa.int64())).as_py() or 0)
-            return table.filter(pc.invert(small)), dropped
-        if table.num_rows and n[0].as_py() < self.config.min_count:
-            cols = {c: pa.nulls(table.num_rows, table.schema.field(c).type) if c in frag.partials or c == N_COLUMN else table.column(c)
-                    for c in table.column_names}
-            return pa.table(cols, schema=table.schema), 1
-        return table, 0
+        infl = notes.pop("_influence", None)
+        try:
+            out = release(frag, narrow_integers(table), mode, self.config, quasi_identified=self._quasi_identified(frag),
+                          query_id=qid, influence=infl)
+        except DisclosureError as e:
+            log.info("refused query %s for %s: %s", qid, researcher, e.rule)
+            self._record("refused", researcher, sql, query_id=qid, decision="refused", rule=e.rule)
+            raise flight.FlightServerError(P.encode_error(P.CODE_DISCLOSURE, str(e), e.rule)) from None
+        if out.withheld:
+            notes["withheld"] = out.withheld
+        return out
 
     def _researcher(self, context) -> str:
         mw = context.get_middleware("auth")
@@ -238,6 +243,7 @@ class NodeServer(flight.FlightServerBase):
             (P.ACTION_MPC_PREPARE, "run a fragment and start this node's MPC party"),
             (P.ACTION_MPC_RUN, "run the MPC protocol for a prepared fragment"),
             (P.ACTION_MPC_ABORT, "drop a prepared fragment"),
+            (P.ACTION_BLIND, "blinded keys of the groups this node released for a plain query"),
             (P.ACTION_HISTORY, "your own releases and refusals at this node"),
         ]
 
@@ -328,11 +334,37 @@ class NodeServer(flight.FlightServerBase):
             yield flight.Result(json.dumps(body).encode())
         elif kind == P.ACTION_HISTORY:
             yield flight.Result(json.dumps(self._history(action, self._researcher(context))).encode())
+        elif kind == P.ACTION_BLIND:
+            body = self._json_body(action)
+            yield flight.Result(json.dumps(self._blind(self._researcher(context), body[P.KEY_QUERY_ID])).encode())
         elif kind in (P.ACTION_MPC_PREPARE, P.ACTION_MPC_RUN, P.ACTION_MPC_ABORT):
             body = self._json_body(action)
             yield flight.Result(json.dumps(self._mpc_action(kind, body, self._researcher(context), context)).encode())
         else:
             raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, f"unknown action {kind[:40]!r}; see list_actions"))
+
+    def _keep_released(self, researcher: str, qid: str, frag: Any, table: pa.Table) -> None:
+        """Keep the keys of a plain release for a short while: if another node withheld a group,
+        the coordinator asks for their blinded keys (:meth:`_blind`)."""
+        with self._rate_lock:
+            now = time.monotonic()
+            self._released = {k: v for k, v in getattr(self, "_released", {}).items() if now - v[0] < 120}
+            while len(self._released) >= 64:
+                self._released.pop(next(iter(self._released)))
+            self._released[(researcher, qid)] = (now, list(frag.keys), table.select(list(frag.keys)))
+
+    def _blind(self, researcher: str, qid: str) -> list[str]:
+        """``ACTION_BLIND``: the blinded keys of the groups this node released to this researcher
+        for ``qid`` (in the order sent), so the coordinator can withhold a group another node
+        withheld without anyone learning its key. Nothing for another researcher's query."""
+        from genofed.privacy.rules import blind_keys
+
+        with self._rate_lock:
+            kept = getattr(self, "_released", {}).get((researcher, qid))
+        if kept is None or not self.config.key_secret:
+            raise flight.FlightServerError(P.encode_error(
+                P.CODE_BAD_REQUEST, "no recent plain release of that query to you at this node; run the query again"))
+        return blind_keys(kept[2], kept[1], self.config.key_secret, qid)
 
     @staticmethod
     def _json_body(action) -> dict[str, Any]:
@@ -363,10 +395,7 @@ class NodeServer(flight.FlightServerBase):
             self._note_request(researcher, body, "mpc")
             self._admit(researcher, sql, qid)
             frag, table, notes = self._run(sql, qid, researcher, "mpc", body.get(P.KEY_DP), context=context)
-            if self._quasi_identified(frag) and frag.keys:
-                table, withheld = self._k_anonymous(frag, table)
-                if withheld:
-                    notes["k_anonymity"] = {"withheld_groups": withheld}
+            table = self._disclose(frag, table, notes, "mpc", qid, researcher, sql).table
             try:
                 from genofed.privacy.secure.layout import lane_hints
 
@@ -398,10 +427,7 @@ class NodeServer(flight.FlightServerBase):
         timeout = float(req.get("timeout", 60.0))
         self._admit(researcher, req[P.KEY_SQL], qid)
         frag, table, notes = self._run(req[P.KEY_SQL], qid, researcher, "he", req.get(P.KEY_DP), context=context, caller_timeout=timeout)
-        if self._quasi_identified(frag) and frag.keys:
-            table, withheld = self._k_anonymous(frag, table)
-            if withheld:
-                notes["k_anonymity"] = {"withheld_groups": withheld}
+        table = self._disclose(frag, table, notes, "he", qid, researcher, req[P.KEY_SQL]).table
         try:
             kh = self._keyholder()
             keys = kh.public_keys()
@@ -451,10 +477,22 @@ class NodeServer(flight.FlightServerBase):
         state = self.config.state_path()
         return ReleaseLog(state / FILE_NAME if state is not None else None)
 
-    def _guard(self, frag: Any, researcher: str, mode: str, sets: Any = False) -> dict[str, Any] | None:
-        """The release gates that depend on who is counted: the differencing defence (refuse a
-        release whose sample sets are too close to sets released to the same researcher before)
-        and the genomic re-identification gate (membership risk of per-variant statistics, the
+    def _check_phenotype(self, frag: Any) -> None:
+        """Rule 6 for analyses with a phenotype: enough people in each class (binary) or with a
+        non-zero value (continuous) at this node."""
+        if (getattr(frag, "sample_sql", None) is None or not (getattr(frag, "args", None) or {}).get("phenotype")
+                or not hasattr(self.backend, "con")):
+            return
+        from genofed.engine.backends.analysis import AnalysisData
+        from genofed.privacy.rules import check_phenotype
+
+        check_phenotype(AnalysisData(self.backend, frag).samples.y, self.config.min_count)  # type: ignore[arg-type]  # has .con
+
+    def _guard(self, frag: Any, researcher: str, mode: str, sets: Any = False, qid: str = "?", noisy: bool = False) -> dict[str, Any] | None:
+        """The release gates that depend on who is counted: the linear audit of person sets per
+        statistic (rule 4, :mod:`genofed.privacy.setaudit`: refuse a release that, with earlier
+        ones to the same researcher, determines a total over fewer than min_count people) and the
+        genomic re-identification gate (membership risk of per-variant statistics, the
         beacon budget). Both depend on sample sets, variants and history only, never on the
         values being released. Returns the risk score for provenance (or None)."""
         differencing = self.config.differencing and self.config.min_count > 1
@@ -473,28 +511,107 @@ class NodeServer(flight.FlightServerBase):
         # aggregate over nobody is released as zero. secure: the node's own counts are not
         # released, but every non-empty cell enters the federation-wide sums.
         keep = [(s > 0) if secure else (s >= k or (s == 0 and not sets.keys)) for s in sizes]
-        if differencing:
-            from genofed.privacy.tracker import Candidate
-
-            cands = [Candidate(m, sets.definition(i), released=not secure) for i, m in enumerate(sets.members) if keep[i]]
-            if len(sets.members) > 1:
-                chosen = [m for m, ok in zip(sets.members, keep, strict=True) if ok]
-                union = np.unique(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
-                marker = [] if all(keep) else ["released cells of " + ", ".join(sets.key_sql[k_] for k_ in sets.keys)]
-                cands.append(Candidate(union, sets.base + marker, released=not secure))
-            self.tracker.check_and_record(researcher, cands, k)
+        if differencing and not noisy:  # differentially private releases: their noise is accounted by the ledger
+            self._audit_sets(frag, researcher, qid, sets, keep, secure)
         if genomic is None:
             return None
-        vidx = self.backend.variant_selection(frag)
+        vidx = self._released_variants(frag)
         if genomic == "frequencies":
             cohorts = [m for m, ok in zip(sets.members, keep, strict=True) if ok and len(m)]
-            return self.membership.check_frequencies(researcher, cohorts, vidx)
+            if differencing and cohorts:  # the finest cohorts the released sets let the researcher compute
+                from genofed.privacy.setaudit import statistics_of
+
+                cohorts = self.set_audit.atoms(researcher, statistics_of(frag), np.concatenate(cohorts))
+            # plain: this node's own frequencies are released, so its own cohort is the attacked
+            # pool and the attack is measured on it; secure: only federation-wide sums are, over a
+            # pool this node cannot see (the analytic bound, on its own smaller cohort)
+            return self.membership.check_frequencies(researcher, cohorts, vidx, None if secure else self._measured_power)
         # presence: each selected variant is a beacon question, charged its worst case
         from genofed.privacy.reid import conservative_frequencies
 
         ac, an = self._allele_counts(vidx)
         freqs = conservative_frequencies(ac, an)
         return self.membership.check_beacon(researcher, freqs, np.ones(len(vidx), bool), self.backend.store.manifest.n_samples)
+
+    def _audit_sets(self, frag: Any, researcher: str, qid: str, sets: Any, keep: list[bool], secure: bool) -> None:
+        """Rule 4: the linear audit of this release's person sets, per statistic
+        (:mod:`genofed.privacy.setaudit`). A refusal names the earlier releases it conflicts with:
+        their query ids, times and SQL as the researcher wrote them."""
+        from genofed.privacy.setaudit import AuditConflict, Row, statistics_of
+
+        rows = [Row(m, direct=not secure) for m, ok in zip(sets.members, keep, strict=True) if ok and len(m)]
+        if not rows:
+            return
+        try:
+            self.set_audit.check_and_record(researcher, qid, {s: rows for s in statistics_of(frag)}, self.config.min_count)
+        except AuditConflict as e:
+            raise DisclosureError(f"{e}{self._describe_releases(researcher, e.conflicts)}", rule=e.rule) from None
+
+    def _describe_releases(self, researcher: str, query_ids: list[str]) -> str:
+        """The researcher's own earlier releases, as they wrote them (for a refusal that names them)."""
+        import datetime as dt
+
+        lines = []
+        for q in query_ids[:3]:
+            for r in self.releases.by_query(researcher, q)[:1]:
+                when = dt.datetime.fromtimestamp(r.time, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+                sql = " ".join((r.user_sql or "(SQL not recorded)").split())
+                lines.append(f"query {q} at {when}: {sql[:300]}")
+        return ("; the conflicting earlier answer(s): " + " | ".join(lines)) if lines else ""
+
+    @_locked_once
+    def set_audit(self) -> Any:
+        """The person sets released per researcher and statistic (rule 4)."""
+        from genofed.privacy.setaudit import SetAudit
+
+        state = self.config.state_path()
+        return SetAudit(state / "audit_sets.sqlite" if state is not None else None, self.backend.store.manifest.n_samples)
+
+    def _released_variants(self, frag: Any) -> np.ndarray:
+        """Store rows of the variants whose values feed a release (an analysis: its variants)."""
+        if hasattr(frag, "select"):
+            return np.asarray(self.backend.variant_selection(frag), np.int64)
+        from genofed.engine.backends.analysis import AnalysisData
+
+        if not hasattr(self.backend, "con"):  # a Hail node runs no analyses (analyses = "refuse")
+            return np.zeros(0, np.int64)
+        data = AnalysisData(self.backend, frag)  # type: ignore[arg-type]  # analyses run on the embedded backend's data
+        vidx = np.asarray(data.variants.column("vidx").to_numpy(), np.int64)
+        min_maf = (getattr(frag, "args", None) or {}).get("min_maf")
+        if isinstance(min_maf, int | float) and min_maf > 0 and len(vidx):  # PCA releases only the variants it uses
+            ac, an = self._allele_counts(vidx)
+            order = np.argsort(vidx)
+            af = np.zeros(len(vidx))
+            af[order] = np.where(an > 0, ac / np.maximum(an, 1), 0.0)
+            vidx = vidx[np.minimum(af, 1 - af) >= float(min_maf)]
+        return vidx
+
+    def _measured_power(self, members: np.ndarray, vidx: np.ndarray) -> float:
+        """The membership attack's power measured on this node's own genotypes: the cohort's real
+        members, and non-members simulated from the node's frequencies at the variants (rule 5;
+        the analytic model holds for common variants only). Large releases, whose analytic power
+        already decides, are not simulated."""
+        if not len(vidx) or not len(members) or len(vidx) * len(members) > 20_000_000:
+            return 0.0
+        from genofed.genomics.kernels import genotype_rows
+        from genofed.privacy.reid import membership_power
+
+        store = self.backend.store
+        n = store.manifest.n_samples
+        t = genotype_rows(store.planes, np.sort(vidx), n)
+        dos = t.column("dosage").to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(vidx), n)  # NaN: missing
+        p_ref = np.nanmean(dos, axis=1) / 2
+        cohort = dos[:, members]
+        p_pool = np.nanmean(cohort, axis=1) / 2
+        rare = np.minimum(p_pool, 1 - p_pool) * 2 * len(members) < 10
+        if not rare.any():
+            return 0.0
+        n_sim = int(np.ceil(20 / self.config.risk.fpr))  # enough non-members for an empirical threshold
+        if n_sim * len(vidx) > 50_000_000:
+            return 0.0
+        est = membership_power(cohort.T, p_pool, p_ref, fpr=self.config.risk.fpr, rng=0, n_pool=len(members),
+                               n_simulated=n_sim, threshold="empirical")
+        return float(est.power)
 
     def _allele_counts(self, vidx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """This node's alternate allele counts and allele numbers at store variant rows."""
@@ -516,7 +633,8 @@ class NodeServer(flight.FlightServerBase):
         from genofed.privacy.membership import MembershipGate
 
         state = self.config.state_path()
-        return MembershipGate(state / "risk.sqlite" if state is not None else None, self.backend.store.manifest.n_variants, self.config.risk)
+        return MembershipGate(state / "risk.sqlite" if state is not None else None, self.backend.store.manifest.n_variants, self.config.risk,
+                              self.backend.store.manifest.n_samples)
 
     @_locked_once
     def ledger(self) -> Any:
@@ -569,7 +687,7 @@ class NodeServer(flight.FlightServerBase):
 
         noise_scale(mech, plan.l1, plan.l2)  # calibrate first: a request OpenDP cannot serve costs no budget
         table = self.backend.execute(plan.fragment)
-        risk = self._guard(frag, researcher, mode, sets)
+        risk = self._guard(frag, researcher, mode, sets, qid=qid, noisy=True)
         pol = self.config.dp
         decision = self.ledger.charge_or_cached(researcher, str(qid), fragment_digest(sql), key, mech.epsilon, mech.delta,
                                                 pol.budget_epsilon, pol.budget_delta)
@@ -677,7 +795,11 @@ class NodeServer(flight.FlightServerBase):
                     notes["risk"] = notes["dp"].pop("membership_risk")
             else:
                 table = self.backend.execute(frag)
-                risk = self._guard(frag, researcher, mode)
+                if self.config.min_count > 1:
+                    infl = getattr(self.backend, "influence", None)
+                    notes["_influence"] = infl(frag) if infl is not None else None
+                    self._check_phenotype(frag)
+                risk = self._guard(frag, researcher, mode, qid=qid)
                 if risk:
                     notes["risk"] = risk
             from genofed.engine.limits import check_rows
@@ -760,23 +882,19 @@ class NodeServer(flight.FlightServerBase):
         self._admit(researcher, req[P.KEY_SQL], req.get(P.KEY_QUERY_ID))
         frag, table, notes = self._run(req[P.KEY_SQL], req.get(P.KEY_QUERY_ID, "?"), researcher, "plain", req.get(P.KEY_DP),
                                        context=context)
-        table, n_suppressed = apply_min_count(narrow_integers(table), self.config.min_count, frag.partials)
-        if self._quasi_identified(frag):
-            table, withheld = self._k_anonymous(frag, table)
-            if withheld and frag.keys:
-                notes["k_anonymity"] = {"withheld_groups": withheld}
-            n_suppressed = withheld if not frag.keys else n_suppressed - withheld
-            if not frag.keys and withheld:
-                import pyarrow.compute as pc
-
-                table = table.set_column(table.column_names.index(SUPPRESSED_COLUMN), SUPPRESSED_COLUMN, pc.cast(pa.array([True] * table.num_rows), pa.bool_()))
+        qid = req.get(P.KEY_QUERY_ID, "?")
+        out = self._disclose(frag, table, notes, "plain", qid, researcher, req[P.KEY_SQL])
+        table, n_suppressed = out.table, out.n_withheld
+        if out.tokens or (frag.keys and table.num_rows and self.config.key_secret):
+            self._keep_released(researcher, qid, frag, table)
         meta = {
             P.META_NODE: self.config.name.encode(),
             P.META_SUPPRESSED: str(n_suppressed).encode(),
             P.META_MIN_COUNT: str(self.config.min_count).encode(),
+            **({P.META_WITHHELD: json.dumps(out.withheld).encode()} if out.withheld else {}),
+            **({P.META_WITHHELD_TOKENS: json.dumps(out.tokens).encode()} if out.tokens else {}),
             **({P.META_DP: json.dumps(notes["dp"]).encode()} if notes.get("dp") else {}),
             **({P.META_RISK: json.dumps(notes["risk"]).encode()} if notes.get("risk") else {}),
-            **({P.META_NOTES: json.dumps(notes).encode()} if notes.get("k_anonymity") else {}),
         }
         table = table.replace_schema_metadata(meta)
         self._record("release", researcher, req[P.KEY_SQL], query_id=req.get(P.KEY_QUERY_ID), combine="plain", decision="released",
@@ -830,9 +948,6 @@ def serve(config: NodeConfig, host: str = "127.0.0.1", port: int = 0, ready: Any
             server._mpc.close()
 
 
-_ALLELE_LEVEL = {"allele_count", "het_count", "hom_alt_count", "hom_ref_count", "hom_alt_diploid_count"}
-
-
 def ANALYSES_BY_NAME() -> dict[str, Any]:  # noqa: N802 - a lazily imported registry
     from genofed.genomics.analyses import ANALYSES
 
@@ -840,27 +955,26 @@ def ANALYSES_BY_NAME() -> dict[str, Any]:  # noqa: N802 - a lazily imported regi
 
 
 def _genomic_release(frag: Any) -> str | None:
-    """'frequencies' for per-variant allele statistics of a cohort, 'presence' for beacon-style
-    questions (who carries an allele, counted per variant), else None."""
-    if not hasattr(frag, "select") or "genotypes" not in frag.tables:
+    """Rule 5, from what the fragment reads, not how it is spelled: 'presence' for beacon-style
+    questions (counts of who has a genotype value, the WHERE clause choosing carriers),
+    'frequencies' for any other release computed from genotype values (allele counts however
+    written: ``SUM(dosage)``, ``COUNT(CASE WHEN dosage = 1 ...)``, keys such as
+    ``variant_id || ''``; GWAS, association, LD, PCA and Fst rounds), else None."""
+    if not hasattr(frag, "select"):
+        return "frequencies" if getattr(frag, "sample_sql", None) is not None and getattr(frag, "variant_sql", None) else None
+    if "genotypes" not in frag.tables:
         return None
     from sqlglot import exp
 
     sel = frag.select
+    g_tables = {t.alias_or_name for t in sel.find_all(exp.Table) if t.name == "genotypes"}
+    values = [c for c in sel.find_all(exp.Column) if c.name in ("dosage", "phased", "ploidy") and (c.table in g_tables or not c.table)]
+    if not values:
+        return None  # genotype rows counted without their values: who was genotyped, not what they carry
     bodies = {p.alias_or_name: p.unalias() for p in sel.expressions}
-    per_variant = any(isinstance(bodies[k], exp.Column) and bodies[k].name in ("variant_id", "pos") for k in frag.keys)
     where = sel.args.get("where")
-    g_aliases = {t.alias_or_name for t in sel.find_all(exp.Table) if t.name == "genotypes"}
-    on_values = where is not None and any(c.table in g_aliases and c.name in ("dosage", "phased", "ploidy")
+    on_values = where is not None and any(c.table in g_tables and c.name in ("dosage", "phased", "ploidy")
                                           for c in where.find_all(exp.Column))
     if on_values and not any(s is not sel for s in sel.find_all(exp.Select)) and all(isinstance(bodies[p], exp.Count) for p in frag.partials):
         return "presence"  # who carries an allele, counted: a beacon question per selected variant
-
-    def allele_level(b: exp.Expression) -> bool:
-        if isinstance(b, exp.Anonymous):
-            return b.name.lower() in _ALLELE_LEVEL
-        return isinstance(b, exp.Sum) and any(isinstance(c, exp.Column) and c.name == "dosage" for c in b.find_all(exp.Column))
-
-    if per_variant and any(allele_level(bodies[p]) for p in frag.partials):
-        return "frequencies"
-    return None
+    return "frequencies"

@@ -17,7 +17,17 @@ import pyarrow.compute as pc
 from .combine import PlainCombiner, check_mode, narrow_integers
 from .errors import GenofedError, NodeError, PlanningError
 from .planner import COMBINED, Plan, plan_query
-from .protocol import META_DP, META_NOTES, META_RISK, N_COLUMN, SUPPRESSED_COLUMN, ipc_size
+from .protocol import (
+    ACTION_BLIND,
+    META_DP,
+    META_NOTES,
+    META_RISK,
+    META_WITHHELD,
+    META_WITHHELD_TOKENS,
+    N_COLUMN,
+    SUPPRESSED_COLUMN,
+    ipc_size,
+)
 from .schema import Catalog
 from .sqlcheck import parse
 
@@ -43,8 +53,9 @@ class Provenance:
     nodes: list[str]
     combine: str
     min_count: int
-    suppressed: list[dict[str, Any]] = field(default_factory=list)
+    suppressed: int = 0  # groups withheld (how many, never which: DESIGN.md rule 3)
     suppression_rule: str = ""
+    withheld_by: dict[str, int] = field(default_factory=dict)  # groups withheld at the nodes, by rule
     timings: dict[str, float] = field(default_factory=dict)
     fragment_sql: str = ""
     wire_bytes: dict[str, int] = field(default_factory=dict)  # bytes each node sent for this query
@@ -178,9 +189,13 @@ class Coordinator:
         combined = self._combine(mode, plan, qid, targets, wire, dp, notes, user_sql=user_sql)
         dp_info = {node: n["dp"] for node, n in notes.items() if n.get("dp")}
         risk_info = {node: n["risk"] for node, n in notes.items() if n.get("risk")}
-        kanon = {node: n["k_anonymity"] for node, n in notes.items() if n.get("k_anonymity")}
+        withheld_by: dict[str, int] = {}
+        for n in notes.values():
+            for rule, count in (n.get("withheld") or {}).items():
+                withheld_by[rule] = withheld_by.get(rule, 0) + int(count)
         t2 = time.perf_counter()
         released, suppressed = self._disclosure(combined, plan)
+        suppressed += int(notes.pop("", {}).get("withheld_nowhere_released", 0))
         table = finalize(plan, released)
         t3 = time.perf_counter()
         prov = Provenance(
@@ -190,17 +205,15 @@ class Coordinator:
             min_count=self.min_count,
             suppressed=suppressed,
             suppression_rule=(
-                f"groups with 1 to {self.min_count - 1} samples in the federation, or below a node's own "
-                "minimum count at any node, are suppressed"
+                f"groups with 1 to {self.min_count - 1} people in the federation, or withheld by a node's disclosure "
+                "rules (minimum count, influence, dominance, k-anonymity), are withheld; their keys are not released"
             ) if suppressed else "",
+            withheld_by=withheld_by,
             timings={"plan_s": t1 - t0, "nodes_combine_s": t2 - t1, "finalize_s": t3 - t2},
             fragment_sql=sql_frag,
             wire_bytes=wire,
             details={**({"dp": {"requested": dp, "nodes": dp_info}} if dp or dp_info else {}),
-                     **({"membership_risk": risk_info} if risk_info else {}),
-                     **({"k_anonymity": {"nodes": kanon, "note": (
-                         "groups keyed on quasi-identifiers with fewer than min_count people at a node are withheld there, "
-                         "keys included; a released group's totals then miss those few people at that node")}} if kanon else {})},
+                     **({"membership_risk": risk_info} if risk_info else {})},
         )
         return QueryResult(table, prov)
 
@@ -220,9 +233,13 @@ class Coordinator:
 
                 for node, t in parts.items():
                     meta = t.schema.metadata or {}
-                    notes[node] = {k: json.loads(meta[m]) for k, m in (("dp", META_DP), ("risk", META_RISK)) if m in meta}
+                    notes[node] = {k: json.loads(meta[m]) for k, m in (("dp", META_DP), ("risk", META_RISK),
+                                                                      ("withheld", META_WITHHELD)) if m in meta}
                     if META_NOTES in meta:
                         notes[node].update(json.loads(meta[META_NOTES]))
+            parts, unmatched = self._withhold_everywhere(parts, qid, targets)
+            if notes is not None:
+                notes[""] = {"withheld_nowhere_released": unmatched}
             return PlainCombiner().combine(parts, plan.keys, plan.partials)
         if mode == "mpc":
             from genofed.privacy.secure.mpc import run_mpc
@@ -232,9 +249,36 @@ class Coordinator:
 
         return narrow_integers(run_he(self, targets, sql, qid, self.min_count, self.timeout, wire, dp=dp, notes=notes, user_sql=user_sql))
 
-    def _disclosure(self, combined: pa.Table, plan: Plan) -> tuple[pa.Table, list[dict[str, Any]]]:
+    def _withhold_everywhere(self, parts: dict[str, pa.Table], qid: str, targets: list[Transport]) -> tuple[dict[str, pa.Table], int]:
+        """plain: a group one node withheld is withheld at every node. Nodes send the blinded keys
+        of the groups they withheld; only then does the coordinator ask each node for the blinded
+        keys of the groups it released, and flags the matches, never learning a withheld key."""
+        import json
+
+        withheld: set[str] = set()
+        for t in parts.values():
+            raw = (t.schema.metadata or {}).get(META_WITHHELD_TOKENS)
+            if raw:
+                withheld.update(json.loads(raw))
+        if not withheld:
+            return parts, 0
+        ask = [t for t in targets if parts[t.name].num_rows]
+        tokens = self._fan_out(lambda t: t.action(ACTION_BLIND, {"query_id": qid}, self.timeout), ask) if ask else {}
+        out = dict(parts)
+        released: set[str] = set()
+        for node, toks in tokens.items():
+            t = parts[node]
+            if not isinstance(toks, list) or len(toks) != t.num_rows:
+                raise NodeError(node, "protocol", "answered blind_keys with a list that does not match its release")
+            released.update(toks)
+            hit = pa.array([tok in withheld for tok in toks])
+            i = t.column_names.index(SUPPRESSED_COLUMN)
+            out[node] = t.set_column(i, SUPPRESSED_COLUMN, pc.or_(pc.fill_null(t.column(i), False), hit))
+        return out, len(withheld - released)
+
+    def _disclosure(self, combined: pa.Table, plan: Plan) -> tuple[pa.Table, int]:
         if combined.num_rows == 0:
-            return combined, []
+            return combined, 0
         n = pc.cast(pc.fill_null(combined.column(N_COLUMN), 0), pa.int64()).to_numpy(zero_copy_only=False)
         flagged = pc.fill_null(combined.column(SUPPRESSED_COLUMN), False).to_numpy(zero_copy_only=False)
         if plan.variants_only:
@@ -243,9 +287,8 @@ class Coordinator:
             small = (n > 0) & (n < self.min_count)
         drop = small | flagged.astype(bool)
         if not drop.any():
-            return combined, []
-        keys = combined.select(plan.keys).rename_columns(plan.key_labels).filter(pa.array(drop)).to_pylist() if plan.keys else [{}]
-        return combined.filter(pa.array(~drop)), keys
+            return combined, 0
+        return combined.filter(pa.array(~drop)), int(drop.sum())
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

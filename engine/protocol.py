@@ -16,6 +16,7 @@ ACTION_PING = "ping"
 ACTION_MPC_PREPARE = "mpc_prepare"
 ACTION_MPC_RUN = "mpc_run"
 ACTION_MPC_ABORT = "mpc_abort"
+ACTION_BLIND = "blind_keys"  # plain: blinded keys of the groups a node released for a query (rule 3)
 ACTION_HISTORY = "history"  # the calling researcher's own releases at the node (JSON)
 
 COMBINE_MODES = ("plain", "mpc", "he")
@@ -44,6 +45,8 @@ META_SUPPRESSED = b"genofed.suppressed"
 META_MIN_COUNT = b"genofed.min_count"
 META_RISK = b"genofed.risk"  # JSON: the node's re-identification risk score for this release
 META_NOTES = b"genofed.notes"  # JSON {"dp": .., "risk": ..}: a node's privacy notes under he
+META_WITHHELD = b"genofed.withheld"  # JSON {rule: groups}: what the node's disclosure rules withheld
+META_WITHHELD_TOKENS = b"genofed.withheld_tokens"  # JSON [token]: blinded keys of withheld groups (plain)
 META_DP = b"genofed.dp"  # JSON: the node's DP provenance (mechanism, epsilon, scale, accuracy)
 
 ERROR_PREFIX = "GENOFED:"

@@ -106,11 +106,10 @@ class AnalysisRun:
     nodes: list[str] = field(default_factory=list)
     rounds: int = 0
     wire: dict[str, int] = field(default_factory=dict)
-    suppressed: list[dict[str, Any]] = field(default_factory=list)
+    suppressed: int = 0  # the most groups (variants) any round withheld: how many, never which
     details: dict[str, Any] = field(default_factory=dict)
     dp: dict[str, Any] | None = None  # differential privacy request for every round (analyses that support it)
     user_sql: str | None = None  # the researcher's query as written, sent with every round (their release history)
-    _seen: set = field(default_factory=set)
 
     def round(self, fn: str, args: dict[str, Any], round_: str, state: dict[str, Any], keys: list[str],
               layout: list[tuple[str, str]]) -> pa.Table:
@@ -127,11 +126,8 @@ class AnalysisRun:
         for k, v in wire.items():
             self.wire[k] = self.wire.get(k, 0) + v
         released, suppressed = c._disclosure(combined, spec)
-        for s in suppressed:
-            sig = tuple(sorted(s.items()))
-            if sig not in self._seen:
-                self._seen.add(sig)
-                self.suppressed.append({"round": round_, **s})
+        suppressed += int(notes.pop("", {}).get("withheld_nowhere_released", 0))
+        self.suppressed = max(self.suppressed, suppressed)
         return released
 
     def sql(self, query: str) -> pa.Table:
@@ -139,7 +135,7 @@ class AnalysisRun:
         self.rounds += 1
         for k, v in res.provenance.wire_bytes.items():
             self.wire[k] = self.wire.get(k, 0) + v
-        self.suppressed += [{"round": "sql", **s} for s in res.provenance.suppressed]
+        self.suppressed = max(self.suppressed, res.provenance.suppressed)
         return res.table
 
     def model_policy(self) -> dict[str, float]:

@@ -20,7 +20,6 @@ HISTORY_SCHEMA = pa.schema([("node", pa.string()), ("release_id", pa.int64()), (
                             ("rule", pa.string())])
 
 
-
 class Result:
     """A released query result: an Arrow table plus its provenance.
 
@@ -57,11 +56,11 @@ class Result:
         return self._table.num_rows
 
     @property
-    def suppressed(self) -> list[dict[str, Any]]:
+    def suppressed(self) -> int:
         return self.provenance.suppressed
 
     def __repr__(self) -> str:
-        sup = f", {len(self.suppressed)} suppressed" if self.suppressed else ""
+        sup = f", {self.suppressed} withheld" if self.suppressed else ""
         return f"<genofed.Result {self._table.num_rows} rows × {self._table.num_columns} cols, combine={self.provenance.combine}{sup}>\n{self._table.to_pandas().to_string(max_rows=20)}"
 
 

@@ -280,7 +280,7 @@ def query(sql: str | None, fed_dir: Path, name: str | None, param: tuple[str, ..
         prov = res.provenance
         click.echo(f"{table.num_rows} rows · nodes {', '.join(prov.nodes)} · combine {prov.combine}", err=True)
         if prov.suppressed:
-            click.echo(f"{len(prov.suppressed)} group(s) suppressed: {prov.suppression_rule}", err=True)
+            click.echo(f"{prov.suppressed} group(s) withheld: {prov.suppression_rule}", err=True)
 
 
 def _print_table(table) -> None:

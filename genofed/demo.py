@@ -95,4 +95,4 @@ def _show(console: Console, title: str, res, seconds: float, max_rows: int = 8) 
     if table.num_rows > max_rows:
         console.print(f"  … {table.num_rows - max_rows} more rows")
     if res.suppressed:
-        console.print(f"  [yellow]{len(res.suppressed)} group(s) suppressed (minimum count)")
+        console.print(f"  [yellow]{res.suppressed} group(s) withheld by the disclosure rules")

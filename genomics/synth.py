@@ -659,7 +659,7 @@ def train(coordinator: Any, *, population: str | None = None, sex: str | None = 
         "nodes": [tr.name for tr in coordinator.transports], "dp_nodes": run.details.get("dp_nodes", {}),
         "noise_scale_total": _total_scale(run.details.get("dp_nodes", {})),
         "phenotypes": {n.split(".")[-1]: kind for n, kind in (phenotypes or {}).items()}, "train_s": round(time.perf_counter() - t0, 3), "query_id": run.query_id,
-        "suppressed_rows": len(run.suppressed),
+        "suppressed_rows": run.suppressed,
     }
     return model
 
@@ -687,7 +687,7 @@ def _group_summary(run: Any, population: str, sex: str | None, samples: str | No
     groups: dict[tuple, dict[str, Any]] = {}
     for r in res.table.to_pylist():
         groups[(r["population"], r.get("sex"))] = {"population": r["population"], "sex": r.get("sex"), "n": max(0, int(r["n"] or 0))}
-    run.note("groups_suppressed", len(res.provenance.suppressed))
+    run.note("groups_suppressed", res.provenance.suppressed)
     if phenotypes:
         sel = list(keys)
         for i, name in enumerate(phenotypes):

@@ -130,12 +130,6 @@ CORPUS: list[tuple[str, str]] = [
         "sum(CASE WHEN status = 1 THEN 1 ELSE 0 END) AS cases FROM samples",
     ),
     (
-        "s_family_kind",
-        "SELECT CASE WHEN family_id = sample_id THEN 'own' ELSE 'shared' END AS fam, "
-        "count(*) AS n FROM samples "
-        "GROUP BY CASE WHEN family_id = sample_id THEN 'own' ELSE 'shared' END ORDER BY fam",
-    ),
-    (
         "s_empty_grouped",
         "SELECT population, count(*) AS n FROM samples WHERE population = 'XXX' "
         "GROUP BY population ORDER BY population",
@@ -498,6 +492,14 @@ CORPUS_REFUSED: list[tuple[str, str, str]] = [
     ("r_median", "SELECT median(outcome) FROM samples", "UnsupportedError"),
     ("r_quantile", "SELECT quantile_cont(outcome, 0.5) FROM samples", "UnsupportedError"),
     ("r_list", "SELECT list(sample_id) FROM samples", "UnsupportedError"),
+    # rule 1: identifiers are join keys only, never values in an expression (even against each other)
+    (
+        "r_family_kind",
+        "SELECT CASE WHEN family_id = sample_id THEN 'own' ELSE 'shared' END AS fam, "
+        "count(*) AS n FROM samples "
+        "GROUP BY CASE WHEN family_id = sample_id THEN 'own' ELSE 'shared' END ORDER BY fam",
+        "DisclosureError",
+    ),
     ("r_string_agg", "SELECT string_agg(sample_id, ',') FROM samples", "UnsupportedError"),
     ("r_read_csv", "SELECT count(*) FROM read_csv('x')", "UnsupportedError"),
     (

@@ -283,7 +283,7 @@ def check_answers(rep: Report, outcomes: list[Outcome], oracle: Oracle) -> None:
         if o.job.epsilon is None:
             diff = same_table(o.table, want)
             rep.check(not diff, f"{o.job.researcher} {o.job.cls} {o.job.sql[:70]!r}: {diff}")
-            rep.check(not o.provenance.suppressed, f"{o.job.sql[:60]!r}: unexpected suppression {o.provenance.suppressed[:3]}")
+            rep.check(not o.provenance.suppressed, f"{o.job.sql[:60]!r}: {o.provenance.suppressed} unexpected withheld group(s)")
         else:
             dp_answers[(o.job.researcher, o.job.sql, o.job.combine, o.job.epsilon)].append(o.table)
             nodes = o.provenance.details.get("dp", {}).get("nodes", {})

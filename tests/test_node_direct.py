@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow.flight as flight
 import pytest
 
@@ -44,10 +46,14 @@ def test_node_applies_its_own_minimum_count(node_a):
         "SELECT samples.population AS _k0, samples.sex AS _k1, samples.status AS _k2, COUNT(*) AS _p0 "
         "FROM samples GROUP BY samples.population, samples.sex, samples.status", "direct", timeout=10)
     rows = t.to_pylist()
-    small = [r for r in rows if r[P.SUPPRESSED_COLUMN]]
-    assert small, "some cells at one node are below 5"
-    assert all(r["_p0"] is None and r[P.N_COLUMN] is None for r in small)
-    assert all(r["_p0"] >= 5 for r in rows if not r[P.SUPPRESSED_COLUMN])
+    # withheld cells do not leave the node at all, keys included (rule 3): only how many, by rule,
+    # and their blinded keys (opaque without the nodes' shared secret)
+    withheld = json.loads(t.schema.metadata[P.META_WITHHELD])
+    assert withheld.get("min_count", 0) > 0, "some cells at one node are below 5"
+    tokens = json.loads(t.schema.metadata[P.META_WITHHELD_TOKENS])
+    assert len(tokens) == withheld["min_count"] and all(len(x) == 32 for x in tokens)
+    assert not any(r[P.SUPPRESSED_COLUMN] for r in rows)
+    assert all(r["_p0"] >= 5 for r in rows)
     assert t.schema.metadata[P.META_MIN_COUNT] == b"5"
 
 

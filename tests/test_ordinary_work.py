@@ -323,21 +323,11 @@ def _work(fed, pooled, ctx: dict[str, Any], steps) -> None:
         raise first
 
 
-@pytest.mark.xfail(strict=True, raises=DisclosureError, reason=(
-    "issue 18: rule 'differencing' (privacy/tracker.py SampleTracker._check, 0 < |S Δ R| < min_count, on the analysis "
-    "sample sets of engine/backends/duckdb.py sample_sets) refuses gwas_logistic at biobank_A (its samples differ from "
-    "gwas_linear's by the 4 people with a NULL ldl) and at biobank_B (from everyone, released by the counts and "
-    "assoc_case_control, by the 3 people with a NULL bmi)"))
 def test_ordinary_work_in_order(production, pooled):
     root, alice, _ = production
     _work(alice, pooled, {"who": "researcher", "root": Path(root)}, STEPS)
 
 
-@pytest.mark.xfail(strict=True, raises=DisclosureError, reason=(
-    "issue 18: rule 'differencing' (privacy/tracker.py SampleTracker._check, 0 < |S Δ R| < min_count) refuses "
-    "gwas_logistic at biobank_B (3 people with a NULL bmi from everyone, released by ld_r2 and pca), then gwas_linear "
-    "at biobank_A (4 people with a NULL ldl from the gwas_logistic samples that biobank_A recorded as released although "
-    "biobank_B's refusal meant nothing was)"))
 def test_ordinary_work_in_reverse_order_second_researcher(production, pooled):
     root, _, bob = production
     _work(bob, pooled, {"who": "bob", "root": Path(root)}, STEPS[::-1])

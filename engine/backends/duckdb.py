@@ -211,6 +211,44 @@ class DuckDBBackend(Backend):
         finally:
             cur.close()
 
+    def influence(self, fragment: Any) -> pa.Table | None:
+        """Who can change each released value (disclosure rule 2): per group, for every partial
+        ``SUM(x)`` / ``COUNT(x)``, the number of people whose contribution is non-null and
+        non-zero (``_ni<j>``), the largest person's absolute contribution (``_mi<j>``) and the sum
+        of people's absolute contributions (``_si<j>``), with the group's keys. A person's
+        contribution is their own total over all their rows (joins cannot split one person into
+        many small ones). None when the fragment has no such partial or reads no sample data."""
+        from ..analysis import AnalysisFragment
+
+        if isinstance(fragment, AnalysisFragment) or fragment.sample_id is None:
+            return None
+        sql = influence_sql(fragment)
+        if sql is None:
+            return None
+        cur = self.con.cursor()
+        try:
+            if "genotypes" in fragment.tables:
+                vidx = self.variant_selection(fragment, cur)
+                cells = len(vidx) * self.store.manifest.n_samples
+                if cells > self.max_genotype_cells:
+                    raise FragmentError(
+                        f"the query's sums would be checked over {cells:,} genotypes row by row (this node's limit is "
+                        f"{self.max_genotype_cells:,}); restrict the variants with a WHERE on chrom, pos or variant_id")
+                limits.check_scan(cells)
+                limits.reserve(cells * ROW_BYTES, f"reading {cells:,} genotypes row by row")
+                cur.register("_g", genotype_rows(self.store.planes, vidx, self.store.manifest.n_samples))
+                cur.execute(GENOTYPES_VIEW)
+            with limits.watch(cur):
+                return cur.sql(sql).to_arrow_table()
+        except duckdb.ConversionException:
+            raise FragmentError("a value could not be converted by a CAST or comparison; check the types in the query") from None
+        except duckdb.OutOfMemoryException:
+            raise _out_of_memory() from None
+        except duckdb.Error as e:
+            raise FragmentError(f"the node could not run the fragment: {_first_line(e)}") from None
+        finally:
+            cur.close()
+
     def result_schema(self, fragment: Fragment) -> pa.Schema:
         """The Arrow schema of a fragment's partials (the federated dialect's typing), computed
         over no genotype rows: other backends return their results in this schema."""
@@ -354,3 +392,47 @@ def _requalify(e: exp.Expression) -> exp.Expression:
 
 
 __all__ = ["DuckDBBackend", "GenofedError"]
+
+
+def influence_partials(fragment: Fragment) -> dict[str, exp.Expression]:
+    """The partials whose value people can weigh: ``SUM(x)`` and ``COUNT(x)`` (not ``COUNT(*)``,
+    ``COUNT(DISTINCT sample_id)``, MIN/MAX or the genomic counts), by output name."""
+    out: dict[str, exp.Expression] = {}
+    for p in fragment.select.expressions:
+        body = p.unalias()
+        if p.alias_or_name not in fragment.partials:
+            continue
+        if isinstance(body, exp.Sum) or (isinstance(body, exp.Count) and not isinstance(body.this, (exp.Star, exp.Distinct))
+                                         and body.this is not None):
+            out[p.alias_or_name] = body
+    return out
+
+
+def influence_sql(fragment: Fragment) -> str | None:
+    """The per-person two-level query of :meth:`DuckDBBackend.influence` (built from the
+    fragment's own FROM/WHERE/GROUP BY as sqlglot expressions), or None when not needed."""
+    targets = influence_partials(fragment)
+    if not targets or fragment.sample_id is None:
+        return None
+    inner = fragment.select.copy()
+    keys = [p for p in inner.expressions if p.alias_or_name in fragment.keys]
+    group = list(inner.args["group"].expressions) if inner.args.get("group") else []
+    projections = [k.copy() for k in keys] + [exp.alias_(fragment.sample_id.copy(), "_sid")]
+    projections += [exp.alias_(body.copy(), f"_c{i}") for i, body in enumerate(targets.values())]
+    inner.set("expressions", projections)
+    inner.set("group", exp.Group(expressions=[*(g.copy() for g in group), fragment.sample_id.copy()]))
+    outer_cols: list[exp.Expression] = [exp.column(k) for k in fragment.keys]
+    for i, name in enumerate(targets):
+        c = exp.column(f"_c{i}")
+        nonzero = exp.and_(exp.Not(this=exp.Is(this=c.copy(), expression=exp.Null())),
+                           exp.NEQ(this=c.copy(), expression=exp.Literal.number(0)))
+        j = name[2:]
+        outer_cols += [
+            exp.alias_(exp.CountIf(this=nonzero), f"_ni{j}"),
+            exp.alias_(exp.Max(this=exp.Abs(this=exp.cast(c.copy(), "DOUBLE"))), f"_mi{j}"),
+            exp.alias_(exp.Sum(this=exp.Abs(this=exp.cast(c.copy(), "DOUBLE"))), f"_si{j}"),
+        ]
+    outer = exp.select(*outer_cols).from_(exp.alias_(exp.Subquery(this=inner), "_per_person", table=True))
+    if fragment.keys:
+        outer = outer.group_by(*(exp.column(k) for k in fragment.keys))
+    return outer.sql(DIALECT)

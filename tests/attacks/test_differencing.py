@@ -1,4 +1,5 @@
-"""Differencing and tracker attacks, and the node's defence (privacy/tracker.py).
+"""Differencing attacks, and the node's defence: the linear audit of person sets per statistic
+(privacy/setaudit.py).
 
 Each attack is run twice on the same 3-node federation (1000 Genomes subset, min count 5): with
 the defence switched off (``differencing = false``) it recovers a protected value, checked against
@@ -29,11 +30,11 @@ def fed(request, fed_dir_1126, tmp_path_factory):
         lf.close()
 
 
-def _refused(f, sql: str) -> bool:
+def _refused(f, sql: str, rules: tuple[str, ...] = ("differencing", "linear_audit")) -> bool:
     try:
         f.sql(sql)
     except GenofedError as e:
-        assert "differencing" in str(e) or "differ" in str(e), str(e)
+        assert getattr(e, "rule", None) in rules, str(e)
         return True
     return False
 
@@ -53,7 +54,10 @@ def test_with_and_without_one_person(fed, pooled1126):
     pop = _population(pooled1126, 0)
     target = pooled1126.sql(f"SELECT sample_id, outcome FROM samples WHERE population = '{pop}' ORDER BY sample_id LIMIT 1").df().iloc[0]
     q_all = f"SELECT count(*) AS n, sum(s.outcome) AS total FROM samples s WHERE s.population = '{pop}'"
-    q_without = q_all + f" AND s.sample_id <> '{target['sample_id']}'"
+    # naming the person is refused whatever the history (rule 1: identifiers are join keys only)
+    assert _refused(f, q_all + f" AND s.sample_id <> '{target['sample_id']}'", ("identifier",))
+    # leaving them out by a value only they have is the same question: the audit refuses it
+    q_without = q_all + f" AND s.outcome <> {float(target['outcome'])!r}"
     a = _one(f, q_all)
     if not on:
         b = _one(f, q_without)
@@ -132,20 +136,22 @@ def test_totals_minus_margins(fed, pooled1126, data_1126):
 
 
 def test_counts_of_zero_or_everyone(fed, pooled1126):
-    """A group, then the same group with a condition: a count of N (or 0) tells everyone's value."""
+    """A group, then the same group with a condition that keeps everyone (or nobody): the same
+    people (or none) say nothing about any one person, and are answered; a threshold that leaves
+    out exactly one person is refused (DESIGN.md rule 4: decisions on person sets, not spelling)."""
     on, f = fed
     pop = _population(pooled1126, 4)
-    lo, hi = pooled1126.sql(f"SELECT min(outcome), max(outcome) FROM samples WHERE population = '{pop}'").fetchall()[0]
+    lows = [r[0] for r in pooled1126.sql(f"SELECT outcome FROM samples WHERE population = '{pop}' ORDER BY outcome LIMIT 2").fetchall()]
+    hi = pooled1126.sql(f"SELECT max(outcome) FROM samples WHERE population = '{pop}'").fetchall()[0][0]
     base = f"SELECT count(*) AS n FROM samples s WHERE s.population = '{pop}'"
     n = _one(f, base)["n"]
-    everyone = base + f" AND s.outcome > {lo - 1e-6}"
-    nobody = base + f" AND s.outcome > {hi + 1e-6}"
+    assert _one(f, base + f" AND s.outcome > {lows[0] - 1e-6}")["n"] == n  # everyone: the same set
+    assert _one(f, base + f" AND s.outcome > {hi + 1e-6}")["n"] == 0  # nobody
+    without_lowest = base + f" AND s.outcome > {(lows[0] + lows[1]) / 2}"
     if not on:
-        assert _one(f, everyone)["n"] == n  # everyone's outcome exceeds lo
-        assert _one(f, nobody)["n"] == 0  # nobody's exceeds hi
+        assert _one(f, without_lowest)["n"] == n - 1
     else:
-        assert _refused(f, everyone)
-        assert _refused(f, nobody)
+        assert _refused(f, without_lowest)
 
 
 def test_ordinary_work_is_not_refused(fed, pooled1126):

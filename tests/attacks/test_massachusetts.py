@@ -20,6 +20,7 @@ identifiers with the names (sample ids) and without the diagnosis.
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import numpy as np
 import pyarrow.csv as pcsv
@@ -28,6 +29,7 @@ from conftest import LocalFederation, clone_federation
 
 from genofed.connectors.federation import init_federation
 from genofed.connectors.ingest import read_sample_sheet
+from genofed.engine.errors import DisclosureError
 
 pytestmark = pytest.mark.realdata
 
@@ -107,17 +109,11 @@ def test_grouping_by_zip_birth_date_sex(fed, truth):
         assert named == {p["sample_id"]: p["diagnosis"] for p in unique.values()}
         return
     assert all(r["n"] >= 5 for r in rows)  # values of small groups are never released
-    listed = {_key(s) for s in res.suppressed if s}
-    if mode == "min_count_5":
-        # (b) membership disclosure: the suppressed keys name every unique person's quasi-identifiers
-        assert set(unique) <= listed
-        members = {voters[k] for k in listed if k in unique}
-        assert members == {p["sample_id"] for p in unique.values()}
-        outsider = ("02138", dt.date(1945, 7, 4), "F")
-        assert outsider not in voters and outsider not in listed
-    else:
-        # (c) k-anonymous at each node: no QI keys leave a node for groups below 5
-        assert not listed, f"{len(listed)} quasi-identifier keys listed as suppressed"
+    # (b) and (c): withheld groups are counted, never named: no unique person's quasi-identifiers
+    # appear anywhere in what the researcher receives (before rule 3, (b) listed them all)
+    assert res.suppressed >= len(unique)
+    text = json.dumps(res.provenance.to_dict(), default=str)
+    assert not any(z in text for (z, _, _) in unique), "a withheld group's key reached the researcher"
 
 
 def test_diagnosis_as_a_key(fed, truth):
@@ -126,12 +122,9 @@ def test_diagnosis_as_a_key(fed, truth):
         pytest.skip("(a) already releases the diagnosis")
     res = f.sql(BY_QI_AND_DIAGNOSIS)
     assert all(r["n"] >= 5 for r in res.to_arrow().to_pylist())
-    leaked = {_key(s): s["diagnosis"] for s in res.suppressed if s}
-    if mode == "min_count_5":
-        # (b) attribute disclosure through the suppressed keys
-        assert {k: p["diagnosis"] for k, p in truth["unique"].items()} == {k: v for k, v in leaked.items() if k in truth["unique"]}
-    else:
-        assert not leaked
+    # the withheld groups' keys (quasi-identifiers and diagnosis) never leave a node
+    text = json.dumps(res.provenance.to_dict(), default=str)
+    assert not any(z in text for (z, _, _) in truth["unique"]), "a withheld group's key reached the researcher"
 
 
 def test_count_for_one_person_vs_nobody(fed, truth):
@@ -145,36 +138,19 @@ def test_count_for_one_person_vs_nobody(fed, truth):
         assert one.to_arrow().to_pylist() == [{"n": 1}] and none.to_arrow().to_pylist() == [{"n": 0}]
     elif mode == "min_count_5":
         # (b) suppressed for the member, released as 0 for nobody: membership disclosed
-        assert one.to_arrow().num_rows == 0 and one.suppressed == [{}]
+        assert one.to_arrow().num_rows == 0 and one.suppressed == 1
         assert none.to_arrow().to_pylist() == [{"n": 0}] and not none.suppressed
     else:
         # (c) indistinguishable: both withheld the same way
         assert one.to_arrow().equals(none.to_arrow()) and one.to_arrow().num_rows == 0
-        assert one.suppressed == none.suppressed == [{}]
+        assert one.suppressed == none.suppressed == 1
 
 
-def test_coarse_quasi_identifier_groups_stay_useful(fed, truth):
-    """Grouping by ZIP alone (about 75 people each, ~25 per node) is released exactly."""
-    mode, f = fed
-    rows = {r["zip"]: (r["n"], r["cases"]) for r in f.sql(BY_ZIP).to_arrow().to_pylist()}
-    expected: dict[str, list[int]] = {}
-    for p in truth["people"]:
-        e = expected.setdefault(p["zip"], [0, 0])
-        e[0] += 1
-        e[1] += p["diagnosis"]
-    assert rows == {z: tuple(v) for z, v in expected.items()}
-
-
-def test_released_groups_are_exact_or_withheld(fed, truth, request):
+def test_released_groups_are_exact_or_withheld(fed, truth):
     """Groups of about 10 people, split over three nodes: each released count is the pooled one
-    (a group some node withheld must not be released as the other nodes' partial sum)."""
+    (a group some node withheld must not be released as the other nodes' partial sum: nodes send
+    blinded keys of the groups they withhold, and the coordinator withholds those everywhere)."""
     mode, f = fed
-    if mode == "quasi_identifiers":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "connectors/node.py _k_anonymous drops a QI group below min_count at one node keys "
-            "included, so the coordinator cannot tell it is missing and releases the other nodes' "
-            "partial sum as the group's value (e.g. ('01002','M',1): released n=11, true 12; 26 "
-            "groups wrong); expected: the group withheld federation-wide (or exact)")))
     res = f.sql("SELECT r.zip, s.sex, r.diagnosis, count(*) AS n FROM samples s JOIN registry r USING (sample_id) GROUP BY ALL")
     expected: dict[tuple, int] = {}
     for p in truth["people"]:
@@ -185,3 +161,28 @@ def test_released_groups_are_exact_or_withheld(fed, truth, request):
     assert not wrong, f"{len(wrong)} groups released with a partial count (released, true): {list(wrong.items())[:3]}"
     if mode == "defence_off":
         assert got == expected
+
+
+def test_coarse_quasi_identifier_groups_stay_useful(fed, truth):
+    """Grouping by ZIP alone (about 75 people each, ~25 per node): every released ZIP is exact.
+    The number of cases is a count of cases (rule 2): a ZIP with 1-4 cases at a node is withheld
+    as its (zip, diagnosis = 1) cell would be. After the (zip, sex, diagnosis) cells of the test
+    above, whose small cells were withheld, the ZIP totals would give those cells away (totals
+    minus margins): the audit refuses them, naming that earlier query."""
+    mode, f = fed
+    expected: dict[str, list[int]] = {}
+    for p in truth["people"]:
+        e = expected.setdefault(p["zip"], [0, 0])
+        e[0] += 1
+        e[1] += p["diagnosis"]
+    try:
+        res = f.sql(BY_ZIP)
+    except DisclosureError as e:
+        assert mode != "defence_off" and e.rule == "linear_audit" and "zip, s.sex, r.diagnosis" in str(e), str(e)
+        return
+    rows = {r["zip"]: (r["n"], r["cases"]) for r in res.to_arrow().to_pylist()}
+    if mode == "defence_off":
+        assert rows == {z: tuple(v) for z, v in expected.items()}
+        return
+    assert rows and all(rows[z] == tuple(expected[z]) for z in rows)
+    assert len(rows) + res.suppressed == len(expected)

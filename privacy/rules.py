@@ -1,0 +1,216 @@
+"""The node's disclosure rules, written once for every combine mode (DESIGN.md, "Disclosure model").
+
+Two steps of the node pipeline call this module:
+
+* :func:`check_request` before execution: rule 1 (identifiers are join keys only) for SQL
+  fragments, rules 1 and 6 (declared variables) for analyses;
+* :func:`release` after execution: rule 2 (minimum count on the people who influence each value,
+  dominance of sums), the node's own minimum count and k-anonymity of quasi-identifier groups,
+  and rule 3 (nothing about a withheld cell leaves: its key is blinded or dropped), producing the
+  one table that may leave the node in the request's combine mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from genofed.engine.errors import DisclosureError
+from genofed.engine.protocol import N_COLUMN, SUPPRESSED_COLUMN
+
+from . import influence as I
+from .identifiers import check_expression, check_identifiers
+
+RULE_MIN_COUNT = "min_count"
+RULE_K_ANONYMITY = "k_anonymity"
+RULE_DECLARED = "declared_variable"
+RULE_PHENOTYPE_CLASSES = "phenotype_classes"
+
+
+@dataclass
+class Released:
+    """What :func:`release` lets leave: the table, and how many groups each rule withheld."""
+
+    table: pa.Table
+    withheld: dict[str, int] = field(default_factory=dict)
+    tokens: list[str] = field(default_factory=list)  # plain: blinded keys of the withheld groups
+
+    @property
+    def n_withheld(self) -> int:
+        return int(sum(self.withheld.values()))
+
+
+# -- before execution ------------------------------------------------------------------------------
+
+def check_request(frag: Any, policy: Any) -> None:
+    """Rules that depend on the request alone (raise :class:`DisclosureError`)."""
+    if hasattr(frag, "select"):
+        check_identifiers(frag.select, policy.identifiers)
+        return
+    args = getattr(frag, "args", None) or {}
+    from genofed.engine.analysis import parse_expression
+
+    for what, key in (("phenotype", "phenotype"), ("samples filter", "samples"), ("variants filter", "variants")):
+        text = args.get(key)
+        if isinstance(text, str) and text:
+            check_expression(parse_expression(text, what), what, policy.identifiers)
+    covs = args.get("covariates") or []
+    for text in covs if isinstance(covs, list) else []:
+        if isinstance(text, str):
+            check_expression(parse_expression(text, "covariate"), "covariate", policy.identifiers)
+    for what, texts in (("phenotype", [args.get("phenotype")]), ("covariate", covs if isinstance(covs, list) else [])):
+        for text in texts:
+            if isinstance(text, str) and not _is_column(parse_expression(text, what)):
+                raise DisclosureError(
+                    f"the {what} of an analysis must be a declared variable (a column such as 'phenotypes.ldl'), "
+                    "not an expression: expressions can single people out; derive the variable at ingest instead",
+                    rule=RULE_DECLARED)
+
+
+def _is_column(e: Any) -> bool:
+    from sqlglot import exp
+
+    return isinstance(e, exp.Column)
+
+
+def check_phenotype(y: np.ndarray | None, min_count: int) -> None:
+    """Rule 6: each class of a binary phenotype, and the non-zero part of a continuous one, has at
+    least ``min_count`` people at this node (decided on counts of people, never on the values)."""
+    if y is None or min_count <= 1:
+        return
+    y = y[np.isfinite(y)]
+    if not len(y):
+        return
+    values, counts = np.unique(y, return_counts=True)
+    # one value: the other class is empty (fewer than min_count too). Answering it would tell
+    # "status = 1 OR <one person>" for a case (one class) from a control (a class of one).
+    if len(values) == 1 or (len(values) == 2 and counts.min() < min_count):
+        raise DisclosureError(
+            f"the phenotype has a class with fewer than {min_count} people at this node; a binary phenotype needs "
+            f"at least {min_count} people in each class", rule=RULE_PHENOTYPE_CLASSES)
+    nonzero = int(np.count_nonzero(y))
+    if 0 < nonzero < min_count:
+        raise DisclosureError(
+            f"the phenotype is non-zero for fewer than {min_count} people at this node; it would single them out",
+            rule=RULE_PHENOTYPE_CLASSES)
+
+
+# -- after execution -------------------------------------------------------------------------------
+
+def release(frag: Any, table: pa.Table, mode: str, policy: Any, *, quasi_identified: bool, query_id: str,
+            influence: pa.Table | None = None) -> Released:
+    """The table that may leave this node for ``frag`` in combine ``mode``.
+
+    plain: groups below the minimum count, or whose values a few people drive (influence) or one
+    person dominates, are withheld here and do not leave, keys included. A global aggregate's one
+    row leaves with its values NULL and ``_suppressed`` set. For grouped results the node returns
+    the blinded keys of its withheld groups (:func:`blind_keys`, an HMAC under the nodes' shared
+    ``key_secret``): the coordinator asks every node for the blinded keys of the groups it released
+    only when some node withheld one, and withholds those groups federation-wide without learning
+    which keys they are.
+
+    mpc/he: the minimum count is tested federation-wide on the secret sums. A node cannot withhold
+    one group of a secure sum alone, so a group whose value fewer than ``min_count`` of this node's
+    people drive, or one person dominates, refuses the release; quasi-identifier groups below the
+    minimum count are dropped here, keys included.
+    """
+    k = policy.min_count
+    partials = list(frag.partials) if hasattr(frag, "partials") else []
+    keys = list(getattr(frag, "keys", []))
+    withheld: dict[str, int] = {}
+    if influence is not None:
+        table = I.attach(table, influence, keys)
+    secure = mode != "plain"
+    verdict = I.judge(table, partials, k, policy.dominance) if influence is not None else None
+    if secure:
+        if verdict is not None and verdict.influence.any():
+            raise DisclosureError(
+                f"an aggregate's value in some group depends on fewer than {k} people at this node (its argument is "
+                "NULL or zero for everyone else), so it would single them out; group by the condition instead, "
+                "or ask with an epsilon", rule=I.RULE_INFLUENCE)
+        if verdict is not None and verdict.dominance.any():
+            raise DisclosureError(
+                f"a released sum would be dominated by one person (more than {policy.dominance:.0%} of its total) at this "
+                "node; sum over larger or less skewed groups, or ask with an epsilon", rule=I.RULE_DOMINANCE)
+        table = I.strip(table, partials)
+        if quasi_identified and keys:
+            table, dropped = _drop_small(table, k)
+            if dropped:
+                withheld[RULE_K_ANONYMITY] = dropped
+        return Released(table, withheld)
+
+    small = _small(table, k, keys)
+    masks = {RULE_MIN_COUNT: small}
+    if verdict is not None:
+        masks[I.RULE_INFLUENCE] = verdict.influence & ~small
+        masks[I.RULE_DOMINANCE] = verdict.dominance & ~small & ~verdict.influence
+    if quasi_identified:
+        masks[RULE_K_ANONYMITY] = _small(table, k, keys, zero_ok=bool(keys)) & ~small
+    table = I.strip(table, partials)
+    drop = np.zeros(table.num_rows, bool)
+    for rule, m in masks.items():
+        if m.any():
+            withheld[rule] = int(m.sum())
+            drop |= m
+    if not keys:
+        return Released(_null_out(table, drop, partials, keys), withheld)
+    tokens = blind_keys(table.filter(pa.array(drop)), keys, policy.key_secret, query_id) if drop.any() and policy.key_secret else []
+    return Released(_null_out(table, drop, partials, keys).filter(pa.array(~drop)), withheld, tokens)
+
+
+def _small(table: pa.Table, k: int, keys: list[str], zero_ok: bool = True) -> np.ndarray:
+    """Groups of 1..k-1 people (``zero_ok=False``: 0..k-1, a global aggregate keyed on
+    quasi-identifiers, where a zero would tell that nobody has those values)."""
+    n = pc.fill_null(table.column(N_COLUMN), 0).to_numpy(zero_copy_only=False).astype(np.int64) if table.num_rows \
+        else np.zeros(0, np.int64)
+    return ((n > 0) if zero_ok else (n >= 0)) & (n < k)
+
+
+def _drop_small(table: pa.Table, k: int) -> tuple[pa.Table, int]:
+    small = _small(table, k, ["_"])
+    return table.filter(pa.array(~small)), int(small.sum())
+
+
+def _null_out(table: pa.Table, drop: np.ndarray, partials: list[str], keys: list[str]) -> pa.Table:
+    """Withheld rows: partials, ``_n`` and keys NULL, ``_suppressed`` true."""
+    flag = pa.array(drop)
+    if SUPPRESSED_COLUMN in table.column_names:
+        old = pc.fill_null(table.column(SUPPRESSED_COLUMN), False)
+        table = table.set_column(table.column_names.index(SUPPRESSED_COLUMN), SUPPRESSED_COLUMN, pc.or_(old, flag))
+    else:
+        table = table.append_column(SUPPRESSED_COLUMN, flag)
+    if not drop.any():
+        return table
+    keep = pa.array(~drop)
+    for name in [*partials, N_COLUMN, *keys]:
+        if name in table.column_names:
+            i = table.column_names.index(name)
+            col = table.column(name)
+            table = table.set_column(i, name, pc.if_else(keep, col, pa.scalar(None, col.type)))
+    return table
+
+
+def blind_keys(table: pa.Table, keys: list[str], secret: str, query_id: str) -> list[str]:
+    """An opaque token per row for its group key: HMAC-SHA256 under the nodes' shared secret and the
+    query id, over the key values as text. Equal keys at two nodes get equal tokens; the
+    coordinator, without the secret, cannot tell which key a token stands for."""
+    if not table.num_rows:
+        return []
+    mac = hmac.new(hashlib.sha256(("genofed-key-blind\x1f" + secret + "\x1f" + query_id).encode()).digest(), digestmod="sha256")
+    from genofed.engine.keycodes import key_codes
+
+    codes, _ = key_codes([table], keys)
+    uniq, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    cols = [table.column(k).take(pa.array(first)).to_pylist() for k in keys]
+    tokens = []
+    for row in zip(*cols):
+        m = mac.copy()
+        m.update("\x1f".join("\x00" if v is None else f"{type(v).__name__}:{v}" for v in row).encode())
+        tokens.append(m.hexdigest()[:32])
+    return [str(t) for t in np.asarray(tokens, dtype=object)[inverse]]
