@@ -142,15 +142,20 @@ def plan_dp(frag: Any, policy: DPPolicy, variants_selected: int | None, clinical
     if any(s is not sel for s in sel.find_all(exp.Select)):
         raise DisclosureError("differential privacy needs a fragment without subqueries or CTEs (their rows per sample "
                               "cannot be bounded); rewrite the query as one SELECT", rule="dp_unsupported")
+    _check_person_joins(sel, names)
+    # rows one person can have in the join: the product over every table *occurrence* (a
+    # self-join of genotypes repeats each genotype row once per row of the other copy)
     mult = 1
-    for t in {n for n in names.values()} - {"samples", "variants", "genotypes"}:
-        mult *= max(1, clinical_multiplicity.get(t, 1))
+    v = max(1, variants_selected or 0)
+    for n in names.values():
+        if n == "genotypes":
+            mult *= v
+        elif n not in ("samples", "variants"):
+            mult *= max(1, clinical_multiplicity.get(n, 1))
     per_variant = False
     if g_aliases:
-        v = max(1, variants_selected or 0)
         key_cols = [p.unalias() for p in sel.expressions if p.alias_or_name in frag.keys]
-        per_variant = any(isinstance(k, exp.Column) and k.name == "variant_id" for k in key_cols)
-        mult *= v
+        per_variant = len(g_aliases) == 1 and any(isinstance(k, exp.Column) and k.name == "variant_id" for k in key_cols)
     c1 = sum(math.ceil(c) for c in bounds_c)
     l1 = int(mult * c1)
     if per_variant and mult > 1:
@@ -158,6 +163,44 @@ def plan_dp(frag: Any, policy: DPPolicy, variants_selected: int | None, clinical
     else:
         l2 = float(l1)
     return DPPlan(dataclasses.replace(frag, select=sel), l1, l2, mult)
+
+
+def _check_person_joins(sel: exp.Select, names: dict[str, str]) -> None:
+    """Rule 8: every table holding people's rows must be joined to the others on ``sample_id``
+    (so a person's rows never meet other people's rows); ``variants`` joins a genotypes copy on
+    ``variant_id``. Anything else (a join on a value, on ``variant_id`` between two genotype
+    copies) repeats other people's rows into one person's contribution, beyond any bound the
+    sensitivity could assume from the query's tables."""
+    parent = {a: a for a in names}
+
+    def find(a: str) -> str:
+        while parent[a] != a:
+            a = parent[a]
+        return a
+
+    conds: list[exp.Expression] = []
+    where = sel.args.get("where")
+    if where is not None:
+        conds += list(where.this.flatten()) if isinstance(where.this, exp.And) else [where.this]
+    for j in sel.args.get("joins") or []:
+        on = j.args.get("on")
+        if on is not None:
+            conds += list(on.flatten()) if isinstance(on, exp.And) else [on]
+    variant_linked: set[str] = set()
+    for c in conds:
+        if isinstance(c, exp.EQ) and isinstance(c.this, exp.Column) and isinstance(c.expression, exp.Column):
+            a, b = c.this.table, c.expression.table
+            if a in names and b in names and c.this.name == c.expression.name == "sample_id":
+                parent[find(a)] = find(b)
+            elif a in names and b in names and c.this.name == c.expression.name == "variant_id":
+                for x, y in ((a, b), (b, a)):
+                    if names[x] == "variants" and names[y] == "genotypes":
+                        variant_linked.add(x)
+    people = [a for a, n in names.items() if n != "variants"]
+    if len({find(a) for a in people}) > 1 or any(a not in variant_linked for a, n in names.items() if n == "variants" and people):
+        raise DisclosureError("differential privacy needs every table joined on sample_id (and variants to genotypes on "
+                              "variant_id): another join repeats other people's rows into one person's contribution, so no "
+                              "sensitivity bound holds; join on sample_id", rule="dp_unsupported")
 
 
 def _per_row(body: exp.Expression, names: dict[str, str], g_aliases: set[str], policy: DPPolicy) -> tuple[float, exp.Expression | None]:

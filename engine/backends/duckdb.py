@@ -396,7 +396,10 @@ __all__ = ["DuckDBBackend", "GenofedError"]
 
 def influence_partials(fragment: Fragment) -> dict[str, exp.Expression]:
     """The partials whose value people can weigh: ``SUM(x)`` and ``COUNT(x)`` (not ``COUNT(*)``,
-    ``COUNT(DISTINCT sample_id)``, MIN/MAX or the genomic counts), by output name."""
+    ``COUNT(DISTINCT sample_id)``, MIN/MAX), by output name. An argument that reads genotype
+    values and nothing else (``SUM(dosage)``, ``COUNT(CASE WHEN dosage = 1 THEN 1 END)``) is an
+    allele or genotype count, whatever its spelling: like ``allele_count(dosage)`` it falls under
+    the per-variant rules (the membership gate), not this one."""
     out: dict[str, exp.Expression] = {}
     for p in fragment.select.expressions:
         body = p.unalias()
@@ -404,6 +407,9 @@ def influence_partials(fragment: Fragment) -> dict[str, exp.Expression]:
             continue
         if isinstance(body, exp.Sum) or (isinstance(body, exp.Count) and not isinstance(body.this, (exp.Star, exp.Distinct))
                                          and body.this is not None):
+            cols = list(body.find_all(exp.Column))
+            if cols and all(c.name in ("dosage", "ploidy", "phased") for c in cols):
+                continue
             out[p.alias_or_name] = body
     return out
 
