@@ -115,30 +115,37 @@ def release(frag: Any, table: pa.Table, mode: str, policy: Any, *, quasi_identif
     only when some node withheld one, and withholds those groups federation-wide without learning
     which keys they are.
 
-    mpc/he: the minimum count is tested federation-wide on the secret sums. A node cannot withhold
-    one group of a secure sum alone, so a group whose value fewer than ``min_count`` of this node's
-    people drive, or one person dominates, refuses the release; quasi-identifier groups below the
-    minimum count are dropped here, keys included.
+    mpc/he: the minimum count is tested federation-wide on the secret sums, on the group's count
+    and on every influence count (``_ni<j>`` lanes). A node cannot withhold one group of a secure
+    sum alone, so a group one person dominates at this node refuses the release (a conservative
+    local test: the federation-wide total is at least this node's); quasi-identifier groups below
+    the minimum count are dropped here, keys included.
     """
     k = policy.min_count
     partials = list(frag.partials) if hasattr(frag, "partials") else []
     keys = list(getattr(frag, "keys", []))
     withheld: dict[str, int] = {}
+    influence_names: list[str] = []
+    if hasattr(frag, "select") and getattr(frag, "sample_id", None) is not None:
+        from genofed.engine.backends.duckdb import influence_partials
+
+        influence_names = list(influence_partials(frag))
     if influence is not None:
         table = I.attach(table, influence, keys)
     secure = mode != "plain"
-    verdict = I.judge(table, partials, k, policy.dominance) if influence is not None else None
+    verdict = I.judge(table, partials, k, policy.dominance, local_n=not secure) if influence is not None else None
     if secure:
-        if verdict is not None and verdict.influence.any():
-            raise DisclosureError(
-                f"an aggregate's value in some group depends on fewer than {k} people at this node (its argument is "
-                "NULL or zero for everyone else), so it would single them out; group by the condition instead, "
-                "or ask with an epsilon", rule=I.RULE_INFLUENCE)
         if verdict is not None and verdict.dominance.any():
             raise DisclosureError(
                 f"a released sum would be dominated by one person (more than {policy.dominance:.0%} of its total) at this "
                 "node; sum over larger or less skewed groups, or ask with an epsilon", rule=I.RULE_DOMINANCE)
-        table = I.strip(table, partials)
+        # the influence counts travel as secret count lanes: the minimum count is tested on their
+        # federation-wide sums, like the group's own count (privacy/secure/layout.py)
+        table = I.strip(table, partials, keep_counts=True)
+        for name in influence_names:
+            ni = I.influence_columns(name)[0]
+            if ni not in table.column_names:  # not computed here (min_count 1): the group's people
+                table = table.append_column(ni, pc.cast(pc.fill_null(table.column(N_COLUMN), 0), pa.int64()))
         if quasi_identified and keys:
             table, dropped = _drop_small(table, k)
             if dropped:

@@ -459,18 +459,26 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
 
     _trace("inputs")
     # 4. the minimum-count test on shares
-    n = tot_s[:, len(small_lanes) - 1]
+    count_idx = [i for i, lane in enumerate(small_lanes) if lane.role == L.COUNT]  # influence counts, then _n
+    flag_idx = [i for i, lane in enumerate(small_lanes) if lane.role != L.COUNT]
+    if flag_idx != list(range(len(flag_idx))):
+        _fail("mismatch", 1, "the lane layout does not put the flag lanes before the count lanes")
     if threshold > 1:
-        # (n-1)(n-2)...(n-K+1): pair the factors as (n-j)(n-K+j) = a + j(K-j) with a = n^2 - Kn,
-        # so one multiplication gives every pair; K=5 needs 2 multiplications instead of 3
+        # per count lane, (n-1)(n-2)...(n-K+1): pair the factors as (n-j)(n-K+j) = a + j(K-j) with
+        # a = n^2 - Kn, so one multiplication gives every pair; K=5 needs 2 multiplications
+        # instead of 3. The group is released when no count lane is in 1..K-1: the product of
+        # every lane's polynomial is non-zero (a field has no zero divisors).
         k = threshold
-        if k >= 4:
-            a = n * n - k * n
-            terms = [a + j * (k - j) for j in range(1, (k + 1) // 2)]
-            if k % 2 == 0:
-                terms.append(n - k // 2)
-        else:
-            terms = [n - j for j in range(1, k)]
+        terms = []
+        for ci in count_idx:
+            n = tot_s[:, ci]
+            if k >= 4:
+                a = n * n - k * n
+                terms += [a + j * (k - j) for j in range(1, (k + 1) // 2)]
+                if k % 2 == 0:
+                    terms.append(n - k // 2)
+            else:
+                terms += [n - j for j in range(1, k)]
         while len(terms) > 1:
             nxt = [terms[i] * terms[i + 1] for i in range(0, len(terms) - 1, 2)]
             if len(terms) % 2:
@@ -489,11 +497,11 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
     flags: dict[Any, np.ndarray] = {}
     sums: dict[Any, Any] = {}
     if len(idx):
-        if len(small_lanes) > 1:
-            flag_cols = tot_s[idx, : len(small_lanes) - 1]
-            zero = np.asarray(await mpc.np_is_zero_public(flag_cols), dtype=bool).reshape(len(idx), len(small_lanes) - 1)
-            for c, lane in enumerate(small_lanes[:-1]):
-                flags[lane] = ~zero[:, c]
+        if flag_idx:
+            flag_cols = tot_s[idx, : len(flag_idx)]  # flags come first, the count lanes last (Layout.lanes)
+            zero = np.asarray(await mpc.np_is_zero_public(flag_cols), dtype=bool).reshape(len(idx), len(flag_idx))
+            for c, i in enumerate(flag_idx):
+                flags[small_lanes[i]] = ~zero[:, c]
         opened = await mpc.output(tot_b[idx, :], receivers=[0])
         if pid == 0:
             vals = np.asarray(opened.value, dtype=object).reshape(len(idx), len(cols))
@@ -513,8 +521,8 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
                     except OverflowError:
                         sums[lane] = ints
     else:
-        for lane in small_lanes[:-1]:
-            flags[lane] = np.zeros(0, bool)
+        for i in flag_idx:
+            flags[small_lanes[i]] = np.zeros(0, bool)
         for lane in big_lanes:
             sums[lane] = []
     _trace("opened")

@@ -107,11 +107,12 @@ def channels(layout: L.Layout) -> list[Channel]:
     word: list[tuple[L.Lane, int]] = [(count, 0)]
     used = N_BITS
     for lane in rest:
-        if used + FLAG_BITS > WORD_BITS:
+        width = N_BITS if lane.role == L.COUNT else FLAG_BITS  # influence counts: a count's field
+        if used + width > WORD_BITS:
             out.append(Channel("word", fields=tuple(word)))
             word, used = [], 0
         word.append((lane, used))
-        used += FLAG_BITS
+        used += width
     out.append(Channel("word", fields=tuple(word)))
     return out
 
@@ -425,8 +426,10 @@ def decrypt_release(sums: pa.Table, layout: L.Layout, union: pa.Table, n_groups:
         else:
             offset = n_nodes << (_int_width(p) - 1)
             dec[lane] = [sum(int(ls[k][j]) << (LIMB_BITS * k) for k in range(len(ls))) - offset for j in range(n_groups)]
-    n = dec[layout.lanes()[-1]]  # the count lane is always last
-    released = ~L.small_groups(np.asarray(n), min_count)
+    small = np.zeros(n_groups, bool)
+    for lane in layout.count_lanes():  # the group's count (last) and every influence count
+        small |= L.small_groups(np.asarray(dec[lane]), min_count)
+    released = ~small
     idx = np.flatnonzero(released)
     values: dict[L.Lane, Any] = {}
     flags: dict[L.Lane, np.ndarray] = {}
@@ -440,7 +443,7 @@ def decrypt_release(sums: pa.Table, layout: L.Layout, union: pa.Table, n_groups:
             values[lane] = v[idx]
         else:
             values[lane] = [v[j] for j in idx]
-    for lane in layout.flag_lanes()[:-1]:
+    for lane in layout.opened_flags():
         flags[lane] = np.asarray(dec[lane])[idx] != 0
     return L.assemble(union, layout, released, values, flags)
 

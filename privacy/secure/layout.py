@@ -25,7 +25,7 @@ sorted canonically, so its order says nothing about which node contributed which
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,7 @@ class PartialLayout:
     decimal: bool = False
     count: bool = False
     finite: bool = False  # a real that is never NULL and always finite (analysis statistics): one lane
+    influence: bool = False  # with an influence-count lane _ni<j> (disclosure rule 2), tested like the group's count
 
 
 COUNT_FUNCTIONS = ("count", "allele_count", "allele_number", "het_count", "hom_alt_count", "hom_ref_count", "hom_alt_diploid_count")
@@ -104,8 +105,17 @@ class Layout:
                 out.append(Lane(p.name, VALID, INT))
             if p.kind == REAL and not p.finite:
                 out += [Lane(p.name, NAN, INT), Lane(p.name, POSINF, INT), Lane(p.name, NEGINF, INT)]
+        out += [Lane(influence_column(p.name), COUNT, INT) for p in self.partials if p.influence]
         out.append(Lane(N_COLUMN, COUNT, INT))
         return out
+
+    def count_lanes(self) -> list[Lane]:
+        """The lanes the minimum-count test runs on: every influence count, then ``_n`` (last)."""
+        return [lane for lane in self.lanes() if lane.role == COUNT]
+
+    def opened_flags(self) -> list[Lane]:
+        """The flag lanes opened (as zero tests) for released groups: validity and IEEE specials."""
+        return [lane for lane in self.lanes() if lane.role not in (VALUE, COUNT)]
 
     def value_lanes(self) -> list[Lane]:
         return [lane for lane in self.lanes() if lane.role == VALUE]
@@ -122,6 +132,11 @@ class Layout:
             return cls(list(d["keys"]), [PartialLayout(**p) for p in d["partials"]])
         except (KeyError, TypeError) as e:
             raise CombineError(f"malformed lane layout: {e}") from None
+
+
+def influence_column(partial: str) -> str:
+    """The influence-count column of partial ``_p<j>`` (:mod:`genofed.privacy.influence`)."""
+    return f"_ni{partial[2:]}"
 
 
 def layout_for(schema: pa.Schema, keys: list[str], partials: list[str], counts: list[str] | None = None,
@@ -146,6 +161,7 @@ def layout_for(schema: pa.Schema, keys: list[str], partials: list[str], counts: 
             out.append(PartialLayout(name, REAL, finite=name in finite))
         else:
             raise CombineError(f"partial {name!r} has type {t}, which the secure combine modes cannot sum")
+    out = [replace(p, influence=influence_column(p.name) in schema.names) for p in out]
     return Layout(list(keys), out)
 
 
@@ -227,6 +243,10 @@ def lane_values(aligned: pa.Table, layout: Layout) -> dict[Lane, np.ndarray]:
             out[Lane(p.name, NEGINF, INT)] = (neginf & valid).astype(np.int64)
         if not p.count:
             out[Lane(p.name, VALID, INT)] = valid.astype(np.int64)
+    for p in layout.partials:
+        if p.influence:
+            c = aligned.column(influence_column(p.name))
+            out[Lane(influence_column(p.name), COUNT, INT)] = pc.fill_null(pc.cast(c, pa.int64()), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     n = aligned.column(N_COLUMN) if N_COLUMN in aligned.column_names else pa.nulls(aligned.num_rows, pa.int64())
     out[Lane(N_COLUMN, COUNT, INT)] = pc.fill_null(pc.cast(n, pa.int64()), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     return {lane: out[lane] for lane in layout.lanes()}
@@ -296,6 +316,7 @@ def _int_array(vals: list[int | None]) -> pa.Array:
 
 def small_groups(n: np.ndarray, min_count: int) -> np.ndarray:
     """The rule the secure modes enforce on federation-wide counts (same as plain): groups with
-    1..min_count-1 samples are suppressed; zero-sample groups are not disclosive."""
+    1..min_count-1 samples are suppressed; zero-sample groups are not disclosive. Applied to the
+    group's count and to every influence count (the people who make a sum non-zero)."""
     n = np.asarray(n)
     return (n > 0) & (n < min_count)
