@@ -36,7 +36,7 @@ from genofed.privacy.audit import fragment_digest, records
 
 pytestmark = pytest.mark.realdata
 
-NORMAL = "SELECT population, count(*) AS n, sum(status) AS cases FROM samples GROUP BY population ORDER BY population"
+NORMAL = "SELECT population, count(*) AS n, count(status) AS cases FROM samples GROUP BY population ORDER BY population"
 
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -64,7 +64,7 @@ def pooled(data_1126):
 def baseline(fed, pooled):
     """The normal query's answer, checked against the pooled data once."""
     got = fed.sql(NORMAL).to_arrow().to_pylist()
-    truth = pooled.execute('SELECT "Population", count(*), sum(status) FROM samples GROUP BY 1 ORDER BY 1').fetchall()
+    truth = pooled.execute('SELECT "Population", count(*), count(status) FROM samples GROUP BY 1 ORDER BY 1').fetchall()
     assert [(r["population"], r["n"], r["cases"]) for r in got] == [tuple(t) for t in truth]
     return got
 
@@ -279,12 +279,20 @@ def test_renamed_sample_id_is_refused(cfg):
 
 
 def test_node_applies_its_own_minimum_count_to_direct_fragments(cfg, pooled):
-    """Without the coordinator, a node still suppresses small groups (min_count 5)."""
+    """Without the coordinator, a node still refuses identifiers as values (rule 1), withholds
+    small groups (min_count 5) and sends nothing about them, keys included (rule 3)."""
+    import json
+
     node = cfg.nodes[0].name
-    person = pooled.execute(f"SELECT \"sample.id\" FROM split WHERE node = '{node}' ORDER BY 1 LIMIT 1").fetchone()[0]
+    person, outcome = pooled.execute(f"SELECT \"sample.id\", outcome FROM samples JOIN split USING (\"sample.id\") "
+                                     f"WHERE node = '{node}' ORDER BY 1 LIMIT 1").fetchone()
     t = _transport(cfg)
     try:
-        one = t.run_fragment(f"SELECT count(*) AS _p0, sum(samples.outcome) AS _p1 FROM samples WHERE samples.sample_id = '{person}'",
+        with pytest.raises((DisclosureError, NodeError)) as e:
+            t.run_fragment(f"SELECT count(*) AS _p0, sum(samples.outcome) AS _p1 FROM samples WHERE samples.sample_id = '{person}'",
+                           uuid.uuid4().hex, 20)
+        assert getattr(e.value, "rule", None) == "identifier" or "identifier" in str(e.value)
+        one = t.run_fragment(f"SELECT count(*) AS _p0, sum(samples.outcome) AS _p1 FROM samples WHERE samples.outcome = {outcome!r}",
                              uuid.uuid4().hex, 20)
         cells = t.run_fragment("SELECT samples.population AS _k0, samples.sex AS _k1, samples.status AS _k2, count(*) AS _p0, "
                                "sum(samples.outcome) AS _p1 FROM samples GROUP BY samples.population, samples.sex, samples.status",
@@ -292,7 +300,7 @@ def test_node_applies_its_own_minimum_count_to_direct_fragments(cfg, pooled):
     finally:
         t.close()
     # defence off would release this person's outcome: the pooled data has exactly one such row
-    assert pooled.execute(f"SELECT count(*) FROM samples WHERE \"sample.id\" = '{person}'").fetchone()[0] == 1
+    assert pooled.execute(f"SELECT count(*) FROM samples WHERE outcome = {outcome!r}").fetchone()[0] == 1
     (row,) = one.to_pylist()
     assert row[P.SUPPRESSED_COLUMN] and row["_p0"] is None and row["_p1"] is None and row[P.N_COLUMN] is None
     truth = dict(((p, s, st), c) for p, s, st, c in pooled.execute(
@@ -300,12 +308,11 @@ def test_node_applies_its_own_minimum_count_to_direct_fragments(cfg, pooled):
         "GROUP BY ALL").fetchall())
     small = {k for k, c in truth.items() if c < 5}
     assert small, "the node has groups below 5"
-    for r in cells.to_pylist():
-        key = (r["_k0"], r["_k1"], r["_k2"])
-        if key in small:
-            assert r[P.SUPPRESSED_COLUMN] and r["_p0"] is None and r["_p1"] is None
-        else:
-            assert not r[P.SUPPRESSED_COLUMN] and r["_p0"] == truth[key]
+    got = {(r["_k0"], r["_k1"], r["_k2"]): r for r in cells.to_pylist()}
+    assert not small & set(got), "a withheld group's key left the node"
+    assert all(not r[P.SUPPRESSED_COLUMN] and r["_p0"] == truth[k] for k, r in got.items())
+    assert set(got) == set(truth) - small
+    assert json.loads(cells.schema.metadata[P.META_WITHHELD])["min_count"] == len(small)
     assert cells.schema.metadata[P.META_MIN_COUNT] == b"5"
 
 
