@@ -93,13 +93,24 @@ def judge(table: pa.Table, partials: list[str], min_count: int, dominance: float
             continue
         cnt = _col(table, ni, np.int64)
         if local_n:
-            infl |= (cnt > 0) & (cnt < min_count) & (cnt < n)
+            # 0 counts as small: releasing a zero where one person would be withheld is the
+            # person's value (COUNT(CASE WHEN <who> AND hiv = 1 THEN 1 END))
+            infl |= (cnt < min_count) & (cnt < n)
+            for b in branch_columns(table, p):  # the people taking each branch of a CASE/IF/comparison
+                nb = _col(table, b, np.int64)
+                infl |= (nb < min_count) & (n > 0)
         if mi in table.column_names and si in table.column_names:
             top, total = _col(table, mi), _col(table, si)
             # dominance where the group is not already protected by its count: a group of fewer
             # than min_count people is withheld (plain) or tested federation-wide (secure)
             dom |= (cnt >= max(2, min_count)) & (total > 0) & (top > dominance * total)
     return Verdict(infl, dom)
+
+
+def branch_columns(table: pa.Table, partial: str) -> list[str]:
+    """The branch-count columns ``_ni<j>_<m>`` of partial ``_p<j>`` present in ``table``."""
+    prefix = f"_ni{partial[2:]}_"
+    return [c for c in table.column_names if c.startswith(prefix)]
 
 
 def strip(table: pa.Table, partials: list[str], keep_counts: bool = False) -> pa.Table:
@@ -109,4 +120,6 @@ def strip(table: pa.Table, partials: list[str], keep_counts: bool = False) -> pa
     for p in partials:
         ni, mi, si = influence_columns(p)
         drop += [c for c in ((mi, si) if keep_counts else (ni, mi, si)) if c in table.column_names]
+        if not keep_counts:
+            drop += branch_columns(table, p)
     return table.drop_columns(drop) if drop else table

@@ -125,11 +125,11 @@ def release(frag: Any, table: pa.Table, mode: str, policy: Any, *, quasi_identif
     partials = list(frag.partials) if hasattr(frag, "partials") else []
     keys = list(getattr(frag, "keys", []))
     withheld: dict[str, int] = {}
-    influence_names: list[str] = []
+    influence_names: dict[str, int] = {}  # partial -> number of branch counts, decided from the SQL alone
     if hasattr(frag, "select") and getattr(frag, "sample_id", None) is not None:
-        from genofed.engine.backends.duckdb import influence_partials
+        from genofed.engine.backends.duckdb import branch_conditions, influence_partials
 
-        influence_names = list(influence_partials(frag))
+        influence_names = {name: len(branch_conditions(body)) for name, body in influence_partials(frag).items()}
     if influence is not None:
         table = I.attach(table, influence, keys)
     secure = mode != "plain"
@@ -142,17 +142,19 @@ def release(frag: Any, table: pa.Table, mode: str, policy: Any, *, quasi_identif
         # the influence counts travel as secret count lanes: the minimum count is tested on their
         # federation-wide sums, like the group's own count (privacy/secure/layout.py)
         table = I.strip(table, partials, keep_counts=True)
-        for name in influence_names:
-            ni = I.influence_columns(name)[0]
-            if ni not in table.column_names:  # not computed here (min_count 1): the group's people
-                table = table.append_column(ni, pc.cast(pc.fill_null(table.column(N_COLUMN), 0), pa.int64()))
+        for name, n_branches in influence_names.items():
+            for ni in [I.influence_columns(name)[0], *(f"{I.influence_columns(name)[0]}_{m + 1}" for m in range(n_branches))]:
+                if ni not in table.column_names:  # not computed here (min_count 1): the group's people
+                    table = table.append_column(ni, pc.cast(pc.fill_null(table.column(N_COLUMN), 0), pa.int64()))
         if quasi_identified and keys:
             table, dropped = _drop_small(table, k)
             if dropped:
                 withheld[RULE_K_ANONYMITY] = dropped
         return Released(table, withheld)
 
-    small = _small(table, k, keys)
+    # a global aggregate over people: a count of 0 is withheld like 1..k-1 (else "0 released,
+    # 1 withheld" answers a question about one person); groups of a GROUP BY are never empty
+    small = _small(table, k, keys, zero_ok=bool(keys) or k <= 1 or getattr(frag, "sample_id", None) is None)
     masks = {RULE_MIN_COUNT: small}
     if verdict is not None:
         masks[I.RULE_INFLUENCE] = verdict.influence & ~small

@@ -414,6 +414,50 @@ def influence_partials(fragment: Fragment) -> dict[str, exp.Expression]:
     return out
 
 
+def branch_conditions(body: exp.Expression) -> list[exp.Expression]:
+    """The branches an aggregate's argument weighs people by: each WHEN of a CASE (and its ELSE
+    when it has one), both outcomes of an IF, and both outcomes of a comparison used as a value
+    (``CAST(age = 34 AS INT)``). The people taking each branch are counted like a group: one
+    person alone in a branch of ``CASE WHEN <who> THEN outcome ELSE 1 END`` is singled out
+    however the other branches pad the sum. NULL tests (``x IS NOT NULL``, which the planner
+    uses to pair columns) do not weigh anyone."""
+    false = exp.false()
+
+    def cond(c: exp.Expression) -> exp.Expression:
+        return exp.Coalesce(this=c.copy(), expressions=[false.copy()])
+
+    def null_test(c: exp.Expression) -> bool:
+        return all(isinstance(n, (exp.Is, exp.Not, exp.And, exp.Or, exp.Paren, exp.Column, exp.Null))
+                   for n in c.walk()) and any(isinstance(n, exp.Is) for n in c.walk())
+
+    out: list[exp.Expression] = []
+    inside: set[int] = set()
+    for case in body.find_all(exp.Case):
+        prev: list[exp.Expression] = []
+        for f in case.args.get("ifs") or []:
+            for n in f.this.walk():
+                inside.add(id(n))
+            if null_test(f.this):
+                continue
+            c = cond(f.this)
+            out.append(exp.and_(*(exp.Not(this=p.copy()) for p in prev), c) if prev else c)
+            prev.append(c)
+        if case.args.get("default") is not None and prev:
+            out.append(exp.Not(this=exp.or_(*(p.copy() for p in prev))))
+    for f in body.find_all(exp.If):
+        if isinstance(f.parent, exp.Case):
+            continue
+        for n in f.this.walk():
+            inside.add(id(n))
+        if not null_test(f.this):
+            out += [cond(f.this), exp.Not(this=cond(f.this))]
+    for p in body.find_all(exp.Predicate):
+        if id(p) in inside or null_test(p) or isinstance(p.parent, exp.Predicate):
+            continue
+        out += [cond(p), exp.Not(this=cond(p))]
+    return out
+
+
 def influence_sql(fragment: Fragment) -> str | None:
     """The per-person two-level query of :meth:`DuckDBBackend.influence` (built from the
     fragment's own FROM/WHERE/GROUP BY as sqlglot expressions), or None when not needed."""
@@ -425,6 +469,9 @@ def influence_sql(fragment: Fragment) -> str | None:
     group = list(inner.args["group"].expressions) if inner.args.get("group") else []
     projections = [k.copy() for k in keys] + [exp.alias_(fragment.sample_id.copy(), "_sid")]
     projections += [exp.alias_(body.copy(), f"_c{i}") for i, body in enumerate(targets.values())]
+    branches = {name: branch_conditions(body) for name, body in targets.items()}
+    for i, conds in enumerate(branches.values()):
+        projections += [exp.alias_(exp.func("BOOL_OR", c), f"_b{i}_{m}") for m, c in enumerate(conds)]
     inner.set("expressions", projections)
     inner.set("group", exp.Group(expressions=[*(g.copy() for g in group), fragment.sample_id.copy()]))
     outer_cols: list[exp.Expression] = [exp.column(k) for k in fragment.keys]
@@ -438,6 +485,8 @@ def influence_sql(fragment: Fragment) -> str | None:
             exp.alias_(exp.Max(this=exp.Abs(this=exp.cast(c.copy(), "DOUBLE"))), f"_mi{j}"),
             exp.alias_(exp.Sum(this=exp.Abs(this=exp.cast(c.copy(), "DOUBLE"))), f"_si{j}"),
         ]
+        outer_cols += [exp.alias_(exp.CountIf(this=exp.column(f"_b{i}_{m}")), f"_ni{j}_{m + 1}")
+                       for m in range(len(branches[name]))]
     outer = exp.select(*outer_cols).from_(exp.alias_(exp.Subquery(this=inner), "_per_person", table=True))
     if fragment.keys:
         outer = outer.group_by(*(exp.column(k) for k in fragment.keys))

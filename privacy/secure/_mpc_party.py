@@ -472,6 +472,8 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
         terms = []
         for ci in count_idx:
             n = tot_s[:, ci]
+            if ci != count_idx[-1]:
+                terms.append(n)  # an influence count of 0 in a group of people is withheld too
             if k >= 4:
                 a = n * n - k * n
                 terms += [a + j * (k - j) for j in range(1, (k + 1) // 2)]

@@ -427,8 +427,10 @@ def decrypt_release(sums: pa.Table, layout: L.Layout, union: pa.Table, n_groups:
             offset = n_nodes << (_int_width(p) - 1)
             dec[lane] = [sum(int(ls[k][j]) << (LIMB_BITS * k) for k in range(len(ls))) - offset for j in range(n_groups)]
     small = np.zeros(n_groups, bool)
-    for lane in layout.count_lanes():  # the group's count (last) and every influence count
-        small |= L.small_groups(np.asarray(dec[lane]), min_count)
+    count_lanes = layout.count_lanes()
+    for lane in count_lanes:  # every influence count (0 included), then the group's count (last)
+        v = np.asarray(dec[lane])
+        small |= L.small_groups(v, min_count) | ((v == 0) if lane is not count_lanes[-1] else False)
     released = ~small
     idx = np.flatnonzero(released)
     values: dict[L.Lane, Any] = {}

@@ -54,7 +54,7 @@ class PartialLayout:
     decimal: bool = False
     count: bool = False
     finite: bool = False  # a real that is never NULL and always finite (analysis statistics): one lane
-    influence: bool = False  # with an influence-count lane _ni<j> (disclosure rule 2), tested like the group's count
+    influence: int = 0  # influence-count lanes _ni<j>, _ni<j>_1.. (disclosure rule 2), tested like the group's count
 
 
 COUNT_FUNCTIONS = ("count", "allele_count", "allele_number", "het_count", "hom_alt_count", "hom_ref_count", "hom_alt_diploid_count")
@@ -105,7 +105,7 @@ class Layout:
                 out.append(Lane(p.name, VALID, INT))
             if p.kind == REAL and not p.finite:
                 out += [Lane(p.name, NAN, INT), Lane(p.name, POSINF, INT), Lane(p.name, NEGINF, INT)]
-        out += [Lane(influence_column(p.name), COUNT, INT) for p in self.partials if p.influence]
+        out += [Lane(influence_column(p.name, b), COUNT, INT) for p in self.partials for b in range(int(p.influence))]
         out.append(Lane(N_COLUMN, COUNT, INT))
         return out
 
@@ -134,9 +134,10 @@ class Layout:
             raise CombineError(f"malformed lane layout: {e}") from None
 
 
-def influence_column(partial: str) -> str:
-    """The influence-count column of partial ``_p<j>`` (:mod:`genofed.privacy.influence`)."""
-    return f"_ni{partial[2:]}"
+def influence_column(partial: str, branch: int = 0) -> str:
+    """The influence-count column of partial ``_p<j>`` (``branch`` 0), or of the people taking
+    its argument's branch ``b`` (:mod:`genofed.privacy.influence`)."""
+    return f"_ni{partial[2:]}" if branch == 0 else f"_ni{partial[2:]}_{branch}"
 
 
 def layout_for(schema: pa.Schema, keys: list[str], partials: list[str], counts: list[str] | None = None,
@@ -161,7 +162,8 @@ def layout_for(schema: pa.Schema, keys: list[str], partials: list[str], counts: 
             out.append(PartialLayout(name, REAL, finite=name in finite))
         else:
             raise CombineError(f"partial {name!r} has type {t}, which the secure combine modes cannot sum")
-    out = [replace(p, influence=influence_column(p.name) in schema.names) for p in out]
+    out = [replace(p, influence=(1 + sum(1 for c in schema.names if c.startswith(influence_column(p.name) + "_")))
+                   if influence_column(p.name) in schema.names else 0) for p in out]
     return Layout(list(keys), out)
 
 
@@ -244,9 +246,9 @@ def lane_values(aligned: pa.Table, layout: Layout) -> dict[Lane, np.ndarray]:
         if not p.count:
             out[Lane(p.name, VALID, INT)] = valid.astype(np.int64)
     for p in layout.partials:
-        if p.influence:
-            c = aligned.column(influence_column(p.name))
-            out[Lane(influence_column(p.name), COUNT, INT)] = pc.fill_null(pc.cast(c, pa.int64()), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        for b in range(int(p.influence)):
+            c = aligned.column(influence_column(p.name, b))
+            out[Lane(influence_column(p.name, b), COUNT, INT)] = pc.fill_null(pc.cast(c, pa.int64()), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     n = aligned.column(N_COLUMN) if N_COLUMN in aligned.column_names else pa.nulls(aligned.num_rows, pa.int64())
     out[Lane(N_COLUMN, COUNT, INT)] = pc.fill_null(pc.cast(n, pa.int64()), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     return {lane: out[lane] for lane in layout.lanes()}

@@ -136,12 +136,9 @@ def test_count_for_one_person_vs_nobody(fed, truth):
     none = f.sql(COUNT_ONE.format(**nobody))
     if mode == "defence_off":
         assert one.to_arrow().to_pylist() == [{"n": 1}] and none.to_arrow().to_pylist() == [{"n": 0}]
-    elif mode == "min_count_5":
-        # (b) suppressed for the member, released as 0 for nobody: membership disclosed
-        assert one.to_arrow().num_rows == 0 and one.suppressed == 1
-        assert none.to_arrow().to_pylist() == [{"n": 0}] and not none.suppressed
     else:
-        # (c) indistinguishable: both withheld the same way
+        # (b), (c) indistinguishable: both withheld the same way (a count of 0 about people is
+        # withheld like 1..4; before, (b) released 0 for nobody and disclosed membership)
         assert one.to_arrow().equals(none.to_arrow()) and one.to_arrow().num_rows == 0
         assert one.suppressed == none.suppressed == 1
 
