@@ -516,6 +516,10 @@ class NodeServer(flight.FlightServerBase):
         if genomic is None:
             return None
         vidx = self._released_variants(frag)
+        if genomic == "frequencies" and hasattr(frag, "select") and not _keys_by_variant(frag):
+            # every selected variant feeds one value per group (a burden, a mean over a region):
+            # one statistic per cohort, not one per variant
+            vidx = vidx[:1]
         if genomic == "frequencies":
             cohorts = [m for m, ok in zip(sets.members, keep, strict=True) if ok and len(m)]
             if differencing and cohorts:  # the finest cohorts the released sets let the researcher compute
@@ -798,6 +802,12 @@ class NodeServer(flight.FlightServerBase):
                 if self.config.min_count > 1:
                     infl = getattr(self.backend, "influence", None)
                     notes["_influence"] = infl(frag) if infl is not None else None
+                    branches = getattr(self.backend, "key_branches", None)
+                    if branches is not None and any(b < self.config.min_count for b in branches(frag)):
+                        raise DisclosureError(
+                            f"a group key splits off fewer than {self.config.min_count} people at this node (a CASE, IF or "
+                            "comparison whose branch few or none take): the groups' existence and sizes would single them "
+                            "out; group by a coarser condition", rule="key_branch")
                     self._check_phenotype(frag)
                 risk = self._guard(frag, researcher, mode, qid=qid)
                 if risk:
@@ -952,6 +962,18 @@ def ANALYSES_BY_NAME() -> dict[str, Any]:  # noqa: N802 - a lazily imported regi
     from genofed.genomics.analyses import ANALYSES
 
     return ANALYSES
+
+
+def _keys_by_variant(frag: Any) -> bool:
+    """Whether a fragment's groups split by variant (a key reads a variant column, however
+    written: ``variant_id``, ``variant_id || ''``, ``pos / 1000``)."""
+    from sqlglot import exp
+
+    from genofed.engine.schema import GENOTYPE_VARIANT_COLUMNS
+
+    cols = set(GENOTYPE_VARIANT_COLUMNS) | {"variant_id", "chrom", "pos", "ref", "alt", "rsid", "qual", "filter"}
+    bodies = [p.unalias() for p in frag.select.expressions if p.alias_or_name in frag.keys]
+    return any(c.name in cols for b in bodies for c in b.find_all(exp.Column))
 
 
 def _genomic_release(frag: Any) -> str | None:

@@ -225,6 +225,29 @@ class DuckDBBackend(Backend):
         sql = influence_sql(fragment)
         if sql is None:
             return None
+        return self._side_query(fragment, sql)
+
+    def key_branches(self, fragment: Any) -> list[int]:
+        """The number of people taking each branch of a CASE, IF or comparison used as a group key
+        (0 included): a key that splits off fewer than min_count people singles them out, by the
+        group's existence or by its complement's size."""
+        from ..analysis import AnalysisFragment
+
+        if isinstance(fragment, AnalysisFragment) or fragment.sample_id is None or not fragment.keys:
+            return []
+        conds = [c for p in fragment.select.expressions if p.alias_or_name in fragment.keys for c in branch_conditions(p.unalias())]
+        if not conds:
+            return []
+        q = fragment.select.copy()
+        q.set("expressions", [exp.alias_(exp.Count(this=exp.Distinct(expressions=[exp.Case(ifs=[exp.If(
+            this=c, true=fragment.sample_id.copy())])])), f"_kb{i}") for i, c in enumerate(conds)])
+        q.set("group", None)
+        t = self._side_query(fragment, q.sql(DIALECT))
+        return [int(t.column(i)[0].as_py() or 0) for i in range(t.num_columns)] if t.num_rows else [0] * len(conds)
+
+    def _side_query(self, fragment: Any, sql: str) -> pa.Table:
+        """A disclosure-control query over the fragment's own rows (genotype rows registered as
+        for the fragment), under the same limits."""
         cur = self.con.cursor()
         try:
             if "genotypes" in fragment.tables:

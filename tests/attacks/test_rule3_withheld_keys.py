@@ -43,7 +43,7 @@ from genofed.connectors.client import FlightTransport
 from genofed.connectors.federation import FederationConfig
 from genofed.engine import protocol as P
 from genofed.engine.coordinator import Coordinator
-from genofed.engine.errors import NodeError
+from genofed.engine.errors import DisclosureError, NodeError
 
 pytestmark = pytest.mark.realdata
 
@@ -142,7 +142,18 @@ def assert_no_canary(where: str, texts: list[str], values: set, outcomes: set[fl
 
 # -- near-unique record tuples as keys --------------------------------------------------------------
 
-@pytest.mark.parametrize("combine", SECURE)
+KEY_UNION_GAP = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "issue 19: under mpc and he the key union (every node's group keys, withheld groups' included) is sent to every "
+    "party, the coordinator's included, before the threshold test (privacy/secure/_mpc_party.py step 2, "
+    "keyholder.release -> decrypt_release(union)); only the coordinator's own filter drops them, and the researcher "
+    "runs the coordinator"))
+
+
+def _secure_gap(combine):
+    return [KEY_UNION_GAP] if combine in ("mpc", "he") else []
+
+
+@pytest.mark.parametrize("combine", [pytest.param(c, marks=_secure_gap(c)) for c in SECURE])
 @pytest.mark.parametrize("case", list(ALL_WITHHELD))
 def test_withheld_record_keys_reach_nobody(fed, pooled_chr22, seen, case, combine):
     root, f = fed
@@ -169,7 +180,7 @@ def mixed_truth(pooled_chr22) -> dict[tuple, dict]:
     return out
 
 
-@pytest.mark.parametrize("combine", SECURE)
+@pytest.mark.parametrize("combine", [pytest.param(c, marks=_secure_gap(c)) for c in SECURE])
 def test_mixed_groups_release_exact_values_and_no_small_key(fed, mixed_truth, seen, combine):
     """Groups of sex, age and smoking: those released are exact (and have at least K people);
     no key of a group of fewer than K people reaches the researcher or the coordinator."""
@@ -196,18 +207,20 @@ def test_mixed_groups_release_exact_values_and_no_small_key(fed, mixed_truth, se
 def test_a_targeted_key_does_not_leave(fed, pooled_chr22, seen, combine):
     """``CASE WHEN <one person's age and BMI> THEN 'target' ELSE 'rest' END`` with their status
     and smoking as further keys: the target's group (one person) is withheld and its key, which
-    would tell their status, reaches nobody."""
+    would tell their status, reaches nobody: the node refuses the key (rule key_branch)."""
     _, f = fed
     t = pooled_chr22.sql("WITH u AS (SELECT age, bmi FROM phenotypes WHERE bmi IS NOT NULL GROUP BY ALL HAVING count(*) = 1) "
                          "SELECT p.age, p.bmi, s.status, p.smoker FROM phenotypes p JOIN u USING (age, bmi) JOIN samples s "
                          "USING (sample_id) ORDER BY p.sample_id LIMIT 1").fetchall()[0]
     sql = (f"SELECT CASE WHEN p.age = {t[0]} AND p.bmi = {t[1]!r} THEN 'target' ELSE 'rest' END AS who, s.status, p.smoker, "
            "count(*) AS n " + J + "GROUP BY ALL")
-    res = f.sql(sql, combine=combine)
-    assert "target" not in {r["who"] for r in res.to_arrow().to_pylist()}
+    with pytest.raises(DisclosureError) as e:  # the key splits off one person: refused before anything runs
+        f.sql(sql, combine=combine)
+    assert e.value.rule == "key_branch"
+    res = None
     found = [t for t in [*seen["tables"]] if "target" in values_in([t])]
     assert not found, f"LEAK ({combine}): the target's key ('target', status, smoker) reaches the coordinator"
-    assert "target" not in "\n".join(seen["json"]) + repr(res)
+    assert "target" not in "\n".join(seen["json"]) + repr(res) + str(e.value)
 
 
 # -- the CLI, the history, a node's own answer ------------------------------------------------------
@@ -277,8 +290,13 @@ def test_the_number_withheld_does_not_single_anyone_out(fed, pooled_chr22, combi
     case = next(r for r in rows if r[2] == 1)
     other = "p.age" if shape == "age_or_flag" else "0"
     q = "SELECT CASE WHEN p.age = {a} AND p.bmi = {b!r} AND s.status = 1 THEN -1 ELSE " + other + " END AS k, count(*) AS n " + J + "GROUP BY 1"
-    a = f.sql(q.format(a=control[0], b=control[1]), combine=combine).provenance
-    b = f.sql(q.format(a=case[0], b=case[1]), combine=combine).provenance
-    assert (a.suppressed, a.withheld_by) == (b.suppressed, b.withheld_by), (
-        f"LEAK ({combine}): a control's query reports {a.suppressed} withheld {a.withheld_by}, a case's {b.suppressed} "
-        f"{b.withheld_by}: the count of withheld groups tells the person's status; query: {q.format(a=case[0], b=case[1])}")
+    def outcome(sql):
+        try:
+            prov = f.sql(sql, combine=combine).provenance
+            return prov.suppressed, prov.withheld_by
+        except DisclosureError as e:  # refused: the key splits off fewer than 5 people (rule key_branch)
+            return "refused", e.rule
+
+    a, b = outcome(q.format(a=control[0], b=control[1])), outcome(q.format(a=case[0], b=case[1]))
+    assert a == b, (
+        f"LEAK ({combine}): a control's query gives {a}, a case's {b}: the count of withheld groups tells the person's status; query: {q.format(a=case[0], b=case[1])}")
