@@ -111,8 +111,6 @@ class MembershipGate:
         new_bits = np.packbits(new)
         worst: dict[str, Any] = {"power": float(pol.fpr), "variants": 0, "fpr": pol.fpr, "cap": pol.max_membership_power,
                                  "method": "per derived cohort: max(analytic (Sankararaman 2009), measured on this node's genotypes)"}
-        if pol.max_membership_power >= 1.0:  # the gate is off
-            return worst
         stats = _stats()
         z = float(stats.norm.isf(pol.fpr))
         with self._lock:
@@ -129,7 +127,7 @@ class MembershipGate:
                 if m_new == 0:
                     continue
                 power = analytic_power(m_new, n, None, pol.fpr)
-                if calibrate is not None and power <= pol.max_membership_power:
+                if calibrate is not None and power <= pol.max_membership_power < 1.0:
                     power = max(power, float(calibrate(np.asarray(members, np.int64), np.flatnonzero(fresh))))
                 p = min(max(power, pol.fpr), 1 - 1e-12)
                 gain = max(0.0, float(stats.norm.ppf(p)) + z) ** 2

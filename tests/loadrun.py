@@ -452,14 +452,20 @@ def _check_membership(rep: Report, name: str, cfg: NodeConfig, answered: dict[st
             b[: len(raw)] = raw
             got[(r, cohort)] = b
         db.close()
-    for key in sorted(set(expected) | set(got)):
-        if key[0] not in researchers:
-            continue
-        e, g = expected.get(key), got.get(key)
-        ne = int(np.bitwise_count(e).sum()) if e is not None else 0
-        ng = int(np.bitwise_count(g).sum()) if g is not None else 0
-        rep.check(e is not None and g is not None and bool((e == g).all()),
-                  f"{name}: membership state of {key[0]} for cohort {key[1][:10]}: {ng} variants recorded, {ne} released (lost update?)")
+    # a release is charged to the finest cohorts the researcher's released sets define (the
+    # linear audit's atoms: an everyone-release after by-population ones is charged per
+    # population), so compare per researcher: the cohorts recorded are ones the jobs could
+    # define, and every released variant is recorded (no lost update)
+    known = {MembershipGate.cohort_key(everyone)} | {MembershipGate.cohort_key(m) for m in pops.values()}
+    for r in researchers:
+        e_keys = [k for k in expected if k[0] == r]
+        g_keys = [k for k in got if k[0] == r]
+        e = np.bitwise_or.reduce([expected[k] for k in e_keys]) if e_keys else np.zeros(n_bytes, np.uint8)
+        g = np.bitwise_or.reduce([got[k] for k in g_keys]) if g_keys else np.zeros(n_bytes, np.uint8)
+        ne, ng = int(np.bitwise_count(e).sum()), int(np.bitwise_count(g).sum())
+        rep.check(bool((e == g).all()), f"{name}: membership state of {r}: {ng} variants recorded, {ne} released (lost update?)")
+        odd = [k[1][:10] for k in g_keys if k[1] not in known]
+        rep.check(not odd, f"{name}: membership state of {r} holds cohorts no job defines: {odd}")
     rep.facts.setdefault("membership_cohorts", {})[name] = len([k for k in got if k[0] in researchers])
     store.close()
 

@@ -430,7 +430,7 @@ def decrypt_release(sums: pa.Table, layout: L.Layout, union: pa.Table, n_groups:
     count_lanes = layout.count_lanes()
     for lane in count_lanes:  # every influence count (0 included), then the group's count (last)
         v = np.asarray(dec[lane])
-        small |= L.small_groups(v, min_count) | ((v == 0) if lane is not count_lanes[-1] else False)
+        small |= L.small_groups(v, min_count) | ((v == 0) if lane is not count_lanes[-1] and min_count > 1 else False)
     released = ~small
     idx = np.flatnonzero(released)
     values: dict[L.Lane, Any] = {}
