@@ -591,11 +591,14 @@ class NodeServer(flight.FlightServerBase):
         return vidx
 
     def _measured_power(self, members: np.ndarray, vidx: np.ndarray) -> float:
-        """The membership attack's power measured on this node's own genotypes: the cohort's real
-        members, and non-members simulated from the node's frequencies at the variants (rule 5;
-        the analytic model holds for common variants only). Large releases, whose analytic power
-        already decides, are not simulated."""
-        if not len(vidx) or not len(members) or len(vidx) * len(members) > 20_000_000:
+        """The membership attack's power simulated at this cohort's own allele frequencies (rule 5;
+        the analytic model holds for common variants only): a pool of the cohort's size drawn at
+        those frequencies, the attacker knowing the population frequencies exactly (the worst
+        case), members against non-members of the same population. Simulating at the cohort's
+        frequencies rather than scoring its real members against the node's other people keeps
+        ancestry from passing for membership. Releases without rare variants, or too large to
+        simulate (their analytic power already decides), are not simulated."""
+        if not len(vidx) or not len(members):
             return 0.0
         from genofed.genomics.kernels import genotype_rows
         from genofed.privacy.reid import membership_power
@@ -603,17 +606,16 @@ class NodeServer(flight.FlightServerBase):
         store = self.backend.store
         n = store.manifest.n_samples
         t = genotype_rows(store.planes, np.sort(vidx), n)
-        dos = t.column("dosage").to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(vidx), n)  # NaN: missing
-        p_ref = np.nanmean(dos, axis=1) / 2
-        cohort = dos[:, members]
-        p_pool = np.nanmean(cohort, axis=1) / 2
-        rare = np.minimum(p_pool, 1 - p_pool) * 2 * len(members) < 10
-        if not rare.any():
-            return 0.0
+        dos = t.column("dosage").to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(vidx), n)[:, members]
+        f = np.nan_to_num(np.nanmean(dos, axis=1) / 2)
+        rare = np.minimum(f, 1 - f) * 2 * len(members) < 10
         n_sim = int(np.ceil(20 / self.config.risk.fpr))  # enough non-members for an empirical threshold
-        if n_sim * len(vidx) > 50_000_000:
+        if not rare.any() or (n_sim + len(members)) * len(vidx) > 50_000_000:
             return 0.0
-        est = membership_power(cohort.T, p_pool, p_ref, fpr=self.config.risk.fpr, rng=0, n_pool=len(members),
+        rng = np.random.default_rng(len(members) * 1_000_003 + len(vidx))
+        pool = rng.binomial(2, f, size=(len(members), len(vidx))).astype(np.float64)
+        p_hat = pool.mean(axis=0) / 2
+        est = membership_power(pool, p_hat, f, fpr=self.config.risk.fpr, rng=rng, n_pool=len(members),
                                n_simulated=n_sim, threshold="empirical")
         return float(est.power)
 

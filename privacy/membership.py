@@ -124,7 +124,11 @@ class MembershipGate:
                 fresh = np.unpackbits(new_bits & ~old)[: len(new)].astype(bool)
                 m_new = int(fresh.sum())
                 bits = old | new_bits
-                if m_new == 0:
+                if m_new == 0:  # nothing new for this cohort: its score as it stands
+                    stored = self._information(researcher, key)
+                    power_now = float(stats.norm.cdf(np.sqrt(stored) - z)) if stored > 0 else float(pol.fpr)
+                    if power_now > worst["power"] or not worst["variants"]:
+                        worst.update(power=power_now, variants=int(np.bitwise_count(bits).sum()))
                     continue
                 power = analytic_power(m_new, n, None, pol.fpr)
                 if calibrate is not None and power <= pol.max_membership_power < 1.0:
