@@ -23,7 +23,7 @@ Example::
     min_controls = 5           # ... and fewest controls
     glm_max_param_ratio = 0.33 # model parameters ≤ ratio × this node's samples (DataSHIELD nfilter.glm)
     hidden_columns = ["phenotypes.zip", "samples.family_id"]   # never queryable, not in the catalog
-    differencing = true        # refuse releases whose samples differ from an earlier one by < min_count
+    differencing = true        # the linear audit of person sets per statistic (rule 4): refuse releases that determine < min_count people
     quasi_identifiers = ["phenotypes.zip", "phenotypes.birth_date", "samples.sex"]  # k-anonymous at this node
     rate_limit_per_minute = 600   # requests per researcher (0: unlimited); roles may set their own
     identifiers = ["samples.family_id"]   # like sample_id: join keys only, never values (rule 1)
@@ -173,7 +173,7 @@ class NodeConfig:
     min_controls: int = 5
     glm_max_param_ratio: float = 0.33
     hidden_columns: list[str] = field(default_factory=list)  # "table.column": not queryable, not in the catalog
-    differencing: bool = True  # the tracker defence (privacy/tracker.py)
+    differencing: bool = True  # the linear audit of person sets (privacy/setaudit.py)
     state: str = ""  # [node] state: directory of the node's privacy state (tracker, ledger); default state/ next to node.toml
     quasi_identifiers: list[str] = field(default_factory=list)  # "table.column": groups keyed on them are k-anonymous here
     identifiers: list[str] = field(default_factory=list)  # "table.column": join keys only, like sample_id (disclosure rule 1)
