@@ -152,9 +152,10 @@ def release(frag: Any, table: pa.Table, mode: str, policy: Any, *, quasi_identif
                 withheld[RULE_K_ANONYMITY] = dropped
         return Released(table, withheld)
 
-    # a global aggregate over people: a count of 0 is withheld like 1..k-1 (else "0 released,
-    # 1 withheld" answers a question about one person); groups of a GROUP BY are never empty
-    small = _small(table, k, keys, zero_ok=bool(keys) or k <= 1 or getattr(frag, "sample_id", None) is None)
+    # a global aggregate over nobody is released as 0 (withholding it at one node would withhold
+    # every plain query that some node has no one for); the "0 released, 1 withheld" question
+    # about one person this leaves open is in docs/privacy-attacks.md
+    small = _small(table, k, keys)
     masks = {RULE_MIN_COUNT: small}
     if verdict is not None:
         masks[I.RULE_INFLUENCE] = verdict.influence & ~small

@@ -437,6 +437,18 @@ def influence_partials(fragment: Fragment) -> dict[str, exp.Expression]:
     return out
 
 
+def genotype_valued(body: exp.Expression) -> bool:
+    """Whether an aggregate's values (outside its CASE/IF conditions) are genotype values only:
+    ``SUM(CASE WHEN p.t2d = 1 THEN g.dosage END)`` is an allele count among cases, like
+    ``allele_count(dosage) ... WHERE t2d = 1``. Its branches are groups of people (counted), its
+    carriers are the per-variant rules' business (the membership gate), not a weighted sum's."""
+    conds: set[int] = set()
+    for node in body.find_all(exp.If):
+        conds |= {id(n) for n in node.this.walk()}
+    values = [c for c in body.find_all(exp.Column) if id(c) not in conds]
+    return bool(values) and all(c.name in ("dosage", "ploidy", "phased") for c in values)
+
+
 def branch_conditions(body: exp.Expression) -> list[exp.Expression]:
     """The branches an aggregate's argument weighs people by: each WHEN of a CASE (and its ELSE
     when it has one), both outcomes of an IF, and both outcomes of a comparison used as a value
@@ -498,16 +510,21 @@ def influence_sql(fragment: Fragment) -> str | None:
     inner.set("expressions", projections)
     inner.set("group", exp.Group(expressions=[*(g.copy() for g in group), fragment.sample_id.copy()]))
     outer_cols: list[exp.Expression] = [exp.column(k) for k in fragment.keys]
-    for i, name in enumerate(targets):
+    for i, (name, body) in enumerate(targets.items()):
         c = exp.column(f"_c{i}")
-        nonzero = exp.and_(exp.Not(this=exp.Is(this=c.copy(), expression=exp.Null())),
-                           exp.NEQ(this=c.copy(), expression=exp.Literal.number(0)))
+        present = exp.Not(this=exp.Is(this=c.copy(), expression=exp.Null()))
         j = name[2:]
-        outer_cols += [
-            exp.alias_(exp.CountIf(this=nonzero), f"_ni{j}"),
-            exp.alias_(exp.Max(this=exp.Abs(this=exp.cast(c.copy(), "DOUBLE"))), f"_mi{j}"),
-            exp.alias_(exp.Sum(this=exp.Abs(this=exp.cast(c.copy(), "DOUBLE"))), f"_si{j}"),
-        ]
+        if genotype_valued(body):  # people with a call in the branch; no weighing, no dominance
+            outer_cols += [exp.alias_(exp.CountIf(this=present), f"_ni{j}"),
+                           exp.alias_(exp.cast(exp.Null(), "DOUBLE"), f"_mi{j}"),
+                           exp.alias_(exp.cast(exp.Null(), "DOUBLE"), f"_si{j}")]
+        else:
+            nonzero = exp.and_(present, exp.NEQ(this=c.copy(), expression=exp.Literal.number(0)))
+            outer_cols += [
+                exp.alias_(exp.CountIf(this=nonzero), f"_ni{j}"),
+                exp.alias_(exp.Max(this=exp.Abs(this=exp.cast(c.copy(), "DOUBLE"))), f"_mi{j}"),
+                exp.alias_(exp.Sum(this=exp.Abs(this=exp.cast(c.copy(), "DOUBLE"))), f"_si{j}"),
+            ]
         outer_cols += [exp.alias_(exp.CountIf(this=exp.column(f"_b{i}_{m}")), f"_ni{j}_{m + 1}")
                        for m in range(len(branches[name]))]
     outer = exp.select(*outer_cols).from_(exp.alias_(exp.Subquery(this=inner), "_per_person", table=True))

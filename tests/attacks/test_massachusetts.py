@@ -136,9 +136,14 @@ def test_count_for_one_person_vs_nobody(fed, truth):
     none = f.sql(COUNT_ONE.format(**nobody))
     if mode == "defence_off":
         assert one.to_arrow().to_pylist() == [{"n": 1}] and none.to_arrow().to_pylist() == [{"n": 0}]
+    elif mode == "min_count_5":
+        # (b) withheld for the member, released as 0 for nobody: membership disclosed (a WHERE
+        # that singles out one person; declared quasi-identifiers (c) close it, see
+        # docs/privacy-attacks.md "What the rules cannot stop")
+        assert one.to_arrow().num_rows == 0 and one.suppressed == 1
+        assert none.to_arrow().to_pylist() == [{"n": 0}] and not none.suppressed
     else:
-        # (b), (c) indistinguishable: both withheld the same way (a count of 0 about people is
-        # withheld like 1..4; before, (b) released 0 for nobody and disclosed membership)
+        # (c) indistinguishable: both withheld the same way
         assert one.to_arrow().equals(none.to_arrow()) and one.to_arrow().num_rows == 0
         assert one.suppressed == none.suppressed == 1
 
