@@ -178,7 +178,7 @@ def _check_person_joins(sel: exp.Select, names: dict[str, str]) -> None:
             a = parent[a]
         return a
 
-    conds: list[exp.Expression] = []
+    conds: list[Any] = []  # sqlglot types flatten() as Iterator[Expr]
     where = sel.args.get("where")
     if where is not None:
         conds += list(where.this.flatten()) if isinstance(where.this, exp.And) else [where.this]
