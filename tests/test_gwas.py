@@ -44,7 +44,7 @@ def pooled(tmp_path_factory, data_1126, phenotypes_1126):
     sheet = pd.read_csv(data_1126["samples"], sep="\t").set_index("sample.id")
     ph = pd.read_csv(phenotypes_1126).set_index("sample_id")
     pheno = pd.DataFrame({"outcome": sheet["outcome"], "status": sheet["status"] + 1}, index=sheet.index)
-    covar = pd.DataFrame({"age": ph["age"], "bmi": ph["bmi"], "female": (sheet["sex"] == "F").astype(int).reindex(ph.index)})
+    covar = pd.DataFrame({"age": ph["age"], "bmi": ph["bmi"], "smoker": ph["smoker"]})
     ids, samples, dos = dosages(split)
     return {
         "dir": d, "split": split, "prefix": prefix, "sheet": sheet, "ph": ph,
@@ -53,7 +53,8 @@ def pooled(tmp_path_factory, data_1126, phenotypes_1126):
     }
 
 
-COVS = ["phenotypes.age", "phenotypes.bmi", "CAST(samples.sex = 'F' AS INT)"]
+# declared variables only (rule 6): an expression such as CAST(samples.sex = 'F' AS INT) is refused
+COVS = ["phenotypes.age", "phenotypes.bmi", "phenotypes.smoker"]
 
 
 def _df(result) -> pd.DataFrame:
@@ -94,7 +95,7 @@ def _str(x):
 
 def test_gwas_linear_equals_plink2_and_exact_pooled_ols(fed1126, pooled):
     got = _linear(fed1126)
-    ref = plink2_glm(pooled["prefix"], pooled["pheno"], "outcome", pooled["covar"], ["age", "bmi", "female"], pooled["dir"] / "lin")
+    ref = plink2_glm(pooled["prefix"], pooled["pheno"], "outcome", pooled["covar"], ["age", "bmi", "smoker"], pooled["dir"] / "lin")
     ok = ref[ref["ERRCODE"].isna() | (ref["ERRCODE"] == ".")].index
     j = got.loc[ok].join(ref)
     assert len(j) > 2000
