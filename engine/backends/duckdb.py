@@ -186,18 +186,7 @@ class DuckDBBackend(Backend):
                     return result
             sql = self.compile(fragment)
             if "genotypes" in fragment.tables:
-                vidx = self.variant_selection(fragment, cur)
-                cells = len(vidx) * self.store.manifest.n_samples
-                if cells > self.max_genotype_cells:
-                    raise FragmentError(
-                        f"the query would read {cells:,} genotypes row by row (this node's limit is "
-                        f"{self.max_genotype_cells:,}); restrict the variants with a WHERE on chrom, pos "
-                        "or variant_id, or use genomic aggregates grouped by sample and variant columns"
-                    )
-                limits.check_scan(cells)
-                limits.reserve(cells * ROW_BYTES, f"reading {cells:,} genotypes row by row")
-                cur.register("_g", genotype_rows(self.store.planes, vidx, self.store.manifest.n_samples))
-                cur.execute(GENOTYPES_VIEW)
+                self._genotype_rows(fragment, cur, ", or use genomic aggregates grouped by sample and variant columns")
                 limits.check()
             cap = limits.row_cap()
             if cap is not None:  # one group past the cap is enough to refuse; never materialise more
@@ -251,26 +240,27 @@ class DuckDBBackend(Backend):
         cur = self.con.cursor()
         try:
             if "genotypes" in fragment.tables:
-                vidx = self.variant_selection(fragment, cur)
-                cells = len(vidx) * self.store.manifest.n_samples
-                if cells > self.max_genotype_cells:
-                    raise FragmentError(
-                        f"the query's sums would be checked over {cells:,} genotypes row by row (this node's limit is "
-                        f"{self.max_genotype_cells:,}); restrict the variants with a WHERE on chrom, pos or variant_id")
-                limits.check_scan(cells)
-                limits.reserve(cells * ROW_BYTES, f"reading {cells:,} genotypes row by row")
-                cur.register("_g", genotype_rows(self.store.planes, vidx, self.store.manifest.n_samples))
-                cur.execute(GENOTYPES_VIEW)
+                self._genotype_rows(fragment, cur)
             with limits.watch(cur):
                 return cur.sql(sql).to_arrow_table()
-        except duckdb.ConversionException:
-            raise FragmentError("a value could not be converted by a CAST or comparison; check the types in the query") from None
-        except duckdb.OutOfMemoryException:
-            raise _out_of_memory() from None
-        except duckdb.Error as e:
-            raise FragmentError(f"the node could not run the fragment: {_first_line(e)}") from None
+        except duckdb.Error as e:  # never DuckDB's message: it quotes the operands (people's values)
+            raise translate_duckdb(e, "run the fragment", fragment.select) from None
         finally:
             cur.close()
+
+    def _genotype_rows(self, fragment: Any, cur: duckdb.DuckDBPyConnection, hint: str = "") -> None:
+        """Register the genotype rows of the variants a fragment selects as the ``genotypes``
+        view on ``cur``, within the node's row-wise limit, scan limit and memory reservation."""
+        vidx = self.variant_selection(fragment, cur)
+        cells = len(vidx) * self.store.manifest.n_samples
+        if cells > self.max_genotype_cells:
+            raise FragmentError(
+                f"the query would read {cells:,} genotypes row by row (this node's limit is "
+                f"{self.max_genotype_cells:,}); restrict the variants with a WHERE on chrom, pos or variant_id{hint}")
+        limits.check_scan(cells)
+        limits.reserve(cells * ROW_BYTES, f"reading {cells:,} genotypes row by row")
+        cur.register("_g", genotype_rows(self.store.planes, vidx, self.store.manifest.n_samples))
+        cur.execute(GENOTYPES_VIEW)
 
     def result_schema(self, fragment: Fragment) -> pa.Schema:
         """The Arrow schema of a fragment's partials (the federated dialect's typing), computed
