@@ -232,7 +232,11 @@ def test_1126_at_the_default_epsilon(synth_fed, trained, pooled1126, tmp_path):
     assert sc["exact_copies"] == 0 and sc["kinship_over"] == 0 and sc["mia_auc"] <= 0.55 + 2 * _auc_se(sc)
     assert sc["canaries"] == 6 and sc["canaries_detected"] == 0
     assert sc["aats"] > 0.55 and not res.passed
-    assert len(res.report["reasons"]) == 1 and "under-fitting" in res.report["reasons"][0]
+    reasons = res.report["reasons"]
+    assert "under-fitting" in reasons[0]
+    # a membership AUC within sampling noise of 0.55 may add the gate's second reason (the safe side)
+    assert reasons[1:] == ([] if sc["mia_auc"] <= 0.55 else [r for r in reasons[1:] if "membership inference" in r])
+    assert len(reasons) == 1 + (sc["mia_auc"] > 0.55)
     assert not out.exists()
     html = (tmp_path / "report.html").read_text()
     assert "refused" in html and "AATS" in html
