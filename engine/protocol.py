@@ -18,6 +18,7 @@ ACTION_MPC_RUN = "mpc_run"
 ACTION_MPC_ABORT = "mpc_abort"
 ACTION_BLIND = "blind_keys"  # plain: blinded keys of the groups a node released for a query (rule 3)
 ACTION_HISTORY = "history"  # the calling researcher's own releases at the node (JSON)
+ACTION_PIPELINE = "pipeline"  # the ordered steps every fragment passes at the node (JSON)
 
 COMBINE_MODES = ("plain", "mpc", "he")
 
