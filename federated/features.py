@@ -30,7 +30,7 @@ import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 
-from genofed.engine.errors import ConfigError, GenofedError
+from genofed.engine.errors import ConfigError, DisclosureError, GenofedError
 
 FEATURE_TABLE_FORBIDDEN = {"genotypes", "variants"}
 
@@ -207,11 +207,12 @@ def load_features(config: Any, spec: FeatureSpec, researcher: str, *, run_id: st
         if unknown:
             raise ConfigError(f"node {config.name}: the feature query reads unknown tables {unknown}; "
                               f"tables here: {sorted(known - FEATURE_TABLE_FORBIDDEN)}")
-        allowed = config.allowed_tables(researcher)
-        if allowed is not None:
-            denied = sorted((tables - ctes) - allowed)
-            if denied:
-                refuse("access", f"your roles at this node do not allow reading {', '.join(denied)}")
+        from genofed.connectors.pipeline import authorized_tables
+
+        denied = authorized_tables(config, researcher, tables - ctes)  # the rule query fragments pass (one policy object)
+        if denied:
+            refuse("access", f"your roles at this node do not allow reading {', '.join(denied)}")
+        _check_feature_rules(sel, config, refuse, backend)
         hidden = {h.split(".")[1] for h in config.hidden_columns if h.split(".")[0] in tables}
         if hidden & {c.name.lower() for c in sel.find_all(exp.Column)}:
             raise ConfigError(f"node {config.name}: the feature query names a column that does not exist here")
@@ -259,6 +260,10 @@ def load_features(config: Any, spec: FeatureSpec, researcher: str, *, run_id: st
             refuse("min_samples", f"fewer complete samples than the node's minimum for training ({need})")
         if n_pos < config.min_cases or n - n_pos < config.min_controls:
             refuse("min_cases", "fewer cases or controls than the node's minimum ([policy] min_cases / min_controls)")
+        small = _small_feature_classes(M[:, 1:len(names) + 1] if names else np.zeros((len(M), 0)), config.min_count)
+        if small is not None:
+            refuse("feature_classes", f"feature {names[small]!r} is non-zero, or takes one of its two values, for fewer than "
+                                      f"{config.min_count} people at this node: a model would single them out; use a coarser feature")
         p = n_params if n_params is not None else X.shape[1] + 1
         if p > config.glm_max_param_ratio * n:
             refuse("param_ratio", f"the model has more parameters than [policy] glm_max_param_ratio = {config.glm_max_param_ratio} "
@@ -269,6 +274,50 @@ def load_features(config: Any, spec: FeatureSpec, researcher: str, *, run_id: st
     finally:
         if own:
             backend.close()
+
+
+def _check_feature_rules(sel: exp.Select, config: Any, refuse: Any, backend: Any) -> None:
+    """Rule 1 for a feature query: identifiers only link rows (``sample_id`` is returned bare to
+    join the genotype features and never leaves the node); a feature computed from an identifier
+    (``CAST(sample_id = 'HG00096' AS INT)``) would let a model weight read that person's label."""
+    from sqlglot.errors import OptimizeError
+    from sqlglot.optimizer.qualify import qualify
+
+    from genofed.privacy.identifiers import check_identifiers
+
+    schema = {}
+    for t in backend.tables():
+        cur = backend.con.cursor()
+        try:
+            schema[t] = {str(r[0]): str(r[1]) for r in cur.sql(f'DESCRIBE "{t}"').fetchall()}
+        finally:
+            cur.close()
+    outer = exp.select("1").from_(exp.Subquery(this=sel.copy(), alias=exp.TableAlias(this=exp.to_identifier("_features"))))
+    try:
+        outer = qualify(outer, schema=schema, dialect="duckdb", validate_qualify_columns=True, quote_identifiers=False, identify=False)
+    except (OptimizeError, RecursionError) as e:
+        raise ConfigError(f"node {config.name}: the feature query names a column this node cannot resolve: {str(e)[:200]}") from None
+    try:
+        check_identifiers(outer, config.identifiers)
+    except DisclosureError as e:
+        refuse(e.rule, str(e))
+
+
+def _small_feature_classes(X: np.ndarray, k: int) -> int | None:
+    """Rule 6 for features (as for an analysis' phenotype): the index of a feature that is
+    non-zero for 1..k-1 people, or whose two values split off 1..k-1 people, else None.
+    Decided on counts of people, never on the values; constant features single out nobody."""
+    if k <= 1:
+        return None
+    for j in range(X.shape[1]):
+        col = X[:, j]
+        nonzero = int(np.count_nonzero(col))
+        if 0 < nonzero < k:
+            return j
+        values, counts = np.unique(col, return_counts=True)
+        if len(values) == 2 and counts.min() < k:
+            return j
+    return None
 
 
 class FeatureReader:
