@@ -27,7 +27,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from genofed.engine.combine import narrow_integers
-from genofed.engine.errors import DisclosureError
+from genofed.engine.errors import DisclosureError, UnsupportedError
 
 log = logging.getLogger("genofed.node")
 
@@ -52,8 +52,10 @@ class ReleaseGates:
         else:
             if k > 1:
                 infl = getattr(self.backend, "influence", None)
-                influence = infl(frag) if infl is not None else None
                 branches = getattr(self.backend, "key_branches", None)
+                if infl is None or branches is None:
+                    _needs_influence(frag, self.backend.name)
+                influence = infl(frag) if infl is not None else None
                 if branches is not None and any(b < k for b in branches(frag)):
                     raise DisclosureError(
                         f"a group key splits off fewer than {k} people at this node (a CASE, IF or comparison whose branch "
@@ -333,6 +335,22 @@ class ReleaseGates:
         if vidx is not None:
             digest.update(np.asarray(vidx, np.int64).tobytes())
         return ("who:" + digest.hexdigest(),)
+
+
+def _needs_influence(frag: Any, backend: str) -> None:
+    """Fail closed on a backend that cannot count who influences each value (rule 2): a fragment
+    whose sums or counts people can weigh, or whose group keys branch on a condition, is refused
+    rather than released unchecked."""
+    if not hasattr(frag, "select") or getattr(frag, "sample_id", None) is None:
+        return
+    from genofed.engine.backends.duckdb import branch_conditions, influence_partials
+
+    keyed = [p.unalias() for p in frag.select.expressions if p.alias_or_name in frag.keys]
+    if influence_partials(frag) or any(branch_conditions(b) for b in keyed):
+        raise UnsupportedError(
+            f"this node's {backend} backend cannot count the people behind each value (disclosure rule 2), so it does not "
+            "release SUM(x) or COUNT(x) over people, or groups keyed on a condition, below an epsilon; ask with an "
+            "epsilon, or count people with COUNT(*) / COUNT(DISTINCT sample_id)")
 
 
 def _dp_meta(table: pa.Table) -> dict[str, Any]:

@@ -96,3 +96,35 @@ def test_a_malformed_fragment_is_refused_at_validate_in_every_mode(server):
             server.pipeline(Request("researcher", "SELECT 1 AS _p0 FROM nowhere", f"bad-{combine}", combine))
         assert P.decode_error(str(e.value))["code"] == P.CODE_FRAGMENT
         assert server.visited == STEPS[: STEPS.index("validate") + 1]
+
+
+class _WithoutInfluence:
+    """A backend that cannot count who influences each value (as the Hail backend today)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        if name in ("influence", "key_branches"):
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+def test_a_backend_without_influence_counts_fails_closed(server):
+    """Rule 2 cannot be skipped by running a node on a backend that lacks it: sums and counts
+    people can weigh are refused (nothing computed leaves), counts of people are answered."""
+    from genofed.connectors.node import make_backend
+
+    srv = NodeServer(server.config, backend=_WithoutInfluence(make_backend(server.config)))
+    try:
+        for sql in ("SELECT sex, sum(outcome) FROM samples GROUP BY 1",
+                    "SELECT count(CASE WHEN status = 1 THEN 1 END) FROM samples",
+                    "SELECT CASE WHEN outcome > 1e9 THEN 'huge' ELSE 'other' END AS c, count(*) FROM samples GROUP BY 1"):
+            with pytest.raises(flight.FlightServerError) as e:
+                srv.pipeline(Request("researcher", _fragment(srv, sql), "no-infl", "plain"))
+            err = P.decode_error(str(e.value))
+            assert err["code"] == P.CODE_UNSUPPORTED and "rule 2" in err["reason"], err
+        out = srv.pipeline(Request("researcher", _fragment(srv, "SELECT population, count(*) FROM samples GROUP BY 1"), "ok", "plain"))
+        assert out.num_rows >= 3
+    finally:
+        srv.shutdown()
