@@ -41,7 +41,8 @@ from genofed.engine.errors import DisclosureError
 from .tracker import state_db, write_many
 
 RULE = "linear_audit"
-MAX_ROWS = 2000  # per researcher and statistic: the oldest sets beyond this are folded away
+MAX_ROWS = 2000  # per researcher and statistic: distinct person sets the audit keeps (then it refuses)
+RULE_CAPACITY = "audit_capacity"
 
 
 @dataclass
@@ -111,6 +112,13 @@ class SetAudit:
                     fresh.append((b, r.direct))
                 if not fresh:
                     continue
+                if len(old_bits) + len(fresh) > MAX_ROWS:
+                    # forgetting the oldest sets would let a researcher flood the audit and then
+                    # difference against a forgotten release: refuse instead (fail closed)
+                    raise DisclosureError(
+                        f"this node's audit already holds {len(old_bits)} distinct person sets of this statistic for you (its "
+                        f"limit is {MAX_ROWS}); further exact answers of it could not be checked against all of them. Ask "
+                        "with an epsilon, or ask the data steward to review your history", rule=RULE_CAPACITY)
                 bits = [b for b, _ in fresh] + old_bits
                 direct = [d for _, d in fresh] + old_direct
                 queries = [query_id] * len(fresh) + old_q

@@ -119,3 +119,24 @@ def test_statistics_by_meaning():
     two = validate_fragment("SELECT x.pop AS _k0, COUNT(DISTINCT x.sample_id) AS _p0, SUM(x.bmi) AS _p1 FROM samples AS x "
                             "GROUP BY x.pop", cat)
     assert statistics_of(one) == statistics_of(two) == ["count", "sum(samples.bmi)"]
+
+
+def test_a_full_audit_refuses_instead_of_forgetting(audit, monkeypatch):
+    """Flooding the audit must not push an old release out of it: with the limit reached, a new
+    person set of that statistic is refused (rule audit_capacity), so "with and without one
+    person" against the first release is still caught; repeats of known sets, other statistics
+    and other researchers are unaffected."""
+    from genofed.engine.errors import DisclosureError
+    from genofed.privacy import setaudit
+
+    monkeypatch.setattr(setaudit, "MAX_ROWS", 6)
+    everyone = set(range(300))
+    audit.check_and_record("r", "q0", {"count": _rows(everyone)}, K)
+    for i in range(5):  # disjoint blocks of 50: nothing singles anyone out
+        audit.check_and_record("r", f"flood{i}", {"count": _rows(set(range(50 * i, 50 * i + 50)))}, K)
+    with pytest.raises(DisclosureError) as e:
+        audit.check_and_record("r", "attack", {"count": _rows(everyone - {17})}, K)
+    assert e.value.rule == setaudit.RULE_CAPACITY and "17" not in str(e.value)
+    audit.check_and_record("r", "repeat", {"count": _rows(everyone)}, K)  # a set it already holds
+    audit.check_and_record("r", "other", {"sum(bmi)": _rows(everyone - {17})}, K)
+    audit.check_and_record("someone_else", "q", {"count": _rows(everyone - {17})}, K)
