@@ -19,6 +19,7 @@ Example::
     allow_min_max = false
     allow_plain = false        # true lets the coordinator see this node's partials (development)
     max_genotype_cells = 200000000
+    min_mac = 5                # per-variant analyses: fewest copies of the minor allele (default: min_count; rule 5)
     min_cases = 5              # association tests and logistic GWAS: fewest cases per test
     min_controls = 5           # ... and fewest controls
     glm_max_param_ratio = 0.33 # model parameters ≤ ratio × this node's samples (DataSHIELD nfilter.glm)
@@ -171,6 +172,7 @@ class NodeConfig:
     max_genotype_cells: int = 200_000_000
     min_cases: int = 5
     min_controls: int = 5
+    min_mac: int | None = None  # fewest copies of the minor allele in a per-variant release (rule 5); None: min_count
     glm_max_param_ratio: float = 0.33
     hidden_columns: list[str] = field(default_factory=list)  # "table.column": not queryable, not in the catalog
     differencing: bool = True  # the linear audit of person sets (privacy/setaudit.py)
@@ -193,6 +195,8 @@ class NodeConfig:
     path: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.min_mac is None:
+            self.min_mac = self.min_count
         if self.dp is None:
             from genofed.privacy.dpnode import DPPolicy
 
@@ -298,7 +302,7 @@ class NodeConfig:
             raise ConfigError(f"{where}: a [node] table with name = \"...\" is required")
         policy = data.get("policy", {})
         known = {"min_count", "allow_min_max", "allow_plain", "max_genotype_cells", "min_cases", "min_controls", "glm_max_param_ratio",
-                 "hidden_columns", "differencing", "quasi_identifiers", "rate_limit_per_minute", "identifiers", "dominance"}
+                 "hidden_columns", "differencing", "quasi_identifiers", "rate_limit_per_minute", "identifiers", "dominance", "min_mac"}
         unknown = set(policy) - known
         if unknown:
             raise ConfigError(f"{where}: unknown [policy] keys {sorted(unknown)}; known: {sorted(known)}")
@@ -309,6 +313,10 @@ class NodeConfig:
             v = policy.get(key, 5)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ConfigError(f"{where}: [policy] {key} must be an integer ≥ 0, got {v!r}")
+        min_mac = policy.get("min_mac", min_count)
+        if isinstance(min_mac, bool) or not isinstance(min_mac, int) or min_mac < 1:
+            raise ConfigError(f"{where}: [policy] min_mac must be an integer ≥ 1 (the fewest copies of the minor allele a "
+                              f"per-variant release may rest on; default min_count = {min_count}), got {min_mac!r}")
         ratio = policy.get("glm_max_param_ratio", 0.33)
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
             raise ConfigError(f"{where}: [policy] glm_max_param_ratio must be a number in (0, 1], got {ratio!r}")
@@ -421,6 +429,7 @@ class NodeConfig:
             max_genotype_cells=int(policy.get("max_genotype_cells", 200_000_000)),
             min_cases=int(policy.get("min_cases", 5)),
             min_controls=int(policy.get("min_controls", 5)),
+            min_mac=min_mac,
             glm_max_param_ratio=float(ratio),
             hidden_columns=[h.lower() for h in hidden],
             differencing=bool(policy.get("differencing", True)),
@@ -460,6 +469,7 @@ class NodeConfig:
                 **({"quasi_identifiers": list(self.quasi_identifiers)} if self.quasi_identifiers else {}),
                 **({"identifiers": list(self.identifiers)} if self.identifiers else {}),
                 **({"dominance": self.dominance} if self.dominance != 0.9 else {}),
+                **({"min_mac": self.min_mac} if self.min_mac not in (None, self.min_count) else {}),
             },
             **({"federation": {"key_secret": self.key_secret}} if self.key_secret else {}),
             **({"roles": {r.name: {"tables": r.tables, **({"rate_limit_per_minute": r.rate_limit_per_minute}

@@ -107,6 +107,7 @@ class AnalysisRun:
     rounds: int = 0
     wire: dict[str, int] = field(default_factory=dict)
     suppressed: int = 0  # the most groups (variants) any round withheld: how many, never which
+    withheld_by: dict[str, int] = field(default_factory=dict)  # plain: per rule, the most any round's nodes withheld
     details: dict[str, Any] = field(default_factory=dict)
     dp: dict[str, Any] | None = None  # differential privacy request for every round (analyses that support it)
     user_sql: str | None = None  # the researcher's query as written, sent with every round (their release history)
@@ -120,6 +121,12 @@ class AnalysisRun:
         notes: dict[str, Any] = {}
         combined = c._combine(self.mode, spec, f"{self.query_id}r{self.rounds}", c.transports, wire, self.dp, notes,
                               user_sql=self.user_sql)
+        by_rule: dict[str, int] = {}
+        for n in notes.values():
+            for rule, count in (n.get("withheld") or {}).items() if isinstance(n, dict) else ():
+                by_rule[rule] = by_rule.get(rule, 0) + int(count)
+        for rule, count in by_rule.items():
+            self.withheld_by[rule] = max(self.withheld_by.get(rule, 0), count)
         dp_nodes = {node: n["dp"] for node, n in notes.items() if n.get("dp")}
         if dp_nodes:
             self.details.setdefault("dp_nodes", {}).update(dp_nodes)
@@ -183,8 +190,10 @@ def run_table_function(coordinator: Coordinator, select: exp.Select, name: str, 
     prov = Provenance(
         query_id=run.query_id, nodes=[t.name for t in coordinator.transports], combine=mode, min_count=coordinator.min_count,
         suppressed=run.suppressed,
+        withheld_by=dict(run.withheld_by),
         suppression_rule=(f"variants with 1 to {coordinator.min_count - 1} samples in the federation, or below a node's own "
-                          "minimum count, are withheld") if run.suppressed else "",
+                          "minimum count, are withheld, and variants whose cells have fewer than the minimum count of carriers of an allele or "
+                          "whose minor allele count is below a node's min_mac (rule 5)") if run.suppressed else "",
         timings={"plan_s": t1 - t0, "nodes_combine_s": t2 - t1, "finalize_s": t3 - t2},
         fragment_sql=f"{name}({', '.join(f'{k} => {v!r}' for k, v in given.items())})",
         wire_bytes=run.wire,

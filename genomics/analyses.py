@@ -206,13 +206,61 @@ def _design(samples: Any) -> np.ndarray:
     return np.column_stack([np.ones(len(samples.sidx)), samples.covariates])
 
 
-def _table(keys: dict[str, Any], cols: dict[str, np.ndarray], n: np.ndarray, layout: list[tuple[str, str]]) -> pa.Table:
+def _table(keys: dict[str, Any], cols: dict[str, np.ndarray], n: np.ndarray, layout: list[tuple[str, str]],
+           guards: dict[str, np.ndarray] | None = None) -> pa.Table:
     out: dict[str, Any] = dict(keys)
     for name, kind in layout:
         x = np.asarray(cols[name])
         out[name] = pa.array(np.rint(x).astype(np.int64) if kind == COUNT else x.astype(np.float64))
     out[N_COLUMN] = pa.array(np.asarray(n, np.int64))
+    for name, x in (guards or {}).items():
+        out[name] = pa.array(np.asarray(x, np.int64))
     return pa.table(out)
+
+
+# -- disclosure rule 5: minor-allele carriers in every released cell ----------------------------------
+
+def cell_counts(data: Any, vidx: np.ndarray, cells: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-variant call counts [len(vidx), 3] in the two cells of a per-variant release (sample
+    rows ``cells``) and, third, over every analysed person: ``alt1`` (calls with an ALT copy:
+    the ALT allele's carriers), ``alt2``, ``called``, ``diploid``, ``hap_alt``."""
+    store = data.store
+    n_samples = store.manifest.n_samples
+    masks = np.stack([pack_mask(cells[0], n_samples), pack_mask(cells[1], n_samples), pack_mask(data.samples.sidx, n_samples)])
+    return group_counts(store.planes, np.asarray(vidx, np.int64), masks, ("alt1", "alt2", "called", "diploid", "hap_alt"),
+                        complete=store.complete)
+
+
+def rule5_guards(c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The guard columns of disclosure rule 5 from :func:`cell_counts`: per cell the people
+    carrying the ALT allele (``_ng0``, ``_ng2``) and the REF allele (``_ng1``, ``_ng3``), and over
+    the analysed people the ALT and REF allele counts (``_nm0``, ``_nm1``). Testing both alleles
+    needs no decision on which one is minor (a REF allele at frequency 1% is the minor one).
+
+    They never leave a node as values: in plain mode the node withholds a variant whose own
+    counts fail (:func:`genofed.privacy.rules.guard_small`), under MPC and HE they are count
+    lanes whose federation-wide sums are tested inside the secure combine
+    (:func:`genofed.privacy.secure.layout.lane_small`)."""
+    ref_carriers = c["called"] - c["alt2"] - c["hap_alt"]  # a call with a REF copy: diploid 0/1 copies of ALT, haploid REF
+    ac = c["alt1"][:, 2] + c["alt2"][:, 2]
+    an = c["called"][:, 2] + c["diploid"][:, 2]
+    return {"_ng0": c["alt1"][:, 0], "_ng1": ref_carriers[:, 0], "_ng2": c["alt1"][:, 1], "_ng3": ref_carriers[:, 1],
+            "_nm0": ac, "_nm1": an - ac}
+
+
+def _binary_cells(s: Any, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cases and controls."""
+    return s.sidx[y == 1], s.sidx[y == 0]
+
+
+def _quantitative_cells(s: Any, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The analysed people whose phenotype is not this node's lowest value, and those whose
+    phenotype is not its highest: for a 0/1 phenotype the cases and the controls (so a linear
+    GWAS of a case status cannot tell a carrier's status either), for a continuous one nearly
+    every analysed person twice."""
+    if not len(y):
+        return s.sidx[:0], s.sidx[:0]
+    return s.sidx[y != y.min()], s.sidx[y != y.max()]
 
 
 def _check_params(n_params: int, n: int, policy: Any) -> None:
@@ -330,17 +378,14 @@ class AssocCaseControl(Analysis):
     def node_round(self, frag, data):
         s = data.samples
         y = _binary(s.y)
-        store = data.store
         v = data.variants
-        n_samples = store.manifest.n_samples
-        masks = np.stack([pack_mask(s.sidx[y == 1], n_samples), pack_mask(s.sidx[y == 0], n_samples)])
         vidx = v.column("vidx").to_numpy().astype(np.int64)
-        c = group_counts(store.planes, vidx, masks, ("alt1", "alt2", "called", "diploid"), complete=store.complete)
+        c = cell_counts(data, vidx, _binary_cells(s, y))
         ac = c["alt1"] + c["alt2"]
         an = c["called"] + c["diploid"]
         cols = {"ac_case": ac[:, 0], "an_case": an[:, 0], "ac_ctrl": ac[:, 1], "an_ctrl": an[:, 1],
                 "n_case": c["called"][:, 0], "n_ctrl": c["called"][:, 1]}
-        return _table({KEY: v.column("variant_id")}, cols, c["called"].sum(axis=1), self.LAYOUT)
+        return _table({KEY: v.column("variant_id")}, cols, c["called"][:, :2].sum(axis=1), self.LAYOUT, rule5_guards(c))
 
     def drive(self, args, run):
         t = run.round(self.name, args, "counts", {}, [KEY], self.LAYOUT)
@@ -439,7 +484,8 @@ class GwasLinear(Analysis):
             cols[name] = rest[:, j]
         if frag.round == "gstats" and (n != n_all).any():
             raise FragmentError("a variant has a missing call, but the coordinator asked for genotype sums only; rerun the query")
-        return _table({KEY: v.column("variant_id")}, {k: cols[k] for k, _ in layout}, n, layout)
+        guards = rule5_guards(cell_counts(data, vidx, _quantitative_cells(s, y)))
+        return _table({KEY: v.column("variant_id")}, {k: cols[k] for k, _ in layout}, n, layout, guards)
 
     def drive(self, args, run):
         q = 1 + len(args.get("covariates") or [])
@@ -577,7 +623,7 @@ class GwasLogistic(Analysis):
                 for bb in range(a, q):
                     cols[f"h{a + 1}_{bb + 1}"][sl] = hcc[:, k]
                     k += 1
-        return _table({KEY: v.column("variant_id")}, cols, cols["n"], layout)
+        return _table({KEY: v.column("variant_id")}, cols, cols["n"], layout, rule5_guards(cell_counts(data, vidx, _binary_cells(s, y))))
 
     def drive(self, args, run):
         from ..engine.analysis import pack_array

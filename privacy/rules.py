@@ -31,6 +31,7 @@ RULE_MIN_COUNT = "min_count"
 RULE_K_ANONYMITY = "k_anonymity"
 RULE_DECLARED = "declared_variable"
 RULE_PHENOTYPE_CLASSES = "phenotype_classes"
+RULE_MIN_MAC = "min_minor_allele"  # rule 5: a per-variant cell with 0..k-1 carriers of an allele, or below the minimum MAC
 
 
 @dataclass
@@ -133,6 +134,8 @@ def release(frag: Any, table: pa.Table, mode: str, policy: Any, *, quasi_identif
     if influence is not None:
         table = I.attach(table, influence, keys)
     secure = mode != "plain"
+    guards = guard_columns(table)
+    min_mac = minor_allele_minimum(policy)
     verdict = I.judge(table, partials, k, policy.dominance, local_n=not secure) if influence is not None else None
     if secure:
         if verdict is not None and verdict.dominance.any():
@@ -150,6 +153,10 @@ def release(frag: Any, table: pa.Table, mode: str, policy: Any, *, quasi_identif
             table, dropped = _drop_small(table, k)
             if dropped:
                 withheld[RULE_K_ANONYMITY] = dropped
+        if guards:  # rule 5: the guard counts travel as count lanes, tested federation-wide; the node announces its minimum MAC
+            from .secure.layout import META_MIN_MAC
+
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_MIN_MAC: str(min_mac).encode()})
         return Released(table, withheld)
 
     # a global aggregate over nobody is released as 0 (withholding it at one node would withhold
@@ -162,6 +169,9 @@ def release(frag: Any, table: pa.Table, mode: str, policy: Any, *, quasi_identif
         masks[I.RULE_DOMINANCE] = verdict.dominance & ~small & ~verdict.influence
     if quasi_identified:
         masks[RULE_K_ANONYMITY] = _small(table, k, keys, zero_ok=bool(keys)) & ~small
+    if guards:
+        masks[RULE_MIN_MAC] = guard_small(table, k, min_mac) & ~small
+        table = table.drop_columns(guards)  # a node's own carrier counts never leave it
     table = I.strip(table, partials)
     drop = np.zeros(table.num_rows, bool)
     for rule, m in masks.items():
@@ -172,6 +182,35 @@ def release(frag: Any, table: pa.Table, mode: str, policy: Any, *, quasi_identif
         return Released(_null_out(table, drop, partials, keys), withheld)
     tokens = blind_keys(table.filter(pa.array(drop)), keys, policy.key_secret, query_id) if drop.any() and policy.key_secret else []
     return Released(_null_out(table, drop, partials, keys).filter(pa.array(~drop)), withheld, tokens)
+
+
+def minor_allele_minimum(policy: Any) -> int:
+    """The node's minimum minor-allele count (``[policy] min_mac``; default its minimum count)."""
+    mac = getattr(policy, "min_mac", None)
+    return int(policy.min_count if mac is None else mac)
+
+
+def guard_columns(table: pa.Table) -> list[str]:
+    """The rule-5 guard columns of a per-variant analysis table (:func:`genofed.genomics.analyses.rule5_guards`):
+    ``_ng<j>`` the people carrying an allele in one released cell, ``_nm<j>`` allele counts."""
+    from .secure.layout import GUARD_PREFIX, MAC_PREFIX
+
+    return [c for c in table.column_names if c.startswith((GUARD_PREFIX, MAC_PREFIX))]
+
+
+def guard_small(table: pa.Table, min_count: int, min_mac: int) -> np.ndarray:
+    """Rule 5 on this node's own cells (plain mode): a row is withheld when some cell has fewer
+    than ``min_count`` carriers of either allele, 0 included (0 cases among a variant's carriers
+    tells every carrier is a control, as much as 1 tells who the case is), or an allele count is
+    below ``min_mac``. The same test the secure modes run on federation-wide sums
+    (:func:`genofed.privacy.secure.layout.lane_small`)."""
+    from .secure.layout import Lane, lane_small
+
+    out = np.zeros(table.num_rows, bool)
+    for c in guard_columns(table):
+        v = pc.fill_null(table.column(c), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        out |= lane_small(Lane(c, "n", "int"), v, min_count, min_mac, last=False)
+    return out
 
 
 def _small(table: pa.Table, k: int, keys: list[str], zero_ok: bool = True) -> np.ndarray:

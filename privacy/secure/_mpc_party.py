@@ -376,12 +376,15 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
     nodes = list(range(1, m))
     table = None
     my_layout = None
+    my_mac = None
     if pid:
         table = pa.ipc.open_file(cfg["input"]).read_all()
-        my_layout = L.layout_for(table.schema, cfg["keys"], cfg["partials"], cfg.get("counts"), cfg.get("finite")).to_json()
+        my_layout, my_mac = L.split_min_mac(L.layout_for(table.schema, cfg["keys"], cfg["partials"], cfg.get("counts"),
+                                                         cfg.get("finite")).to_json())
 
-    # 1. public agreement: same plan, same layout; the strictest minimum count wins
-    infos = await mpc.transfer({"plan": cfg["plan"], "layout": my_layout, "k": int(cfg["min_count"])})
+    # 1. public agreement: same plan, same layout; the strictest minimum count (and minimum
+    # minor-allele count, rule 5) wins
+    infos = await mpc.transfer({"plan": cfg["plan"], "layout": my_layout, "k": int(cfg["min_count"]), "mac": my_mac})
     for j, info in enumerate(infos):
         if not isinstance(info, dict) or info.get("plan") != cfg["plan"]:
             _fail("mismatch", j, f"{_who(j)} is running a different query plan")
@@ -391,6 +394,8 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
             _fail("mismatch", j, f"{_who(j)} produced partials of different types than {_who(1)}")
     layout = L.Layout.from_json(layouts[0])
     threshold = max(int(info["k"]) for info in infos)
+    # a node that announced no minor-allele minimum defaults it to its minimum count
+    mac_threshold = max([int(infos[j]["mac"] if infos[j].get("mac") is not None else infos[j]["k"]) for j in nodes] or [threshold])
     keys = layout.keys
     _trace("agreed")
 
@@ -463,24 +468,28 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
     flag_idx = [i for i, lane in enumerate(small_lanes) if lane.role != L.COUNT]
     if flag_idx != list(range(len(flag_idx))):
         _fail("mismatch", 1, "the lane layout does not put the flag lanes before the count lanes")
-    if threshold > 1:
-        # per count lane, (n-1)(n-2)...(n-K+1): pair the factors as (n-j)(n-K+j) = a + j(K-j) with
-        # a = n^2 - Kn, so one multiplication gives every pair; K=5 needs 2 multiplications
-        # instead of 3. The group is released when no count lane is in 1..K-1: the product of
-        # every lane's polynomial is non-zero (a field has no zero divisors).
-        k = threshold
-        terms = []
-        for ci in count_idx:
-            n = tot_s[:, ci]
-            if ci != count_idx[-1]:
-                terms.append(n)  # an influence count of 0 in a group of people is withheld too
-            if k >= 4:
-                a = n * n - k * n
-                terms += [a + j * (k - j) for j in range(1, (k + 1) // 2)]
-                if k % 2 == 0:
-                    terms.append(n - k // 2)
-            else:
-                terms += [n - j for j in range(1, k)]
+    # per count lane of minimum K (the minimum count; the minimum minor-allele count for rule 5's
+    # allele-count lanes), (n-1)(n-2)...(n-K+1): pair the factors as (n-j)(n-K+j) = a + j(K-j)
+    # with a = n^2 - Kn, so one multiplication gives every pair; K=5 needs 2 multiplications
+    # instead of 3. Every lane but _n (the last) also has the factor n: 0 fails too. The group is
+    # released when no lane fails: the product of every lane's polynomial is non-zero (a field has
+    # no zero divisors).
+    terms = []
+    for ci in count_idx:
+        n = tot_s[:, ci]
+        k = L.lane_threshold(small_lanes[ci], threshold, mac_threshold)
+        if k <= 1:
+            continue
+        if ci != count_idx[-1]:
+            terms.append(n)  # an influence or guard count of 0 in a group of people is withheld too
+        if k >= 4:
+            a = n * n - k * n
+            terms += [a + j * (k - j) for j in range(1, (k + 1) // 2)]
+            if k % 2 == 0:
+                terms.append(n - k // 2)
+        else:
+            terms += [n - j for j in range(1, k)]
+    if terms:
         while len(terms) > 1:
             nxt = [terms[i] * terms[i + 1] for i in range(0, len(terms) - 1, 2)]
             if len(terms) % 2:

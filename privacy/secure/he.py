@@ -381,9 +381,12 @@ def _expected_cells(layout: L.Layout, n_groups: int) -> list[tuple[int, int]]:
 
 # -- key holder: decrypt, test, round, release -----------------------------------------------------
 
-def decrypt_release(sums: pa.Table, layout: L.Layout, union: pa.Table, n_groups: int, n_nodes: int, keys: KeyPair, min_count: int) -> pa.Table:
-    """Decrypt summed channels, suppress groups with 1..min_count-1 samples, round CKKS values,
-    and build the released table (keys, partials, ``_n`` NULL, ``_suppressed``)."""
+def decrypt_release(sums: pa.Table, layout: L.Layout, union: pa.Table, n_groups: int, n_nodes: int, keys: KeyPair, min_count: int,
+                    min_mac: int | None = None) -> pa.Table:
+    """Decrypt summed channels, suppress groups with 1..min_count-1 samples (and, per count lane,
+    below its minimum: :func:`~genofed.privacy.secure.layout.lane_small`; ``min_mac`` for the
+    rule-5 allele-count lanes, default ``min_count``), round CKKS values, and build the released
+    table (keys, partials, ``_n`` NULL, ``_suppressed``)."""
     chs = channels(layout)
     parts: dict[int, list[tuple[int, list]]] = {}
     for (ch_i, chunk), ct in _load_cells(sums, layout, n_groups, keys.bfv, keys.ckks, "the coordinator", "nothing was released").items():
@@ -428,9 +431,8 @@ def decrypt_release(sums: pa.Table, layout: L.Layout, union: pa.Table, n_groups:
             dec[lane] = [sum(int(ls[k][j]) << (LIMB_BITS * k) for k in range(len(ls))) - offset for j in range(n_groups)]
     small = np.zeros(n_groups, bool)
     count_lanes = layout.count_lanes()
-    for lane in count_lanes:  # every influence count (0 included), then the group's count (last)
-        v = np.asarray(dec[lane])
-        small |= L.small_groups(v, min_count) | ((v == 0) if lane is not count_lanes[-1] and min_count > 1 else False)
+    for lane in count_lanes:  # every influence and guard count (0 included), then the group's count (last)
+        small |= L.lane_small(lane, np.asarray(dec[lane]), min_count, min_mac, lane is count_lanes[-1])
     released = ~small
     idx = np.flatnonzero(released)
     values: dict[L.Lane, Any] = {}
@@ -528,7 +530,8 @@ def run_he(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: st
         if meta.get(b"genofed.key_id", b"").decode() != key_id:
             raise CombineError(f"node {node!r} encrypted under another key than the key holder's")
         try:
-            layouts.add(meta[b"genofed.layout"].decode())
+            # the shape must agree; each node's own minimum minor-allele count is its policy (the key holder takes the largest)
+            layouts.add(json.dumps(L.split_min_mac(json.loads(meta[b"genofed.layout"].decode()))[0], sort_keys=True))
             groups.add(int(meta[b"genofed.groups"]))
         except (KeyError, ValueError):
             raise CombineError(f"node {node!r} sent ciphertexts without their layout") from None

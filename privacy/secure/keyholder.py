@@ -90,6 +90,7 @@ class _Session:
     created: float = field(default_factory=time.monotonic)
     keys: dict[str, pa.Table] = field(default_factory=dict)
     node_min: dict[str, int] = field(default_factory=dict)
+    node_mac: dict[str, int] = field(default_factory=dict)  # each node's minimum minor-allele count (rule 5)
     layouts: dict[str, dict[str, Any]] = field(default_factory=dict)
     union: pa.Table | None = None
     failed: str | None = None
@@ -203,13 +204,14 @@ class KeyHolderServer(flight.FlightServerBase):
             raise _err(P.CODE_FORBIDDEN, f"{who.name!r} is not a node of this query")
         try:
             k = int(cmd["min_count"])
-            lay = dict(cmd["layout"])
+            lay, mac = L.split_min_mac(dict(cmd["layout"]))
             timeout = float(cmd.get("timeout", 60.0))
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, GenofedError) as e:
             raise _err(P.CODE_BAD_REQUEST, f"malformed align command: {e}") from None
         with s.cond:
             s.keys[who.name] = keys
             s.node_min[who.name] = k
+            s.node_mac[who.name] = k if mac is None else mac
             s.layouts[who.name] = lay
             if len(s.keys) == len(s.nodes) and s.union is None and s.failed is None:
                 first = s.layouts[s.nodes[0]]
@@ -243,8 +245,9 @@ class KeyHolderServer(flight.FlightServerBase):
         union = s.union if layout.keys else pa.table({})
         g = s.union.num_rows
         k = max([s.min_count, *s.node_min.values()])
+        mac = max(s.node_mac.values()) if s.node_mac else k
         try:
-            return H.decrypt_release(sums, layout, union, g, len(s.nodes), self.keys, k)
+            return H.decrypt_release(sums, layout, union, g, len(s.nodes), self.keys, k, mac)
         except CombineError as e:
             raise _err("malformed", str(e)) from None
 

@@ -14,7 +14,11 @@ Lanes per partial:
 - for reals, ``nan``, ``posinf``, ``neginf``: 1 where the node's value is that special, so the
   released sum follows IEEE addition (NaN if any NaN or both infinities).
 
-plus one ``n`` lane (the group's sample count), which drives the minimum-count test.
+plus one ``n`` lane (the group's sample count), which drives the minimum-count test, after the
+*influence* lanes of SQL partials (rule 2) and the *guard* lanes of per-variant analyses (rule 5:
+``_ng<j>`` people carrying an allele in a cell, tested against the minimum count; ``_nm<j>``
+allele counts, tested against the minimum minor-allele count). Guard and influence lanes are
+count lanes that are never opened: only whether each group passes.
 
 The layout is derived from the fragment's Arrow schema only (types, never values), so it is
 public and identical at every node; parties compare layouts before combining.
@@ -25,7 +29,7 @@ sorted canonically, so its order says nothing about which node contributed which
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -37,6 +41,8 @@ from genofed.engine.errors import CombineError
 from genofed.engine.protocol import N_COLUMN, SUPPRESSED_COLUMN
 
 INT, REAL = "int", "real"
+GUARD_PREFIX, MAC_PREFIX = "_ng", "_nm"  # rule-5 guard lanes: carriers (minimum count), allele counts (minimum MAC)
+META_MIN_MAC = b"genofed.min_mac"  # a node's minimum minor-allele count, on a secure release's schema
 VALUE, VALID, NAN, POSINF, NEGINF, COUNT = "value", "valid", "nan", "posinf", "neginf", "n"
 
 
@@ -96,6 +102,8 @@ class Layout:
 
     keys: list[str]
     partials: list[PartialLayout]
+    guards: list[str] = field(default_factory=list)  # rule-5 guard count lanes (``_ng<j>``, ``_nm<j>``)
+    min_mac: int | None = None  # this node's minimum minor-allele count (announced; not part of the shape)
 
     def lanes(self) -> list[Lane]:
         out = []
@@ -106,6 +114,7 @@ class Layout:
             if p.kind == REAL and not p.finite:
                 out += [Lane(p.name, NAN, INT), Lane(p.name, POSINF, INT), Lane(p.name, NEGINF, INT)]
         out += [Lane(influence_column(p.name, b), COUNT, INT) for p in self.partials for b in range(int(p.influence))]
+        out += [Lane(g, COUNT, INT) for g in self.guards]
         out.append(Lane(N_COLUMN, COUNT, INT))
         return out
 
@@ -124,14 +133,52 @@ class Layout:
         return [lane for lane in self.lanes() if lane.role != VALUE]
 
     def to_json(self) -> dict[str, Any]:
-        return {"keys": self.keys, "partials": [asdict(p) for p in self.partials]}
+        out: dict[str, Any] = {"keys": self.keys, "partials": [asdict(p) for p in self.partials]}
+        if self.guards:
+            out["guards"] = list(self.guards)
+        if self.min_mac is not None:
+            out["min_mac"] = int(self.min_mac)
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Layout:
         try:
-            return cls(list(d["keys"]), [PartialLayout(**p) for p in d["partials"]])
-        except (KeyError, TypeError) as e:
+            mac = d.get("min_mac")
+            return cls(list(d["keys"]), [PartialLayout(**p) for p in d["partials"]], [str(g) for g in d.get("guards", [])],
+                       None if mac is None else int(mac))
+        except (KeyError, TypeError, ValueError) as e:
             raise CombineError(f"malformed lane layout: {e}") from None
+
+
+def split_min_mac(layout_json: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """A layout's JSON without the node's announced minimum minor-allele count (the shape every
+    node must agree on), and that count (None when the node announced none)."""
+    d = dict(layout_json)
+    mac = d.pop("min_mac", None)
+    try:
+        return d, None if mac is None else int(mac)
+    except (TypeError, ValueError):
+        raise CombineError("malformed lane layout: min_mac must be an integer") from None
+
+
+def lane_threshold(lane: Lane, min_count: int, min_mac: int | None) -> int:
+    """The minimum a count lane's federation-wide sum must reach: the minor-allele count for the
+    rule-5 allele-count lanes (``_nm<j>``, default the minimum count), the minimum count for the
+    rest. Every lane but ``_n`` (the group's count) fails at 0 as well when its minimum exceeds 1."""
+    if lane.column.startswith(MAC_PREFIX):
+        return int(min_count if min_mac is None else min_mac)
+    return int(min_count)
+
+
+def lane_small(lane: Lane, v: np.ndarray, min_count: int, min_mac: int | None, last: bool) -> np.ndarray:
+    """Groups a count lane's federation-wide sums ``v`` withhold (HE and plain reference of the
+    test MPC evaluates on shares): ``_n`` in 1..k-1; any other count lane below its minimum, 0
+    included (a zero where one person would be withheld is their value)."""
+    k = lane_threshold(lane, min_count, min_mac)
+    v = np.asarray(v)
+    if last:
+        return small_groups(v, k)
+    return (v < k) if k > 1 else np.zeros(v.shape, bool)
 
 
 def influence_column(partial: str, branch: int = 0) -> str:
@@ -164,7 +211,13 @@ def layout_for(schema: pa.Schema, keys: list[str], partials: list[str], counts: 
             raise CombineError(f"partial {name!r} has type {t}, which the secure combine modes cannot sum")
     out = [replace(p, influence=(1 + sum(1 for c in schema.names if c.startswith(influence_column(p.name) + "_")))
                    if influence_column(p.name) in schema.names else 0) for p in out]
-    return Layout(list(keys), out)
+    guards = [c for c in schema.names if c.startswith((GUARD_PREFIX, MAC_PREFIX))]
+    raw = (schema.metadata or {}).get(META_MIN_MAC)
+    try:
+        mac = int(raw) if raw is not None else None
+    except ValueError:
+        raise CombineError("a partial table announces a malformed minimum minor-allele count") from None
+    return Layout(list(keys), out, guards, mac if guards else None)
 
 
 # -- key alignment ---------------------------------------------------------------------------------
@@ -249,6 +302,8 @@ def lane_values(aligned: pa.Table, layout: Layout) -> dict[Lane, np.ndarray]:
         for b in range(int(p.influence)):
             c = aligned.column(influence_column(p.name, b))
             out[Lane(influence_column(p.name, b), COUNT, INT)] = pc.fill_null(pc.cast(c, pa.int64()), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    for g in layout.guards:
+        out[Lane(g, COUNT, INT)] = pc.fill_null(pc.cast(aligned.column(g), pa.int64()), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     n = aligned.column(N_COLUMN) if N_COLUMN in aligned.column_names else pa.nulls(aligned.num_rows, pa.int64())
     out[Lane(N_COLUMN, COUNT, INT)] = pc.fill_null(pc.cast(n, pa.int64()), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     return {lane: out[lane] for lane in layout.lanes()}
