@@ -285,7 +285,7 @@ def _check_feature_rules(sel: exp.Select, config: Any, refuse: Any, backend: Any
 
     from genofed.privacy.identifiers import check_identifiers
 
-    schema = {}
+    schema: dict[str, object] = {}
     for t in backend.tables():
         cur = backend.con.cursor()
         try:
