@@ -120,9 +120,10 @@ class ReleaseGates:
         if genomic is None:
             return None
         vidx = self._released_variants(frag)
-        if genomic == "frequencies" and hasattr(frag, "select") and not keys_by_variant(frag):
+        if genomic == "frequencies" and hasattr(frag, "select") and not keys_by_variant(frag) and not values_by_variant(frag):
             # every selected variant feeds one value per group (a burden, a mean over a region):
-            # one statistic per cohort, not one per variant
+            # one statistic per cohort, not one per variant (a value conditioned on a variant
+            # column, a pivot with one column per variant, is charged every selected variant)
             vidx = vidx[:1]
         if genomic == "frequencies":
             cohorts = [m for m, ok in zip(sets.members, keep, strict=True) if ok and len(m)]
@@ -357,14 +358,62 @@ def _dp_meta(table: pa.Table) -> dict[str, Any]:
     return dict(json.loads((table.schema.metadata or {}).get(b"genofed.dp", b"{}")))
 
 
-def keys_by_variant(frag: Any) -> bool:
-    """Whether a fragment's groups split by variant (a key reads a variant column, however
-    written: ``variant_id``, ``variant_id || ''``, ``pos / 1000``)."""
+def _variant_lineage(select: exp.Select) -> tuple[Any, Any]:
+    """``(outer scope, reads)``: ``reads(expr, scope)`` says whether an expression of that scope
+    reads a variant column (``variant_id``, ``chrom``, ``pos``, ... of ``genotypes`` or
+    ``variants``), directly or through a CTE or subquery output derived from one, whatever it is
+    called on the way (``WITH d AS (SELECT variant_id AS x ...) SELECT x ...``)."""
+    from sqlglot.optimizer.scope import Scope, traverse_scope
+
     from genofed.engine.schema import GENOTYPE_VARIANT_COLUMNS
 
     cols = set(GENOTYPE_VARIANT_COLUMNS) | {"variant_id", "chrom", "pos", "ref", "alt", "rsid", "qual", "filter"}
+    derived: dict[int, set[str]] = {}  # id(scope body) -> output names derived from a variant column
+
+    def source(col: exp.Column, scope: Any) -> Any:
+        while scope is not None:
+            src = scope.sources.get(col.table)
+            if src is not None:
+                return src
+            scope = scope.parent
+        return None
+
+    def is_variant(col: exp.Column, scope: Any) -> bool:
+        src = source(col, scope)
+        if isinstance(src, exp.Table):
+            return src.name in ("genotypes", "variants") and col.name in cols
+        if isinstance(src, Scope):
+            return col.name in derived.get(id(src.expression), set())
+        return not col.table and col.name in cols  # unresolved: by name, the safe side
+
+    def reads(e: exp.Expression, scope: Any) -> bool:
+        return any(is_variant(c, scope) for c in e.find_all(exp.Column))
+
+    outer = None
+    for scope in traverse_scope(select):  # inner scopes first
+        body = scope.expression
+        if isinstance(body, exp.Select):
+            derived[id(body)] = {p.alias_or_name for p in body.expressions if reads(p, scope)}
+        outer = scope
+    return outer, reads
+
+
+def keys_by_variant(frag: Any) -> bool:
+    """Whether a fragment's groups split by variant (a key reads a variant column, however
+    written: ``variant_id``, ``variant_id || ''``, ``pos / 1000``, or a CTE or subquery column
+    derived from one)."""
+    outer, reads = _variant_lineage(frag.select)
     bodies = [p.unalias() for p in frag.select.expressions if p.alias_or_name in frag.keys]
-    return any(c.name in cols for b in bodies for c in b.find_all(exp.Column))
+    return outer is not None and any(reads(b, outer) for b in bodies)
+
+
+def values_by_variant(frag: Any) -> bool:
+    """Whether a released value (not a group key) reads a variant column: one column per variant
+    (``SUM(CASE WHEN variant_id = 'v1' THEN dosage END) AS v1, ...``, or the same pivot built in
+    a CTE) releases per-variant statistics without any group splitting by variant."""
+    outer, reads = _variant_lineage(frag.select)
+    bodies = [p.unalias() for p in frag.select.expressions if p.alias_or_name not in frag.keys]
+    return outer is not None and any(reads(b, outer) for b in bodies)
 
 
 def genomic_release(frag: Any) -> str | None:
