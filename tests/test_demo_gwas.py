@@ -110,10 +110,16 @@ def test_demo_cohort_with_missing_calls_equals_plink2(demo, tmp_path):
     pheno = write_table(ph[["ldl"]], tmp_path / "pheno.tsv")
     covar = write_table(ph[["age", "sex"]], tmp_path / "covar.tsv")
     ref = plink2_glm(prefix, pheno, "ldl", covar, ["age", "sex"], tmp_path / "lin")
-    got = fed.sql("SELECT * FROM gwas_linear('phenotypes.ldl', covariates => ['phenotypes.age', 'phenotypes.sex'])").to_pandas().set_index("variant_id")
-    ok = ref.index[ref["P"].notna()]
+    res = fed.sql("SELECT * FROM gwas_linear('phenotypes.ldl', covariates => ['phenotypes.age', 'phenotypes.sex'])")
+    got = res.to_pandas().set_index("variant_id")
+    # rule 5 (plain, min_count 5): exactly the variants with at least 5 carriers of each allele in
+    # every cell at every node are released (predicted from the VCF with numpy)
+    withheld = _rule5_withheld_demo(root / "cohort", ph, ["ldl", "age", "sex"], "ldl")
+    assert sorted(got.index) == sorted(v for v, w in withheld.items() if not w)
+    assert res.suppressed == sum(withheld.values()) > 0
+    ok = ref.index[ref["P"].notna() & ref.index.isin(got.index)]
     j = got.loc[ok].join(ref)
-    assert len(j) > 20_000
+    assert len(j) > 5_000
     assert (j["n"] != j["n"].max()).sum() > 1000  # missing calls: per-variant sample counts differ
     assert (j["n"] == j["OBS_CT"]).all()
     for a, b in (("beta", "BETA"), ("se", "SE"), ("p", "P")):
@@ -121,3 +127,38 @@ def test_demo_cohort_with_missing_calls_equals_plink2(demo, tmp_path):
     hardy = plink2_hardy(prefix, tmp_path / "hardy")
     h = fed.sql("SELECT variant_id, hwe_p(dosage) AS p FROM genotypes GROUP BY variant_id").to_pandas().set_index("variant_id").join(hardy, how="inner")
     assert len(h) > 20_000 and rel(h["p"], h["P"]) < 1e-5
+
+
+def _rule5_withheld_demo(cohort, ph, columns: list[str], phenotype: str) -> dict[str, bool]:
+    """Rule 5's prediction for the demo cohort in plain mode: {variant_id: withheld}."""
+    import pandas as pd
+    from cyvcf2 import VCF
+    from rule5_ref import rule5_withheld
+
+    vcf = VCF(str(cohort / "cohort.vcf.gz"), gts012=True)
+    samples = list(vcf.samples)
+    node = pd.read_csv(cohort / "split.tsv", sep="\t", index_col=0)["node"].reindex(samples).to_numpy()
+    people = ph.reindex(samples)
+    analysed = people[columns].notna().all(axis=1).to_numpy()
+    y = people[phenotype].to_numpy(np.float64)
+    out: dict[str, bool] = {}
+    ids: list[str] = []
+    rows: list[np.ndarray] = []
+
+    def flush() -> None:
+        g = np.stack(rows).astype(np.float64)
+        g[g == 3] = np.nan  # cyvcf2 gts012: 3 is a missing call
+        for v, w in zip(ids, rule5_withheld(g, y, analysed, node, "plain"), strict=True):
+            out[v] = bool(w)
+        ids.clear()
+        rows.clear()
+
+    for rec in vcf:
+        for a in rec.ALT:  # biallelic in the demo cohort
+            ids.append(f"{rec.CHROM}:{rec.POS}:{rec.REF}:{a}")
+            rows.append(rec.gt_types.copy())
+        if len(rows) >= 2000:
+            flush()
+    if rows:
+        flush()
+    return out

@@ -38,6 +38,7 @@ import numpy as np
 import pytest
 from conftest import LocalFederation, clone_federation
 from gwas_ref import ols, rel
+from rule5_ref import lanes, rule5_withheld
 from test_rule1_identifiers import make_pooled_chr22
 
 from genofed.engine.errors import DisclosureError
@@ -88,43 +89,11 @@ def chr22(pooled_chr22) -> dict:
             "population": np.array([ph[s][5] for s in samples])}
 
 
-def carriers(g: np.ndarray, cell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per variant, the people in ``cell`` carrying the ALT allele and the REF allele (diploid
-    calls: chromosome 22)."""
-    x = g[:, cell]
-    return (x >= 1).sum(axis=1), ((x <= 1) & ~np.isnan(x)).sum(axis=1)
-
-
-def node_cells(y: np.ndarray, analysed: np.ndarray, here: np.ndarray) -> list[np.ndarray]:
-    """A node's two cells: its analysed people whose phenotype is not the node's lowest value,
-    and those for whom it is not the highest (cases and controls for a 0/1 phenotype)."""
-    m = analysed & here
-    return [m & (y != np.min(y[m])), m & (y != np.max(y[m]))]
-
-
-def lanes(g: np.ndarray, y: np.ndarray, analysed: np.ndarray, here: np.ndarray) -> list[np.ndarray]:
-    """Rule 5's counts at one node, per variant: carriers of each allele in each cell, and the
-    ALT and REF allele counts over the analysed people."""
-    out = [c for cell in node_cells(y, analysed, here) for c in carriers(g, cell)]
-    x = g[:, analysed & here]
-    ac = np.nansum(x, axis=1)
-    return [*out, ac, 2 * (~np.isnan(x)).sum(axis=1) - ac]
-
-
 def predicted_withheld(d: dict, rows: np.ndarray, analysed: np.ndarray, mode: str, y: np.ndarray | None = None) -> np.ndarray:
     """Rule 5's prediction: every lane at least K (0 fails), on the federation-wide sums of the
     nodes' counts under mpc/he, on every node's own counts in plain mode (a variant one node
     withholds is withheld everywhere)."""
     return rule5_withheld(d["g"][rows], d["status"] if y is None else y, analysed, d["node"], mode)
-
-
-def rule5_withheld(g: np.ndarray, y: np.ndarray, analysed: np.ndarray, node: np.ndarray, mode: str) -> np.ndarray:
-    """:func:`predicted_withheld` on a dosage matrix [variants x samples] and per-sample arrays
-    (the other analysis tests use it on their own pooled data)."""
-    per_node = [lanes(g, y, analysed, node == n) for n in np.unique(node) if (analysed & (node == n)).any()]
-    if mode != "plain":
-        return np.any([sum(ls) < K for ls in zip(*per_node)], axis=0)
-    return np.any([lane < K for ls in per_node for lane in ls], axis=0)
 
 
 def few_carriers_anywhere(d: dict, rows: np.ndarray, analysed: np.ndarray, mode: str, y: np.ndarray | None = None) -> np.ndarray:

@@ -33,8 +33,8 @@ import numpy as np
 import pytest
 from conftest import LocalFederation, clone_federation, set_node_section
 from gwas_ref import ols, rel
+from rule5_ref import rule5_withheld
 from test_rule1_identifiers import make_pooled_chr22
-from test_rule5_min_mac import rule5_withheld
 
 from genofed.engine.errors import DisclosureError
 

@@ -1,0 +1,40 @@
+"""Rule 5's prediction for per-variant analyses, computed independently of genofed from the pooled
+genotypes (numpy): which variants a federation must withhold because a released cell rests on
+fewer than k carriers of an allele, or an allele count is below the minimum (default k)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def carriers(g: np.ndarray, cell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per variant, the people in ``cell`` carrying the ALT allele and the REF allele (diploid calls)."""
+    x = g[:, cell]
+    return (x >= 1).sum(axis=1), ((x <= 1) & ~np.isnan(x)).sum(axis=1)
+
+
+def node_cells(y: np.ndarray, analysed: np.ndarray, here: np.ndarray) -> list[np.ndarray]:
+    """A node's two cells: its analysed people whose phenotype is not the node's lowest value,
+    and those for whom it is not the highest (cases and controls for a 0/1 phenotype)."""
+    m = analysed & here
+    return [m & (y != np.min(y[m])), m & (y != np.max(y[m]))]
+
+
+def lanes(g: np.ndarray, y: np.ndarray, analysed: np.ndarray, here: np.ndarray) -> list[np.ndarray]:
+    """Rule 5's counts at one node, per variant: carriers of each allele in each cell, and the
+    ALT and REF allele counts over the analysed people."""
+    out = [c for cell in node_cells(y, analysed, here) for c in carriers(g, cell)]
+    x = g[:, analysed & here]
+    ac = np.nansum(x, axis=1)
+    return [*out, ac, 2 * (~np.isnan(x)).sum(axis=1) - ac]
+
+
+def rule5_withheld(g: np.ndarray, y: np.ndarray, analysed: np.ndarray, node: np.ndarray, mode: str, k: int = 5) -> np.ndarray:
+    """Variants [rows of the dosage matrix ``g``: variants x samples, NaN missing] rule 5 withholds:
+    every lane at least ``k`` (0 fails), on the federation-wide sums of the nodes' counts under
+    mpc/he, on every node's own counts in plain mode (a variant one node withholds is withheld
+    everywhere). ``y``, ``analysed`` and ``node`` are per sample."""
+    per_node = [lanes(g, y, analysed, node == n) for n in np.unique(node) if (analysed & (node == n)).any()]
+    if mode != "plain":
+        return np.any([sum(ls) < k for ls in zip(*per_node, strict=True)], axis=0)
+    return np.any([lane < k for ls in per_node for lane in ls], axis=0)
