@@ -11,10 +11,22 @@ from genofed.engine.protocol import N_COLUMN, SUPPRESSED_COLUMN
 DEFAULT_MIN_COUNT = 5
 
 
+def below(n: np.ndarray, min_count: int, zero_small: bool = False) -> np.ndarray:
+    """The minimum-count rule, written once: counts of 1..min_count-1 people (and 0 too with
+    ``zero_small``: a count of the people behind a value, where 0 where one person would be
+    withheld tells their value). Nothing is small when ``min_count`` is 1. Every mode applies it:
+    plain at the node (:mod:`genofed.privacy.rules`), HE at the key holder and MPC on the
+    federation-wide sums (:func:`genofed.privacy.secure.layout.lane_small`; the MPC party
+    evaluates the same test on secret shares)."""
+    n = np.asarray(n)
+    if min_count <= 1:
+        return np.zeros(n.shape, bool)
+    return ((n >= 0) if zero_small else (n > 0)) & (n < min_count)
+
+
 def small_cells(n: pa.ChunkedArray | pa.Array, min_count: int) -> np.ndarray:
     """Groups with between 1 and ``min_count - 1`` samples (zero cells are not disclosive)."""
-    arr = pc.cast(pc.fill_null(n, 0), pa.int64()).to_numpy(zero_copy_only=False)
-    return (arr > 0) & (arr < min_count)
+    return below(pc.cast(pc.fill_null(n, 0), pa.int64()).to_numpy(zero_copy_only=False), min_count)
 
 
 def apply_min_count(table: pa.Table, min_count: int, partials: list[str]) -> tuple[pa.Table, int]:

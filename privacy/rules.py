@@ -216,9 +216,11 @@ def guard_small(table: pa.Table, min_count: int, min_mac: int) -> np.ndarray:
 def _small(table: pa.Table, k: int, keys: list[str], zero_ok: bool = True) -> np.ndarray:
     """Groups of 1..k-1 people (``zero_ok=False``: 0..k-1, a global aggregate keyed on
     quasi-identifiers, where a zero would tell that nobody has those values)."""
+    from .disclosure import below
+
     n = pc.fill_null(table.column(N_COLUMN), 0).to_numpy(zero_copy_only=False).astype(np.int64) if table.num_rows \
         else np.zeros(0, np.int64)
-    return ((n > 0) if zero_ok else (n >= 0)) & (n < k)
+    return below(n, k, zero_small=not zero_ok)
 
 
 def _drop_small(table: pa.Table, k: int) -> tuple[pa.Table, int]:

@@ -174,11 +174,9 @@ def lane_small(lane: Lane, v: np.ndarray, min_count: int, min_mac: int | None, l
     """Groups a count lane's federation-wide sums ``v`` withhold (HE and plain reference of the
     test MPC evaluates on shares): ``_n`` in 1..k-1; any other count lane below its minimum, 0
     included (a zero where one person would be withheld is their value)."""
-    k = lane_threshold(lane, min_count, min_mac)
-    v = np.asarray(v)
-    if last:
-        return small_groups(v, k)
-    return (v < k) if k > 1 else np.zeros(v.shape, bool)
+    from genofed.privacy.disclosure import below
+
+    return below(np.asarray(v), lane_threshold(lane, min_count, min_mac), zero_small=not last)
 
 
 def influence_column(partial: str, branch: int = 0) -> str:
@@ -375,5 +373,6 @@ def small_groups(n: np.ndarray, min_count: int) -> np.ndarray:
     """The rule the secure modes enforce on federation-wide counts (same as plain): groups with
     1..min_count-1 samples are suppressed; zero-sample groups are not disclosive. Applied to the
     group's count and to every influence count (the people who make a sum non-zero)."""
-    n = np.asarray(n)
-    return (n > 0) & (n < min_count)
+    from genofed.privacy.disclosure import below
+
+    return below(np.asarray(n), min_count)
