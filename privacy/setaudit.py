@@ -41,6 +41,7 @@ from genofed.engine.errors import DisclosureError
 from .tracker import state_db, write_many
 
 RULE = "linear_audit"
+GENOTYPE_VALUES = ("dosage", "phased", "ploidy")
 MAX_ROWS = 2000  # per researcher and statistic: distinct person sets the audit keeps (then it refuses)
 RULE_CAPACITY = "audit_capacity"
 
@@ -237,8 +238,14 @@ def statistics_of(frag: object) -> list[str]:
         if p.alias_or_name not in frag.partials:  # type: ignore[attr-defined]
             continue
         body = p.unalias()
+        cols = list(body.find_all(exp.Column))
         if isinstance(body, exp.Count) and (isinstance(body.this, (exp.Star, exp.Distinct, exp.Literal)) or body.this is None):
             text = "count"
+        elif genotypes and cols and all(c.name in GENOTYPE_VALUES for c in cols):
+            # values of genotypes alone (allele_count(dosage), sum(dosage), sum(dosage * 1),
+            # count(CASE WHEN dosage = 1 THEN 1 END), ...): one statistic however spelled, so that
+            # slices of a cohort asked with a different spelling each are audited together
+            text = "genotype_values"
         else:
             text = _canonical(body, names).lower()
         out.append(f"{text}|genotypes" if genotypes else text)

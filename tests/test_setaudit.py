@@ -140,3 +140,23 @@ def test_a_full_audit_refuses_instead_of_forgetting(audit, monkeypatch):
     audit.check_and_record("r", "repeat", {"count": _rows(everyone)}, K)  # a set it already holds
     audit.check_and_record("r", "other", {"sum(bmi)": _rows(everyone - {17})}, K)
     audit.check_and_record("someone_else", "q", {"count": _rows(everyone - {17})}, K)
+
+
+def test_genotype_values_are_one_statistic_however_spelled():
+    """Slices of a cohort asked with a different spelling of its allele counts each time must be
+    audited together: every aggregate of genotype values alone is one statistic."""
+    from genofed.engine.fragment import validate_fragment
+    from genofed.engine.schema import Catalog
+
+    genotypes = {"sample_id": "VARCHAR", "variant_id": "VARCHAR", "chrom": "VARCHAR", "pos": "BIGINT", "ref": "VARCHAR",
+                 "alt": "VARCHAR", "dosage": "TINYINT", "phased": "BOOLEAN"}
+    cat = Catalog.merge({"a": {"tables": {"samples": {"sample_id": "VARCHAR", "pop": "VARCHAR", "bmi": "DOUBLE"},
+                                          "genotypes": genotypes}, "variants_digest": "x"}})
+    base = "SELECT s.pop AS _k0, g.variant_id AS _k1, {agg} AS _p0 FROM genotypes AS g JOIN samples AS s ON g.sample_id = s.sample_id " \
+           "GROUP BY s.pop, g.variant_id"
+    spellings = ["ALLELE_COUNT(g.dosage)", "SUM(g.dosage)", "SUM(g.dosage * 1)", "SUM(g.dosage + 0)",
+                 "COUNT(CASE WHEN g.dosage = 1 THEN 1 END)", "HET_COUNT(g.dosage)"]
+    stats = {tuple(statistics_of(validate_fragment(base.format(agg=a), cat))) for a in spellings}
+    assert stats == {("genotype_values|genotypes",)}
+    other = statistics_of(validate_fragment(base.format(agg="SUM(g.dosage * s.bmi)"), cat))
+    assert other != ["genotype_values|genotypes"]  # weighted by a clinical value: another statistic

@@ -27,9 +27,10 @@ measured on the real genotypes (``pooled1126``), so the defended assertions can 
 Outcome at the time of writing: (a) the CTE/subquery renaming and the pivot released every
 autosome's statistics charged as one variant; fixed in connectors/gates.py (variant lineage
 through CTEs and subqueries; a value conditioned on a variant column is charged every selected
-variant). Strict xfails, open: (b) slicing with the statistic spelled differently each time
-(each spelling is a separate statistic for the set audit, so its atoms never meet and every
-slice is a fresh cohort); (c) the rarest alleles of a cohort are scored at about their analytic
+variant); (b) slicing with the statistic spelled differently each time (each spelling was a
+separate statistic for the set audit, so its atoms never met and every slice was a fresh
+cohort): fixed in privacy/setaudit.py (every aggregate of genotype values alone is one
+statistic). Strict xfails, open: (c) the rarest alleles of a cohort are scored at about their analytic
 power (the node's simulation draws the reference at the cohort's own frequencies, where rare
 alleles carry little signal) while the attack measured on the real genotypes detects about half
 the members at zero false positives; (d) carrier counts (``WHERE dosage > 0``) are beacon questions
@@ -285,11 +286,6 @@ def test_slices_share_one_budget(defended, scenario, mode):
     assert outcomes[1:].count("answered") == 0, f"LEAK ({mode}): {scenario}: slices answered: {outcomes}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "rule 5 open: slices of 'everyone but ~15 people' whose allele count is spelled differently each time "
-    "(allele_count, sum(dosage), sum(dosage * 1), sum(dosage + 0), ...) are separate statistics for the set audit, "
-    "so SetAudit.atoms never sees the other slices and each slice is charged as a fresh ~360-person cohort; the "
-    "differences give each excluded age group's allele counts at ~600 sites (membership power ~1 for them)"))
 @pytest.mark.parametrize("mode", MODES)
 def test_slices_with_the_statistic_spelled_differently(defended, mode):
     outcomes = _slices(defended.researcher(), SLICES["age_disjoint"], SPELLINGS, mode)
