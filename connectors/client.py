@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -12,6 +13,8 @@ from genofed.engine import protocol as P
 from genofed.engine.errors import AuthError, BackendUnsupportedError, DisclosureError, NodeError
 
 from .tls import ClientTLS, flight_client, tls_problem
+
+T = TypeVar("T")
 
 
 class FlightTransport:
@@ -28,11 +31,16 @@ class FlightTransport:
     tls
         For a ``grpc+tls://`` location: the CA that signed the node's certificate and, for
         mutual TLS, the client certificate (:class:`~genofed.connectors.tls.ClientTLS`).
+    resolve
+        Where the node is now (a local federation's node restarted on another port): called when
+        the node cannot be reached; a new location is used for one more try.
     """
 
-    def __init__(self, name: str, location: str, token: str, connect_timeout: float = 5.0, tls: ClientTLS | None = None):
+    def __init__(self, name: str, location: str, token: str, connect_timeout: float = 5.0, tls: ClientTLS | None = None,
+                 resolve: Callable[[], str] | None = None):
         self.name = name
         self.location = location
+        self._resolve = resolve
         self.tls = tls
         self._headers = [(P.AUTH_HEADER.encode(), (P.BEARER + token).encode())]
         self._client = flight_client(location, tls)
@@ -41,38 +49,70 @@ class FlightTransport:
     def _options(self, timeout: float | None) -> flight.FlightCallOptions:
         return flight.FlightCallOptions(headers=self._headers, timeout=timeout)
 
-    def catalog(self, timeout: float = 10.0) -> dict[str, Any]:
+    def _call(self, fn: Callable[[], T]) -> T:
+        """Run a call. When the node could not be connected to (nothing was sent), try once more
+        on a fresh channel, at the node's current location when it moved (a local node restarted
+        on another port): a channel that saw the node go down waits out gRPC's reconnect backoff
+        otherwise. Other errors become the node's error."""
         try:
-            results = list(self._client.do_action(flight.Action(P.ACTION_CATALOG, b""), self._options(timeout)))
-            self._answered = True
-            return json.loads(results[0].body.to_pybytes())
+            return fn()
+        except flight.FlightUnavailableError as e:
+            if "failed to connect" not in str(e).lower() or not self._reconnect():
+                raise self._error(e) from None
         except flight.FlightError as e:
             raise self._error(e) from None
+        try:
+            return fn()
+        except flight.FlightError as e:
+            raise self._error(e) from None
+
+    def _reconnect(self) -> bool:
+        """A fresh channel to where the node is now (``resolve``), or where it was."""
+        where = self.location
+        if self._resolve is not None:
+            try:
+                where = self._resolve()
+            except Exception:  # noqa: BLE001 - no current location known: the one we had
+                where = self.location
+        try:
+            client = flight_client(where, self.tls)
+        except Exception:  # noqa: BLE001 - a location that cannot be dialled: report the original failure
+            return False
+        self._client.close()
+        if where != self.location:
+            self._answered = False
+        self.location, self._client = where, client
+        return True
+
+    def catalog(self, timeout: float = 10.0) -> dict[str, Any]:
+        def call() -> dict[str, Any]:
+            results = list(self._client.do_action(flight.Action(P.ACTION_CATALOG, b""), self._options(timeout)))
+            self._answered = True
+            return dict(json.loads(results[0].body.to_pybytes()))
+
+        return self._call(call)
 
     def run_fragment(self, sql: str, query_id: str, timeout: float, dp: dict[str, Any] | None = None,
                      user_sql: str | None = None) -> pa.Table:
         """A plain-mode fragment: the node's partial table itself (noised by the node when ``dp``
         asks for it or its policy requires it). ``user_sql``: the researcher's query as written,
         for their release history at the node."""
-        try:
-            extra: dict[str, Any] = {P.KEY_DP: dp} if dp else {}
-            ticket = P.fragment_ticket(sql, query_id, **extra, **_user_sql(user_sql))
-            reader = self._client.do_get(flight.Ticket(ticket), self._options(timeout))
-            out = reader.read_all()
+        extra: dict[str, Any] = {P.KEY_DP: dp} if dp else {}
+        ticket = P.fragment_ticket(sql, query_id, **extra, **_user_sql(user_sql))
+
+        def call() -> pa.Table:
+            out = self._client.do_get(flight.Ticket(ticket), self._options(timeout)).read_all()
             self._answered = True
             return out
-        except flight.FlightError as e:
-            raise self._error(e) from None
+
+        return self._call(call)
 
     def run_he(self, sql: str, query_id: str, key_id: str, timeout: float, dp: dict[str, Any] | None = None,
                user_sql: str | None = None) -> pa.Table:
         """An HE-mode fragment: the node's lanes as ciphertexts (schema metadata: layout, groups)."""
-        try:
-            ticket = P.fragment_ticket(sql, query_id, "he", key_id=key_id, timeout=timeout, **({P.KEY_DP: dp} if dp else {}),
-                                       **_user_sql(user_sql))
-            return self._client.do_get(flight.Ticket(ticket), self._options(timeout + 10.0)).read_all()
-        except flight.FlightError as e:
-            raise self._error(e) from None
+        ticket = P.fragment_ticket(sql, query_id, "he", key_id=key_id, timeout=timeout, **({P.KEY_DP: dp} if dp else {}),
+                                   **_user_sql(user_sql))
+        return self._call(lambda: self._client.do_get(flight.Ticket(ticket), self._options(timeout + 10.0)).read_all())
 
     def history(self, limit: int = 1000, since: float | None = None, timeout: float = 10.0) -> list[dict[str, Any]]:
         """Your own releases (and refusals) at this node, oldest first: dicts with ``id``,
@@ -90,12 +130,12 @@ class FlightTransport:
 
     def action(self, kind: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         """A JSON request/response action (the secure combine protocols)."""
-        try:
+        def call() -> Any:
             results = list(self._client.do_action(flight.Action(kind, json.dumps(body).encode()), self._options(timeout)))
             self._answered = True
             return json.loads(results[0].body.to_pybytes()) if results else {}
-        except flight.FlightError as e:
-            raise self._error(e) from None
+
+        return self._call(call)
 
     def _error(self, e: flight.FlightError) -> NodeError:
         body = P.decode_error(str(e))

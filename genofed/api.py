@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,7 +79,8 @@ class Federation:
     def __init__(self, config: FederationConfig, timeout: float | None = None):
         self.config = config
         tls = config.client_tls()  # [tls] ca (and cert/key for mutual TLS) in federation.toml
-        self._transports = [FlightTransport(n.name, n.location(config.root), n.token, tls=tls) for n in config.nodes]
+        self._transports = [FlightTransport(n.name, n.location(config.root), n.token, tls=tls,
+                                            resolve=functools.partial(n.location, config.root)) for n in config.nodes]
         self._keyholder = None
         if config.keyholder:
             self._keyholder = _LazyKeyHolder(config)

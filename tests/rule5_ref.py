@@ -38,3 +38,23 @@ def rule5_withheld(g: np.ndarray, y: np.ndarray, analysed: np.ndarray, node: np.
     if mode != "plain":
         return np.any([sum(ls) < k for ls in zip(*per_node, strict=True)], axis=0)
     return np.any([lane < k for ls in per_node for lane in ls], axis=0)
+
+
+def predict_pooled(con, where: str, phenotype: str, covariates: list[str], mode: str, k: int = 5) -> dict[str, bool]:
+    """{variant_id: withheld} for a per-variant analysis over the variants ``WHERE <where>`` of a
+    pooled DuckDB (tables ``genotypes``, ``variants``, ``phenotypes`` and ``split(sample_id, node)``):
+    ``phenotype`` and ``covariates`` are ``phenotypes`` columns (complete cases are analysed)."""
+    ids = [r[0] for r in con.sql(f"SELECT variant_id FROM variants WHERE {where} ORDER BY pos, variant_id").fetchall()]
+    cols = ", ".join(f"p.{c}" for c in [phenotype, *covariates])
+    people = con.sql(f"SELECT p.sample_id, split.node, {cols} FROM phenotypes p JOIN split USING (sample_id) ORDER BY 1").fetchall()
+    col = {r[0]: i for i, r in enumerate(people)}
+    row = {v: i for i, v in enumerate(ids)}
+    g = np.full((len(ids), len(people)), np.nan)
+    for v, s, d in con.sql(f"SELECT g.variant_id, g.sample_id, g.dosage FROM genotypes g JOIN variants v USING (variant_id) "
+                           f"WHERE {' AND '.join('v.' + c.strip() for c in where.split(' AND '))}").fetchall():
+        if d is not None and s in col:
+            g[row[v], col[s]] = d
+    y = np.array([np.nan if r[2] is None else float(r[2]) for r in people])
+    analysed = np.array([all(x is not None for x in r[2:]) for r in people])
+    node = np.array([r[1] for r in people])
+    return dict(zip(ids, (bool(w) for w in rule5_withheld(g, y, analysed, node, mode, k)), strict=True))

@@ -128,6 +128,30 @@ def test_node_killed_mid_query_is_named_releases_nothing_and_restarts(local_fed,
     assert _rows(fed.sql(SLOW, combine="mpc").to_arrow()) == slow_want
 
 
+def test_a_node_restarted_on_another_port_is_found_again(local_fed, pooled1126):
+    """A local node that crashed and restarted while its old port was taken serves on a new one:
+    the connected client reads where it is now and goes on, without reconnecting."""
+    import socket
+
+    root, lf = local_fed
+    fed = lf.fed
+    want = _rows(pooled1126.sql("SELECT population, count(*) FROM samples GROUP BY 1").to_arrow_table())
+    assert _rows(fed.sql(SMALL, combine="mpc").to_arrow()) == want
+    old = int((root / "biobank_B" / "node.port").read_text())
+    victim = _pid(root, "biobank_B")
+    os.kill(victim, signal.SIGKILL)
+    _gone(victim)
+    with socket.socket() as squatter:  # the old port is taken: the node restarts elsewhere
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the old connections' TIME_WAIT
+        squatter.bind(("127.0.0.1", old))
+        squatter.listen()
+        up(root)
+        new = int((root / "biobank_B" / "node.port").read_text())
+        assert new != old
+        assert _rows(fed.sql(SMALL, combine="mpc").to_arrow()) == want  # the same client
+        assert _rows(fed.sql(SMALL, combine="plain").to_arrow()) == want
+
+
 def test_stalled_node_times_out_then_serves_again(local_fed, pooled1126):
     root, lf = local_fed
     pid = _pid(root, "biobank_C")
