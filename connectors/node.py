@@ -188,7 +188,7 @@ class NodeServer(flight.FlightServerBase):
             (P.ACTION_MPC_PREPARE, "run a fragment and start this node's MPC party"),
             (P.ACTION_MPC_RUN, "run the MPC protocol for a prepared fragment"),
             (P.ACTION_MPC_ABORT, "drop a prepared fragment"),
-            (P.ACTION_BLIND, "blinded keys of the groups this node released for a plain query"),
+            (P.ACTION_BLIND, "which groups this node released for a plain query other nodes withheld (blinded keys)"),
             (P.ACTION_HISTORY, "your own releases and refusals at this node"),
             (P.ACTION_PIPELINE, "the ordered steps every fragment passes at this node"),
         ]
@@ -275,7 +275,12 @@ class NodeServer(flight.FlightServerBase):
             yield flight.Result(json.dumps(self._history(action, self._researcher(context))).encode())
         elif kind == P.ACTION_BLIND:
             body = self._json_body(action)
-            yield flight.Result(json.dumps(self._blind(self._researcher(context), body[P.KEY_QUERY_ID])).encode())
+            withheld = body.get("withheld", [])
+            if (not isinstance(withheld, list) or len(withheld) > 10_000_000
+                    or not all(isinstance(x, str) and len(x) == 32 for x in withheld)):
+                raise flight.FlightServerError(P.encode_error(
+                    P.CODE_BAD_REQUEST, "blind_keys takes 'withheld': a list of the blinded keys other nodes withheld"))
+            yield flight.Result(json.dumps(self._blind(self._researcher(context), body[P.KEY_QUERY_ID], withheld)).encode())
         elif kind in (P.ACTION_MPC_PREPARE, P.ACTION_MPC_RUN, P.ACTION_MPC_ABORT):
             body = self._json_body(action)
             yield flight.Result(json.dumps(self._mpc_action(kind, body, self._researcher(context), context)).encode())
@@ -294,10 +299,12 @@ class NodeServer(flight.FlightServerBase):
                 self._released.pop(next(iter(self._released)))
             self._released[(researcher, qid)] = (now, list(frag.keys), table.select(list(frag.keys)))
 
-    def _blind(self, researcher: str, qid: str) -> list[str]:
-        """``ACTION_BLIND``: the blinded keys of the groups this node released to this researcher
-        for ``qid`` (in the order sent), so the coordinator can withhold a group another node
-        withheld without anyone learning its key. Nothing for another researcher's query."""
+    def _blind(self, researcher: str, qid: str, withheld: list[str]) -> dict[str, list[int]]:
+        """``ACTION_BLIND``: which of the groups this node released to this researcher for ``qid``
+        other nodes withheld, given their blinded keys: ``rows`` (indices into this node's release,
+        in the order sent) and ``matched`` (indices into ``withheld``). The coordinator withholds
+        those groups everywhere without learning a key, or a blinded key of any group released.
+        Nothing for another researcher's query."""
         from genofed.privacy.rules import blind_keys
 
         with self._rate_lock:
@@ -305,7 +312,10 @@ class NodeServer(flight.FlightServerBase):
         if kept is None or not self.config.key_secret:
             raise flight.FlightServerError(P.encode_error(
                 P.CODE_BAD_REQUEST, "no recent plain release of that query to you at this node; run the query again"))
-        return blind_keys(kept[2], kept[1], self.config.key_secret, qid)
+        mine = blind_keys(kept[2], kept[1], self.config.key_secret, qid)
+        where = {tok: i for i, tok in enumerate(withheld)}
+        rows = [i for i, tok in enumerate(mine) if tok in where]
+        return {"rows": rows, "matched": sorted({where[mine[i]] for i in rows})}
 
     @staticmethod
     def _json_body(action) -> dict[str, Any]:

@@ -263,18 +263,23 @@ class Coordinator:
         if not withheld:
             return parts, 0
         ask = [t for t in targets if parts[t.name].num_rows]
-        tokens = self._fan_out(lambda t: t.action(ACTION_BLIND, {"query_id": qid}, self.timeout), ask) if ask else {}
+        sent = sorted(withheld)
+        answers = self._fan_out(lambda t: t.action(ACTION_BLIND, {"query_id": qid, "withheld": sent}, self.timeout), ask) if ask else {}
         out = dict(parts)
-        released: set[str] = set()
-        for node, toks in tokens.items():
+        matched: set[int] = set()
+        for node, ans in answers.items():
             t = parts[node]
-            if not isinstance(toks, list) or len(toks) != t.num_rows:
-                raise NodeError(node, "protocol", "answered blind_keys with a list that does not match its release")
-            released.update(toks)
-            hit = pa.array([tok in withheld for tok in toks])
+            rows, hits = (ans.get("rows"), ans.get("matched")) if isinstance(ans, dict) else (None, None)
+            if (not isinstance(rows, list) or not isinstance(hits, list)
+                    or not all(type(r) is int and 0 <= r < t.num_rows for r in rows)
+                    or not all(type(m) is int and 0 <= m < len(sent) for m in hits)):
+                raise NodeError(node, "protocol", "answered blind_keys with rows that do not match its release")
+            matched.update(hits)
+            flag = np.zeros(t.num_rows, bool)
+            flag[np.asarray(rows, np.int64)] = True
             i = t.column_names.index(SUPPRESSED_COLUMN)
-            out[node] = t.set_column(i, SUPPRESSED_COLUMN, pc.or_(pc.fill_null(t.column(i), False), hit))
-        return out, len(withheld - released)
+            out[node] = t.set_column(i, SUPPRESSED_COLUMN, pc.or_(pc.fill_null(t.column(i), False), pa.array(flag)))
+        return out, len(sent) - len(matched)
 
     def _disclosure(self, combined: pa.Table, plan: Plan) -> tuple[pa.Table, int]:
         if combined.num_rows == 0:

@@ -16,7 +16,7 @@ ACTION_PING = "ping"
 ACTION_MPC_PREPARE = "mpc_prepare"
 ACTION_MPC_RUN = "mpc_run"
 ACTION_MPC_ABORT = "mpc_abort"
-ACTION_BLIND = "blind_keys"  # plain: blinded keys of the groups a node released for a query (rule 3)
+ACTION_BLIND = "blind_keys"  # plain: which released groups other nodes withheld, matched on blinded keys (rule 3)
 ACTION_HISTORY = "history"  # the calling researcher's own releases at the node (JSON)
 ACTION_PIPELINE = "pipeline"  # the ordered steps every fragment passes at the node (JSON)
 

@@ -266,8 +266,8 @@ def test_a_nodes_own_answer_carries_no_withheld_key(fed, pooled_chr22):
         assert len(tokens) > 300 and all(len(x) == 32 and int(x, 16) >= 0 for x in tokens)
         outcomes = canaries(pooled_chr22, Q_RECORD)
         assert_no_canary("a node's answer", [repr(meta)], values_in([table]), outcomes)
-        try:  # nothing was released: no blinded key to give (or nothing kept to blind)
-            assert t.action(P.ACTION_BLIND, {"query_id": "rule3-direct"}, 30) == []
+        try:  # nothing was released: nothing matches (or nothing kept to match)
+            assert t.action(P.ACTION_BLIND, {"query_id": "rule3-direct", "withheld": tokens}, 30) == {"rows": [], "matched": []}
         except NodeError as e:
             assert e.node_code == P.CODE_BAD_REQUEST, str(e)
     finally:
