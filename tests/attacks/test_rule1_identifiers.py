@@ -35,7 +35,6 @@ release in this module's federation decides a history gate's outcome for it.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -180,39 +179,6 @@ ORDINARY = [
 
 
 # -- fixtures ---------------------------------------------------------------------------------------
-
-_POOLED: dict[str, Any] = {}
-
-
-def make_pooled_chr22(tmp_dir, data_1126, phenotypes_1126):
-    """The pooled oracle (``tests/oracle.py``: DuckDB, genotypes read with scikit-allel) over all
-    1126 samples, the ``phenotypes`` table and the genotypes of chromosome 22 (the region these
-    attack tests query), plus ``split(sample_id, node)`` from the suggested three-node split.
-    Built for one chromosome it takes a couple of seconds, once per process (the rule 2, 3 and 6
-    modules use it too; it is only read)."""
-    key = str(data_1126["vcf"])
-    if key in _POOLED:
-        return _POOLED[key]
-    from cyvcf2 import VCF
-    from oracle import build_pooled
-
-    path = tmp_dir / "chr22.vcf"
-    vcf = VCF(str(data_1126["vcf"]))
-    with open(path, "w") as f:
-        f.write(vcf.raw_header)
-        for rec in vcf(CHROM):
-            f.write(str(rec))
-    vcf.close()
-    con = build_pooled(None, path, data_1126["samples"], {"phenotypes": phenotypes_1126})
-    con.execute(f"CREATE TABLE split AS SELECT \"sample.id\" AS sample_id, node FROM read_csv('{data_1126['split']}', delim='\t', header=true)")
-    _POOLED[key] = con
-    return con
-
-
-@pytest.fixture(scope="module")
-def pooled_chr22(tmp_path_factory, data_1126, phenotypes_1126):
-    return make_pooled_chr22(tmp_path_factory.mktemp("chr22"), data_1126, phenotypes_1126)
-
 
 @pytest.fixture(scope="module")
 def fed(fed_dir_1126, tmp_path_factory):

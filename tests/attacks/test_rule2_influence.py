@@ -42,7 +42,7 @@ import math
 import pytest
 from conftest import LocalFederation, clone_federation, set_node_section
 from test_massachusetts import QI, truth  # noqa: F401  (fixture: the registry and its truth)
-from test_rule1_identifiers import make_pooled_chr22, oracle_rows, same_rows
+from test_rule1_identifiers import oracle_rows, same_rows
 
 from genofed.connectors.federation import init_federation
 from genofed.engine.errors import DisclosureError
@@ -57,11 +57,6 @@ DP = {"budget_epsilon": 1000.0, "max_epsilon": 1.0,
 
 
 # -- fixtures ---------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def pooled_chr22(tmp_path_factory, data_1126, phenotypes_1126):
-    return make_pooled_chr22(tmp_path_factory.mktemp("chr22"), data_1126, phenotypes_1126)
-
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory, data_1126, phenotypes_1126, truth):  # noqa: F811

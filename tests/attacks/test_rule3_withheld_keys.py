@@ -37,7 +37,6 @@ import sys
 import pyarrow as pa
 import pytest
 from conftest import LocalFederation, clone_federation
-from test_rule1_identifiers import make_pooled_chr22
 
 from genofed.connectors.client import FlightTransport
 from genofed.connectors.federation import FederationConfig
@@ -62,11 +61,6 @@ ALL_WITHHELD = {"record": Q_RECORD, "genotypes": Q_GENO, "per_person_cte": Q_CTE
 
 
 # -- fixtures ---------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def pooled_chr22(tmp_path_factory, data_1126, phenotypes_1126):
-    return make_pooled_chr22(tmp_path_factory.mktemp("chr22"), data_1126, phenotypes_1126)
-
 
 @pytest.fixture(scope="module")
 def fed(fed_dir_1126, tmp_path_factory):

@@ -21,7 +21,7 @@ case carries it" tells every carrier is a control) and both allele counts reach 
 Plain mode checks each node's own cells at the node (its partials are themselves releases);
 mpc and he test the federation-wide sums inside the secure combine.
 
-Oracle: the pooled genotypes (``make_pooled_chr22``: scikit-allel read into DuckDB), with the
+Oracle: the pooled genotypes (the ``pooled_chr22`` fixture of ``tests/attacks/conftest.py``: scikit-allel read into DuckDB), with the
 carrier counts computed here with numpy, per node (the suggested split) and federation-wide. Each
 test asserts that no released variant has 1..k-1 carriers of an allele in a cell, and that the
 variants withheld are exactly those the rule predicts (so the test cannot pass by releasing
@@ -39,7 +39,6 @@ import pytest
 from conftest import LocalFederation, clone_federation
 from gwas_ref import ols, rel
 from rule5_ref import lanes, rule5_withheld
-from test_rule1_identifiers import make_pooled_chr22
 
 from genofed.engine.errors import DisclosureError
 
@@ -50,11 +49,6 @@ MODES = ["plain", "mpc", "he"]
 STOP = 17_500_000  # chromosome 22 up to here: singletons, doubletons and common variants
 WHERE = f"chrom = '22' AND pos <= {STOP}"
 REGION = f"chrom => '22', stop => {STOP}"
-
-
-@pytest.fixture(scope="module")
-def pooled_chr22(tmp_path_factory, data_1126, phenotypes_1126):
-    return make_pooled_chr22(tmp_path_factory.mktemp("chr22"), data_1126, phenotypes_1126)
 
 
 @pytest.fixture(scope="module")

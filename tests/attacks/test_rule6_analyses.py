@@ -34,7 +34,6 @@ import pytest
 from conftest import LocalFederation, clone_federation, set_node_section
 from gwas_ref import ols, rel
 from rule5_ref import rule5_withheld
-from test_rule1_identifiers import make_pooled_chr22
 
 from genofed.engine.errors import DisclosureError
 
@@ -44,11 +43,6 @@ K = 5
 SECURE = ["plain", "mpc", "he"]
 REGION = "chrom => '22', stop => 17500000"
 WHERE = "chrom = '22' AND pos <= 17500000"
-
-
-@pytest.fixture(scope="module")
-def pooled_chr22(tmp_path_factory, data_1126, phenotypes_1126):
-    return make_pooled_chr22(tmp_path_factory.mktemp("chr22"), data_1126, phenotypes_1126)
 
 
 @pytest.fixture(scope="module")
