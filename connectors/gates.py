@@ -120,7 +120,7 @@ class ReleaseGates:
         if genomic is None:
             return None
         vidx = self._released_variants(frag)
-        if genomic == "frequencies" and hasattr(frag, "select") and not keys_by_variant(frag) and not values_by_variant(frag):
+        if genomic == "frequencies" and hasattr(frag, "select") and not any(by_variant(frag)):
             # every selected variant feeds one value per group (a burden, a mean over a region):
             # one statistic per cohort, not one per variant (a value conditioned on a variant
             # column, a pivot with one column per variant, is charged every selected variant)
@@ -366,20 +366,13 @@ def _variant_lineage(select: exp.Select) -> tuple[Any, Any]:
     from sqlglot.optimizer.scope import Scope, traverse_scope
 
     from genofed.engine.schema import GENOTYPE_VARIANT_COLUMNS
+    from genofed.privacy.identifiers import column_source
 
     cols = set(GENOTYPE_VARIANT_COLUMNS) | {"variant_id", "chrom", "pos", "ref", "alt", "rsid", "qual", "filter"}
     derived: dict[int, set[str]] = {}  # id(scope body) -> output names derived from a variant column
 
-    def source(col: exp.Column, scope: Any) -> Any:
-        while scope is not None:
-            src = scope.sources.get(col.table)
-            if src is not None:
-                return src
-            scope = scope.parent
-        return None
-
     def is_variant(col: exp.Column, scope: Any) -> bool:
-        src = source(col, scope)
+        src = column_source(col, scope)
         if isinstance(src, exp.Table):
             return src.name in ("genotypes", "variants") and col.name in cols
         if isinstance(src, Scope):
@@ -398,22 +391,18 @@ def _variant_lineage(select: exp.Select) -> tuple[Any, Any]:
     return outer, reads
 
 
-def keys_by_variant(frag: Any) -> bool:
-    """Whether a fragment's groups split by variant (a key reads a variant column, however
-    written: ``variant_id``, ``variant_id || ''``, ``pos / 1000``, or a CTE or subquery column
-    derived from one)."""
+def by_variant(frag: Any) -> tuple[bool, bool]:
+    """``(keys, values)``: whether a fragment's groups split by variant (a key reads a variant
+    column, however written: ``variant_id``, ``variant_id || ''``, ``pos / 1000``, or a CTE or
+    subquery column derived from one), and whether a released value (not a group key) reads one:
+    one column per variant (``SUM(CASE WHEN variant_id = 'v1' THEN dosage END) AS v1, ...``, or
+    the same pivot built in a CTE) releases per-variant statistics without any group splitting
+    by variant. One scope traversal for both."""
     outer, reads = _variant_lineage(frag.select)
-    bodies = [p.unalias() for p in frag.select.expressions if p.alias_or_name in frag.keys]
-    return outer is not None and any(reads(b, outer) for b in bodies)
-
-
-def values_by_variant(frag: Any) -> bool:
-    """Whether a released value (not a group key) reads a variant column: one column per variant
-    (``SUM(CASE WHEN variant_id = 'v1' THEN dosage END) AS v1, ...``, or the same pivot built in
-    a CTE) releases per-variant statistics without any group splitting by variant."""
-    outer, reads = _variant_lineage(frag.select)
-    bodies = [p.unalias() for p in frag.select.expressions if p.alias_or_name not in frag.keys]
-    return outer is not None and any(reads(b, outer) for b in bodies)
+    if outer is None:
+        return False, False
+    split = [(p.alias_or_name in frag.keys, p.unalias()) for p in frag.select.expressions]
+    return any(reads(b, outer) for key, b in split if key), any(reads(b, outer) for key, b in split if not key)
 
 
 def genomic_release(frag: Any) -> str | None:

@@ -68,7 +68,7 @@ def check_expression(e: exp.Expression, what: str, identifiers: Iterable[str] = 
             raise DisclosureError(f"identifier column {col.name!r} used in the {what}; {_REMEDY}", rule=RULE)
 
 
-def _source(col: exp.Column, scope: Scope | None) -> object:
+def column_source(col: exp.Column, scope: Scope | None) -> object:
     """The table or scope a column reads, looking outwards for correlated references."""
     while scope is not None:
         src = scope.sources.get(col.table)
@@ -79,7 +79,7 @@ def _source(col: exp.Column, scope: Scope | None) -> object:
 
 
 def _is_identifier(col: exp.Column, scope: Scope, declared: set[str], tainted_out: dict[int, set[str]]) -> bool:
-    src = _source(col, scope)
+    src = column_source(col, scope)
     if isinstance(src, exp.Table):
         return col.name.lower() == SAMPLE_ID or f"{src.name}.{col.name}".lower() in declared
     if isinstance(src, Scope):
