@@ -21,7 +21,7 @@ case carries it" tells every carrier is a control) and both allele counts reach 
 Plain mode checks each node's own cells at the node (its partials are themselves releases);
 mpc and he test the federation-wide sums inside the secure combine.
 
-Oracle: the pooled genotypes (the ``pooled_chr22`` fixture of ``tests/attacks/conftest.py``: scikit-allel read into DuckDB), with the
+Oracle: the pooled genotypes (the ``pooled_chr22`` fixture of ``tests/conftest.py``: scikit-allel read into DuckDB), with the
 carrier counts computed here with numpy, per node (the suggested split) and federation-wide. Each
 test asserts that no released variant has 1..k-1 carriers of an allele in a cell, and that the
 variants withheld are exactly those the rule predicts (so the test cannot pass by releasing
