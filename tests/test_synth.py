@@ -230,13 +230,19 @@ def test_1126_at_the_default_epsilon(synth_fed, trained, pooled1126, tmp_path):
     sc = res.report["scores"]
     assert sc["af_r"] >= 0.98  # at the nodes, against each node's own cohort
     assert sc["exact_copies"] == 0 and sc["kinship_over"] == 0 and sc["mia_auc"] <= 0.55 + 2 * _auc_se(sc)
-    assert sc["canaries"] == 6 and sc["canaries_detected"] == 0
+    # a canary counts as detected when it is closer to the synthetic genomes than all 49 of its
+    # controls (and z <= -3): with nothing memorised each of the 6 is that close by chance with
+    # probability at most 1/50, so one detection happens in up to ~11 % of runs, two in < 1 %
+    # (the gate then refuses: the safe side); a model that memorised would show several
+    assert sc["canaries"] == 6 and sc["canaries_detected"] <= 1
     assert sc["aats"] > 0.55 and not res.passed
     reasons = res.report["reasons"]
     assert "under-fitting" in reasons[0]
-    # a membership AUC within sampling noise of 0.55 may add the gate's second reason (the safe side)
-    assert reasons[1:] == ([] if sc["mia_auc"] <= 0.55 else [r for r in reasons[1:] if "membership inference" in r])
-    assert len(reasons) == 1 + (sc["mia_auc"] > 0.55)
+    # a membership AUC within sampling noise of 0.55, or a canary detected by chance, adds the
+    # gate's reason for it (the safe side)
+    extra = [r for r in reasons[1:] if "membership inference" in r or "canaries detected" in r]
+    assert reasons[1:] == extra
+    assert len(reasons) == 1 + (sc["mia_auc"] > 0.55) + (sc["canaries_detected"] > 0)
     assert not out.exists()
     html = (tmp_path / "report.html").read_text()
     assert "refused" in html and "AATS" in html
