@@ -62,14 +62,135 @@ class ReleaseGates:
                         "few or none take): the groups' existence and sizes would single them out; group by a coarser "
                         "condition", rule="key_branch")
                 self.check_phenotype(frag)
-            risk = self.guard(frag, req.researcher, req.combine, qid=req.query_id)
+            sets = self.backend.sample_sets(frag) if self._needs_sets(frag) else None
+            risk = self.guard(frag, req.researcher, req.combine, sets, qid=req.query_id)
             if risk:
                 req.notes["risk"] = risk
+            req.table = self.mac_guards(frag, req.table, sets)
         out = release(frag, narrow_integers(req.table), req.combine, self.config, quasi_identified=self.quasi_identified(frag),
                       query_id=req.query_id, influence=influence)
         if out.withheld:
             req.notes["withheld"] = out.withheld
         req.released = out
+
+    def _needs_sets(self, frag: Any) -> bool:
+        """Whether :meth:`guard` or :meth:`mac_guards` reads the fragment's sample sets."""
+        return self.config.min_count > 1 and (self.config.differencing or genomic_release(frag) is not None)
+
+    def mac_guards(self, frag: Any, table: pa.Table, sets: Any) -> pa.Table:
+        """Rule 5's minimum minor-allele count in every released cell of a SQL frequency release.
+
+        A released value computed from genotype values (allele counts and frequencies, genotype
+        counts, ``sum(dosage)``, a pivot, a burden over a region, however spelled) rests on the
+        alleles of the variants that fed it, among the people of its cell. Each row gets two
+        guard columns: over the variants feeding it, the fewest ALT copies (``_nm0``) and the
+        fewest REF copies (``_nm1``) among its cell's people at this node (counted on the store's
+        bit planes, whatever the query's value conditions). They leave this node as values
+        nowhere: in plain mode a row below ``[policy] min_mac`` is withheld here
+        (:func:`genofed.privacy.rules.guard_small`), under MPC and HE they are count lanes tested
+        federation-wide (a sum of per-node minima is at most the federation-wide minimum, so the
+        test is conservative). A zero fails too: the answer for a target's singleton alleles must
+        not differ between a cohort with the target (1, withheld) and one without (0).
+
+        Rows map to variants through their variant group keys, evaluated on the variants table;
+        a row whose variants cannot be told (a key through a CTE, or mixing genotype values)
+        rests on every selected variant."""
+        if (not hasattr(frag, "select") or genomic_release(frag) != "frequencies" or table is None
+                or not table.num_rows or self.config.min_count <= 1):
+            return table
+        from genofed.genomics.kernels import group_counts
+        from genofed.genomics.store import pack_mask
+
+        store = self.backend.store
+        n = store.manifest.n_samples
+        vidx = np.unique(np.asarray(self.backend.variant_selection(frag), np.int64))
+        skeys = list(sets.keys) if sets is not None else []
+        members = list(sets.members) if sets is not None else [np.arange(n, dtype=np.int64)]
+        if not members:
+            members = [np.zeros(0, np.int64)]
+        # cells with the same people (a key the sample-set plan cannot tell is a variant's) are counted once
+        by_people: dict[bytes, int] = {}
+        same = np.array([by_people.setdefault(np.sort(np.asarray(m, np.int64)).tobytes(), len(by_people)) for m in members], np.int64)
+        distinct = [members[int(i)] for i in np.unique(same, return_index=True)[1]]
+        from genofed.engine import limits
+
+        limits.reserve(8.0 * len(vidx) * len(distinct) * 6 + len(distinct) * n / 8, "counting the alleles behind each released cell")
+        masks = np.stack([pack_mask(np.asarray(m, np.int64), n) for m in distinct])
+        from genofed.engine.backends.genokernel import take_counts
+
+        needed = ("alt1", "alt2", "called", "diploid")
+        c = take_counts(store.planes, vidx, masks, needed)  # the count kernel's own pass, when it ran this fragment
+        if c is None:
+            c = group_counts(store.planes, vidx, masks, needed, complete=store.complete)
+        alt = c["alt1"] + c["alt2"]  # [variants, distinct people sets]
+        ref = c["called"] + c["diploid"] - alt
+        cell = _row_cells(table, skeys, sets)
+        cell = np.where(cell >= 0, same[np.maximum(cell, 0)], -1)
+        groups = self._variant_groups(frag, table, skeys, vidx)
+        if groups is None:  # every selected variant feeds every row
+            g_alt, g_ref = (alt.min(axis=0)[None, :], ref.min(axis=0)[None, :]) if len(vidx) else (
+                np.zeros((1, alt.shape[1]), np.int64), np.zeros((1, alt.shape[1]), np.int64))
+            row_group = np.zeros(table.num_rows, np.int64)
+        else:
+            v_group, row_group, n_groups = groups
+            g_alt = np.full((n_groups + 1, alt.shape[1]), 0, np.int64)  # the last group: rows no selected variant maps to
+            g_ref = g_alt.copy()
+            big = np.iinfo(np.int64).max
+            g_alt[:n_groups], g_ref[:n_groups] = big, big
+            np.minimum.at(g_alt, v_group, alt)
+            np.minimum.at(g_ref, v_group, ref)
+            g_alt[g_alt == big], g_ref[g_ref == big] = 0, 0
+            row_group = np.where(row_group < 0, n_groups, row_group)
+        ok = cell >= 0
+        safe = np.where(ok, cell, 0)
+        nm0 = np.where(ok, g_alt[row_group, safe], 0)
+        nm1 = np.where(ok, g_ref[row_group, safe], 0)
+        from genofed.privacy.secure.layout import MAC_PREFIX
+
+        return table.append_column(f"{MAC_PREFIX}0", pa.array(nm0.astype(np.int64))).append_column(
+            f"{MAC_PREFIX}1", pa.array(nm1.astype(np.int64)))
+
+    def _variant_groups(self, frag: Any, table: pa.Table, skeys: list[str], vidx: np.ndarray) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """``(group of each selected variant, group of each row (-1: none), number of groups)`` by
+        the fragment's variant keys evaluated on the variants table, or None when rows cannot be
+        mapped to their variants (no variant key, or one the variants table cannot evaluate)."""
+        outer, reads = _variant_lineage(frag.select)
+        if outer is None:
+            return None
+        bodies = {p.alias_or_name: p.unalias() for p in frag.select.expressions}
+        vkeys = [k for k in frag.keys if k not in skeys and k in bodies and reads(bodies[k], outer)]
+        if not vkeys:
+            return None
+        exprs = []
+        for k in vkeys:
+            e = _on_variants(bodies[k], outer)
+            if e is None:
+                return None
+            exprs.append(exp.alias_(e, k))
+        from genofed.engine.keycodes import KeyTypeError, key_codes
+        from genofed.engine.sqlcheck import DIALECT
+
+        q = exp.select(exp.column("vidx"), *exprs).from_("_variants").sql(DIALECT)
+        cur = self.backend.con.cursor()
+        try:
+            vt = cur.sql(q).to_arrow_table()
+        except Exception:  # noqa: BLE001  # not evaluable on the variants table: every variant feeds every row
+            return None
+        finally:
+            cur.close()
+        at = np.full(self.backend.store.manifest.n_variants, -1, np.int64)
+        at[vt.column("vidx").to_numpy().astype(np.int64)] = np.arange(vt.num_rows)
+        vt = vt.take(pa.array(at[vidx]))
+        try:
+            cols = {k: vt.column(k).cast(table.column(k).type) for k in vkeys}
+            codes, _ = key_codes([pa.table(cols), table.select(vkeys)], vkeys)
+        except (KeyTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
+        v_codes, r_codes = codes[:len(vidx)], codes[len(vidx):]
+        uniq, v_group = np.unique(v_codes, return_inverse=True)
+        pos = np.searchsorted(uniq, r_codes)
+        hit = (pos < len(uniq)) & (uniq[np.minimum(pos, len(uniq) - 1)] == r_codes) if len(uniq) else np.zeros(len(r_codes), bool)
+        return v_group.reshape(-1).astype(np.int64), np.where(hit, pos, -1).astype(np.int64), len(uniq)
 
     def quasi_identified(self, frag: Any) -> bool:
         """Whether a fragment reads a quasi-identifier column (its groups must be k-anonymous here)."""
@@ -389,6 +510,40 @@ def _variant_lineage(select: exp.Select) -> tuple[Any, Any]:
             derived[id(body)] = {p.alias_or_name for p in body.expressions if reads(p, scope)}
         outer = scope
     return outer, reads
+
+
+def _row_cells(table: pa.Table, skeys: list[str], sets: Any) -> np.ndarray:
+    """Each released row's sample cell (an index into ``sets.members``; -1: none)."""
+    if not skeys:
+        return np.zeros(table.num_rows, np.int64)
+    from genofed.engine.keycodes import KeyTypeError, key_codes
+
+    cells = pa.table({k: pa.array([c[i] for c in sets.cells]) for i, k in enumerate(skeys)})
+    try:
+        cells = pa.table({k: cells.column(k).cast(table.column(k).type) for k in skeys})
+        codes, _ = key_codes([cells, table.select(skeys)], skeys)
+    except (KeyTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return np.full(table.num_rows, -1, np.int64)
+    c_codes, r_codes = codes[:cells.num_rows], codes[cells.num_rows:]
+    at = {int(code): i for i, code in enumerate(c_codes)}
+    return np.array([at.get(int(r), -1) for r in r_codes], np.int64)
+
+
+def _on_variants(e: exp.Expression, scope: Any) -> exp.Expression | None:
+    """A group key over variant columns only, rewritten to read the variants table (None when it
+    reads anything else)."""
+    from sqlglot.optimizer.scope import Scope
+
+    from genofed.engine.schema import GENOTYPE_VARIANT_COLUMNS
+    from genofed.privacy.identifiers import column_source
+
+    for col in e.find_all(exp.Column):
+        src = column_source(col, scope) if col.table else None
+        if isinstance(src, Scope) or (src is not None and not (isinstance(src, exp.Table) and src.name in ("genotypes", "variants"))):
+            return None
+        if col.name not in GENOTYPE_VARIANT_COLUMNS:
+            return None
+    return e.copy().transform(lambda n: exp.column(n.name) if isinstance(n, exp.Column) else n)
 
 
 def by_variant(frag: Any) -> tuple[bool, bool]:

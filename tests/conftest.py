@@ -125,14 +125,15 @@ def clone_federation(src: Path, dst: Path, *, min_count: int, node_min_count: in
     return dst
 
 
-def set_node_section(root: Path, section: str, table: dict) -> Path:
-    """Write ``[section]`` into every node.toml of the federation at ``root`` (e.g. ``limits``, ``dp``)."""
+def set_node_section(root: Path, section: str, table: dict, merge: bool = False) -> Path:
+    """Write ``[section]`` into every node.toml of the federation at ``root`` (e.g. ``limits``, ``dp``);
+    ``merge``: add these keys to the section's existing ones."""
     import tomllib
 
     for n in FederationConfig.load(root).nodes:
         p = root / n.config
         node = tomllib.loads(p.read_text())
-        node[section] = dict(table)
+        node[section] = {**(node.get(section, {}) if merge else {}), **table}
         p.write_text(tomli_w.dumps(node))
     return root
 

@@ -58,3 +58,18 @@ def predict_pooled(con, where: str, phenotype: str, covariates: list[str], mode:
     analysed = np.array([all(x is not None for x in r[2:]) for r in people])
     node = np.array([r[1] for r in people])
     return dict(zip(ids, (bool(w) for w in rule5_withheld(g, y, analysed, node, mode, k)), strict=True))
+
+
+def cells_withheld(per_node, keys: list[str], mode: str, k: int = 5) -> set[tuple]:
+    """Released SQL cells rule 5 withholds (allele counts of one variant per cell): ``per_node`` is
+    a DataFrame with the cell ``keys``, ``node``, ``ac`` (ALT copies) and ``an`` (alleles called)
+    of each cell's people at each node that has any. Under mpc/he a cell is withheld when its
+    federation-wide ALT or REF count is below ``k`` (0 included); in plain mode when some node's
+    own count is (that node withholds it, and the coordinator withholds it everywhere)."""
+    d = per_node.assign(ref=per_node["an"] - per_node["ac"])
+    if mode != "plain":
+        s = d.groupby(keys)[["ac", "ref"]].sum()
+        bad = s[(s["ac"] < k) | (s["ref"] < k)]
+    else:
+        bad = d[(d["ac"] < k) | (d["ref"] < k)].set_index(keys)
+    return {tuple(i) if isinstance(i, tuple) else (i,) for i in bad.index}

@@ -125,40 +125,75 @@ def test_demo_cohort_with_missing_calls_equals_plink2(demo, tmp_path):
     for a, b in (("beta", "BETA"), ("se", "SE"), ("p", "P")):
         assert rel(j[a], j[b]) < 1e-5, a
     hardy = plink2_hardy(prefix, tmp_path / "hardy")
-    h = fed.sql("SELECT variant_id, hwe_p(dosage) AS p FROM genotypes GROUP BY variant_id").to_pandas().set_index("variant_id").join(hardy, how="inner")
-    assert len(h) > 20_000 and rel(h["p"], h["P"]) < 1e-5
+    hw = fed.sql("SELECT variant_id, hwe_p(dosage) AS p FROM genotypes GROUP BY variant_id")
+    mac = _mac_withheld_demo(root / "cohort")  # rule 5 in SQL: a minimum minor-allele count per cell
+    h = hw.to_pandas().set_index("variant_id")
+    assert sorted(h.index) == sorted(v for v, w in mac.items() if not w) and hw.suppressed == sum(mac.values()) > 0
+    h = h.join(hardy, how="inner")
+    assert len(h) > 5_000 and rel(h["p"], h["P"]) < 1e-5
 
 
-def _rule5_withheld_demo(cohort, ph, columns: list[str], phenotype: str) -> dict[str, bool]:
-    """Rule 5's prediction for the demo cohort in plain mode: {variant_id: withheld}."""
-    import pandas as pd
+def _demo_chunks(cohort):
+    """The VCF's samples, then ``(variant ids, dosages [variants x samples], NaN missing)`` chunks
+    of the demo cohort."""
     from cyvcf2 import VCF
-    from rule5_ref import rule5_withheld
 
     vcf = VCF(str(cohort / "cohort.vcf.gz"), gts012=True)
-    samples = list(vcf.samples)
-    node = pd.read_csv(cohort / "split.tsv", sep="\t", index_col=0)["node"].reindex(samples).to_numpy()
-    people = ph.reindex(samples)
-    analysed = people[columns].notna().all(axis=1).to_numpy()
-    y = people[phenotype].to_numpy(np.float64)
-    out: dict[str, bool] = {}
+    yield list(vcf.samples)
     ids: list[str] = []
     rows: list[np.ndarray] = []
 
-    def flush() -> None:
+    def chunk():
         g = np.stack(rows).astype(np.float64)
         g[g == 3] = np.nan  # cyvcf2 gts012: 3 is a missing call
-        for v, w in zip(ids, rule5_withheld(g, y, analysed, node, "plain"), strict=True):
-            out[v] = bool(w)
-        ids.clear()
-        rows.clear()
+        return list(ids), g
 
     for rec in vcf:
         for a in rec.ALT:  # biallelic in the demo cohort
             ids.append(f"{rec.CHROM}:{rec.POS}:{rec.REF}:{a}")
             rows.append(rec.gt_types.copy())
         if len(rows) >= 2000:
-            flush()
+            yield chunk()
+            ids.clear()
+            rows.clear()
     if rows:
-        flush()
+        yield chunk()
+
+
+def _demo_nodes(cohort, samples: list[str]) -> np.ndarray:
+    import pandas as pd
+
+    return pd.read_csv(cohort / "split.tsv", sep="\t", index_col=0)["node"].reindex(samples).to_numpy()
+
+
+def _rule5_withheld_demo(cohort, ph, columns: list[str], phenotype: str) -> dict[str, bool]:
+    """Rule 5's prediction for the demo cohort in plain mode: {variant_id: withheld}."""
+    from rule5_ref import rule5_withheld
+
+    chunks = _demo_chunks(cohort)
+    samples = next(chunks)
+    node = _demo_nodes(cohort, samples)
+    people = ph.reindex(samples)
+    analysed = people[columns].notna().all(axis=1).to_numpy()
+    y = people[phenotype].to_numpy(np.float64)
+    out: dict[str, bool] = {}
+    for ids, g in chunks:
+        out.update(zip(ids, (bool(w) for w in rule5_withheld(g, y, analysed, node, "plain")), strict=True))
+    return out
+
+
+def _mac_withheld_demo(cohort, k: int = 5) -> dict[str, bool]:
+    """Rule 5's minimum minor-allele count for a SQL release per variant over everyone, plain
+    mode: {variant_id: withheld}, withheld when some node has fewer than ``k`` copies of the ALT
+    or of the REF allele (0 included)."""
+    chunks = _demo_chunks(cohort)
+    node = _demo_nodes(cohort, next(chunks))
+    out: dict[str, bool] = {}
+    for ids, g in chunks:
+        bad = np.zeros(len(ids), bool)
+        for n in np.unique(node):
+            x = g[:, node == n]
+            alt = np.nansum(x, axis=1)
+            bad |= (alt < k) | (2 * (~np.isnan(x)).sum(axis=1) - alt < k)
+        out.update(zip(ids, (bool(b) for b in bad), strict=True))
     return out

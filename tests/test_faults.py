@@ -186,7 +186,9 @@ def _active_parties(node_pid: int) -> list[psutil.Process]:
 def test_mpc_party_dies_mid_protocol(local_fed, pooled1126):
     root, lf = local_fed
     fed = lf.fed
-    want = _rows(pooled1126.sql("SELECT variant_id, sum(dosage) FROM genotypes GROUP BY 1 HAVING count(DISTINCT sample_id) >= 5")
+    # the minimum count and rule 5's minimum minor-allele count, federation-wide (5 copies of each allele)
+    want = _rows(pooled1126.sql("SELECT variant_id, sum(dosage) FROM genotypes GROUP BY 1 HAVING count(DISTINCT sample_id) >= 5 "
+                                "AND coalesce(sum(dosage), 0) >= 5 AND sum(ploidy) - coalesce(sum(dosage), 0) >= 5")
                  .to_arrow_table())
     got = fed.sql(PER_VARIANT, combine="mpc").to_arrow()  # warm: parties started, kernels compiled
     assert _rows(got) == [(v, int(a)) for v, a in want]

@@ -16,7 +16,8 @@ other fragment returns ``None`` and runs row-wise in DuckDB; both paths give ide
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextvars
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +40,29 @@ SUM_T = pa.decimal128(38, 0)
 
 class _NotKernel(Exception):
     pass
+
+
+# the last per-variant counts this thread's kernel computed, for the release gates of the same
+# request (rule 5's minimum minor-allele count reads the same counts): taken once, never kept
+_LAST_COUNTS: contextvars.ContextVar[tuple[Any, ...] | None] = contextvars.ContextVar("genokernel_counts", default=None)
+
+
+def take_counts(planes: Any, vidx: np.ndarray, masks: np.ndarray, needed: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """The counts of ``needed`` per variant ``vidx`` and sample mask row ``masks`` from this
+    thread's last kernel run over the same planes, when it counted all of them (else None). Each
+    run's counts are taken at most once."""
+    last = _LAST_COUNTS.get()
+    _LAST_COUNTS.set(None)
+    if last is None:
+        return None
+    planes_id, all_v, k_masks, counts = last
+    if planes_id != id(planes) or not np.array_equal(all_v, vidx) or any(k not in counts for k in needed):
+        return None
+    rows = {k_masks[i].tobytes(): i for i in range(len(k_masks))}
+    cols = [rows.get(m.tobytes()) for m in masks]
+    if any(c is None for c in cols):
+        return None
+    return {k: counts[k][:, cols] for k in needed}
 
 
 def _side(e: exp.Expression, g: str, v_aliases: set[str], s_aliases: set[str]) -> str:
@@ -230,6 +254,7 @@ def _run(backend: DuckDBBackend, fragment: Fragment, g, conds, keys, partials, j
     all_v, gid_sorted = v_idx[order], v_gid[order]
     counts = (group_counts(backend.store.planes, all_v, masks, needed, complete=backend.store.complete)
               if len(masks) and len(all_v) else {})
+    _LAST_COUNTS.set((id(backend.store.planes), all_v, masks, counts) if counts else None)
     agg = {k: _reduce(counts.get(k), gid_sorted, nvg, ns) for k in needed}
     v_sizes = np.bincount(v_gid, minlength=nvg).astype(np.int64)
     s_sizes = np.bincount(s_gid, minlength=ns).astype(np.int64) if ns else np.zeros(0, np.int64)
