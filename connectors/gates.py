@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from sqlglot import exp
 
 from genofed.engine.combine import narrow_integers
@@ -167,7 +168,6 @@ class ReleaseGates:
             if e is None:
                 return None
             exprs.append(exp.alias_(e, k))
-        from genofed.engine.keycodes import KeyTypeError, key_codes
         from genofed.engine.sqlcheck import DIALECT
 
         q = exp.select(exp.column("vidx"), *exprs).from_("_variants").sql(DIALECT)
@@ -181,16 +181,12 @@ class ReleaseGates:
         at = np.full(self.backend.store.manifest.n_variants, -1, np.int64)
         at[vt.column("vidx").to_numpy().astype(np.int64)] = np.arange(vt.num_rows)
         vt = vt.take(pa.array(at[vidx]))
-        try:
-            cols = {k: vt.column(k).cast(table.column(k).type) for k in vkeys}
-            codes, _ = key_codes([pa.table(cols), table.select(vkeys)], vkeys)
-        except (KeyTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        v_keys = vt.select(vkeys)
+        v_group = _first_match(v_keys, v_keys, vkeys)  # a variant's group: the first selected variant with its key
+        row_group = _first_match(v_keys, table, vkeys)
+        if v_group is None or row_group is None:
             return None
-        v_codes, r_codes = codes[:len(vidx)], codes[len(vidx):]
-        uniq, v_group = np.unique(v_codes, return_inverse=True)
-        pos = np.searchsorted(uniq, r_codes)
-        hit = (pos < len(uniq)) & (uniq[np.minimum(pos, len(uniq) - 1)] == r_codes) if len(uniq) else np.zeros(len(r_codes), bool)
-        return v_group.reshape(-1).astype(np.int64), np.where(hit, pos, -1).astype(np.int64), len(uniq)
+        return v_group, row_group, len(vidx)
 
     def quasi_identified(self, frag: Any) -> bool:
         """Whether a fragment reads a quasi-identifier column (its groups must be k-anonymous here)."""
@@ -512,21 +508,32 @@ def _variant_lineage(select: exp.Select) -> tuple[Any, Any]:
     return outer, reads
 
 
+def _first_match(left: pa.Table, right: pa.Table, keys: list[str]) -> np.ndarray | None:
+    """For each row of ``right``, the first row of ``left`` with the same key (-1: none; NULL
+    equals NULL), or None when the key types cannot be compared."""
+    from genofed.engine.keycodes import KeyTypeError, key_codes
+
+    try:
+        left = pa.table({k: left.column(k).cast(right.column(k).type) for k in keys})
+        if len(keys) == 1:  # Arrow's hash lookup, in C
+            hit = pc.index_in(right.column(keys[0]), value_set=left.column(keys[0]).combine_chunks(), skip_nulls=False)
+            return pc.fill_null(hit, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        codes, _ = key_codes([left, right.select(keys)], keys)
+    except (KeyTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    l_codes, r_codes = codes[:left.num_rows], codes[left.num_rows:]
+    uniq, first = np.unique(l_codes, return_index=True)
+    pos = np.minimum(np.searchsorted(uniq, r_codes), max(len(uniq) - 1, 0))
+    return np.where(len(uniq) and (uniq[pos] == r_codes), first[pos] if len(uniq) else -1, -1).astype(np.int64)
+
+
 def _row_cells(table: pa.Table, skeys: list[str], sets: Any) -> np.ndarray:
     """Each released row's sample cell (an index into ``sets.members``; -1: none)."""
     if not skeys:
         return np.zeros(table.num_rows, np.int64)
-    from genofed.engine.keycodes import KeyTypeError, key_codes
-
     cells = pa.table({k: pa.array([c[i] for c in sets.cells]) for i, k in enumerate(skeys)})
-    try:
-        cells = pa.table({k: cells.column(k).cast(table.column(k).type) for k in skeys})
-        codes, _ = key_codes([cells, table.select(skeys)], skeys)
-    except (KeyTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return np.full(table.num_rows, -1, np.int64)
-    c_codes, r_codes = codes[:cells.num_rows], codes[cells.num_rows:]
-    at = {int(code): i for i, code in enumerate(c_codes)}
-    return np.array([at.get(int(r), -1) for r in r_codes], np.int64)
+    at = _first_match(cells, table, skeys)
+    return np.full(table.num_rows, -1, np.int64) if at is None else at
 
 
 def _on_variants(e: exp.Expression, scope: Any) -> exp.Expression | None:

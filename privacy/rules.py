@@ -13,7 +13,6 @@ Two steps of the node pipeline call this module:
 from __future__ import annotations
 
 import hashlib
-import hmac
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -248,20 +247,29 @@ def _null_out(table: pa.Table, drop: np.ndarray, partials: list[str], keys: list
 
 
 def blind_keys(table: pa.Table, keys: list[str], secret: str, query_id: str) -> list[str]:
-    """An opaque token per row for its group key: HMAC-SHA256 under the nodes' shared secret and the
-    query id, over the key values as text. Equal keys at two nodes get equal tokens; the
-    coordinator, without the secret, cannot tell which key a token stands for."""
+    """An opaque token per row for its group key: a keyed SHA-256 (``H(K || H(K || text))``, the
+    key ``K`` derived from the nodes' shared secret and the query id) over the key values as text,
+    each value tagged with its kind. Equal keys at two nodes get equal tokens; the coordinator,
+    without the secret, cannot tell which key a token stands for. Hashed in DuckDB, column-wise."""
     if not table.num_rows:
         return []
-    mac = hmac.new(hashlib.sha256(("genofed-key-blind\x1f" + secret + "\x1f" + query_id).encode()).digest(), digestmod="sha256")
-    from genofed.engine.keycodes import key_codes
+    import duckdb
 
-    codes, _ = key_codes([table], keys)
-    uniq, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
-    cols = [table.column(k).take(pa.array(first)).to_pylist() for k in keys]
-    tokens = []
-    for row in zip(*cols):
-        m = mac.copy()
-        m.update("\x1f".join("\x00" if v is None else f"{type(v).__name__}:{v}" for v in row).encode())
-        tokens.append(m.hexdigest()[:32])
-    return [str(t) for t in np.asarray(tokens, dtype=object)[inverse]]
+    k = hashlib.sha256(("genofed-key-blind\x1f" + secret + "\x1f" + query_id).encode()).hexdigest()
+    parts = []
+    for name in keys:
+        col = table.column(name)
+        t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+        kind = ("int" if pa.types.is_integer(t) else "float" if pa.types.is_floating(t) else "bool" if pa.types.is_boolean(t)
+                else "dec" if pa.types.is_decimal(t) else "str" if pa.types.is_string(t) or pa.types.is_large_string(t) else str(t))
+        text = pc.cast(col.dictionary_decode() if isinstance(col, pa.Array) and pa.types.is_dictionary(col.type) else col, pa.large_string())
+        sep = pa.scalar("", pa.large_string())
+        parts.append(pc.fill_null(pc.binary_join_element_wise(pa.scalar(kind + ":", pa.large_string()), text, sep), "\x00"))
+    text = pc.binary_join_element_wise(*parts, pa.scalar("\x1f", pa.large_string())) if len(parts) > 1 else parts[0]
+    con = duckdb.connect()
+    try:
+        con.register("_keys", pa.table({"t": text}))
+        out = con.sql(f"SELECT left(sha256('{k}' || sha256('{k}' || t)), 32) AS h FROM _keys").to_arrow_table()
+    finally:
+        con.close()
+    return [str(x) for x in out.column("h").to_pylist()]
