@@ -64,12 +64,14 @@ class ReleaseGates:
                         "condition", rule="key_branch")
                 self.check_phenotype(frag)
             sets = self.backend.sample_sets(frag) if self._needs_sets(frag) else None
-            risk = self.guard(frag, req.researcher, req.combine, sets, qid=req.query_id)
+            vidx = (np.unique(np.asarray(self.backend.variant_selection(frag), np.int64))
+                    if k > 1 and hasattr(frag, "select") and genomic_release(frag) is not None else None)
+            risk = self.guard(frag, req.researcher, req.combine, sets, qid=req.query_id, vidx=vidx)
             if risk:
                 req.notes["risk"] = risk
-            req.table = self.mac_guards(frag, req.table, sets)
+            req.table = self.mac_guards(frag, req.table, sets, vidx)
         out = release(frag, narrow_integers(req.table), req.combine, self.config, quasi_identified=self.quasi_identified(frag),
-                      query_id=req.query_id, influence=influence)
+                      query_id=req.query_id, influence=influence, fragment_sql=req.sql)
         if out.withheld:
             req.notes["withheld"] = out.withheld
         req.released = out
@@ -78,7 +80,7 @@ class ReleaseGates:
         """Whether :meth:`guard` or :meth:`mac_guards` reads the fragment's sample sets."""
         return self.config.min_count > 1 and (self.config.differencing or genomic_release(frag) is not None)
 
-    def mac_guards(self, frag: Any, table: pa.Table, sets: Any) -> pa.Table:
+    def mac_guards(self, frag: Any, table: pa.Table, sets: Any, vidx: np.ndarray | None = None) -> pa.Table:
         """Rule 5's minimum minor-allele count in every released cell of a SQL frequency release.
 
         A released value computed from genotype values (allele counts and frequencies, genotype
@@ -104,7 +106,8 @@ class ReleaseGates:
 
         store = self.backend.store
         n = store.manifest.n_samples
-        vidx = np.unique(np.asarray(self.backend.variant_selection(frag), np.int64))
+        if vidx is None:
+            vidx = np.unique(np.asarray(self.backend.variant_selection(frag), np.int64))
         skeys = list(sets.keys) if sets is not None else []
         members = list(sets.members) if sets is not None else [np.arange(n, dtype=np.int64)]
         if not members:
@@ -170,17 +173,18 @@ class ReleaseGates:
             exprs.append(exp.alias_(e, k))
         from genofed.engine.sqlcheck import DIALECT
 
-        q = exp.select(exp.column("vidx"), *exprs).from_("_variants").sql(DIALECT)
+        q = (exp.select(exp.column("vidx", table="_variants"), *exprs).from_("_variants")
+             .join("_mac_vidx", using=["vidx"]).order_by(exp.column("vidx", table="_variants")).sql(DIALECT))
         cur = self.backend.con.cursor()
         try:
+            cur.register("_mac_vidx", pa.table({"vidx": pa.array(vidx, pa.int64())}))
             vt = cur.sql(q).to_arrow_table()
         except Exception:  # noqa: BLE001  # not evaluable on the variants table: every variant feeds every row
             return None
         finally:
             cur.close()
-        at = np.full(self.backend.store.manifest.n_variants, -1, np.int64)
-        at[vt.column("vidx").to_numpy().astype(np.int64)] = np.arange(vt.num_rows)
-        vt = vt.take(pa.array(at[vidx]))
+        if vt.num_rows != len(vidx):
+            return None
         v_keys = vt.select(vkeys)
         v_group = _first_match(v_keys, v_keys, vkeys)  # a variant's group: the first selected variant with its key
         row_group = _first_match(v_keys, table, vkeys)
@@ -208,7 +212,8 @@ class ReleaseGates:
         check_phenotype(AnalysisData(self.backend, frag).samples.y, self.config.min_count)  # type: ignore[arg-type]  # has .con
 
     # -- rules 4 and 5 ----------------------------------------------------------------------------------
-    def guard(self, frag: Any, researcher: str, mode: str, sets: Any = False, qid: str = "?", noisy: bool = False) -> dict[str, Any] | None:
+    def guard(self, frag: Any, researcher: str, mode: str, sets: Any = False, qid: str = "?", noisy: bool = False,
+              vidx: np.ndarray | None = None) -> dict[str, Any] | None:
         """The release gates that depend on who is counted: the linear audit of person sets per
         statistic (rule 4, :mod:`genofed.privacy.setaudit`: refuse a release that, with earlier
         ones to the same researcher, determines a total over fewer than min_count people) and the
@@ -236,7 +241,8 @@ class ReleaseGates:
             self._audit_sets(frag, researcher, qid, sets, keep, secure)
         if genomic is None:
             return None
-        vidx = self._released_variants(frag)
+        if vidx is None:
+            vidx = self._released_variants(frag)
         if genomic == "frequencies" and hasattr(frag, "select") and not any(by_variant(frag)):
             # every selected variant feeds one value per group (a burden, a mean over a region):
             # one statistic per cohort, not one per variant (a value conditioned on a variant

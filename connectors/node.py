@@ -16,7 +16,6 @@ import logging
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +187,6 @@ class NodeServer(flight.FlightServerBase):
             (P.ACTION_MPC_PREPARE, "run a fragment and start this node's MPC party"),
             (P.ACTION_MPC_RUN, "run the MPC protocol for a prepared fragment"),
             (P.ACTION_MPC_ABORT, "drop a prepared fragment"),
-            (P.ACTION_BLIND, "which groups this node released for a plain query other nodes withheld (blinded keys)"),
             (P.ACTION_HISTORY, "your own releases and refusals at this node"),
             (P.ACTION_PIPELINE, "the ordered steps every fragment passes at this node"),
         ]
@@ -273,14 +271,6 @@ class NodeServer(flight.FlightServerBase):
             yield flight.Result(json.dumps(body).encode())
         elif kind == P.ACTION_HISTORY:
             yield flight.Result(json.dumps(self._history(action, self._researcher(context))).encode())
-        elif kind == P.ACTION_BLIND:
-            body = self._json_body(action)
-            withheld = body.get("withheld", [])
-            if (not isinstance(withheld, list) or len(withheld) > 10_000_000
-                    or not all(isinstance(x, str) and len(x) == 32 for x in withheld)):
-                raise flight.FlightServerError(P.encode_error(
-                    P.CODE_BAD_REQUEST, "blind_keys takes 'withheld': a list of the blinded keys other nodes withheld"))
-            yield flight.Result(json.dumps(self._blind(self._researcher(context), body[P.KEY_QUERY_ID], withheld)).encode())
         elif kind in (P.ACTION_MPC_PREPARE, P.ACTION_MPC_RUN, P.ACTION_MPC_ABORT):
             body = self._json_body(action)
             yield flight.Result(json.dumps(self._mpc_action(kind, body, self._researcher(context), context)).encode())
@@ -288,34 +278,6 @@ class NodeServer(flight.FlightServerBase):
             yield flight.Result(json.dumps({"node": self.config.name, "steps": self.pipeline.names}).encode())
         else:
             raise flight.FlightServerError(P.encode_error(P.CODE_BAD_REQUEST, f"unknown action {kind[:40]!r}; see list_actions"))
-
-    def keep_released(self, researcher: str, qid: str, frag: Any, table: pa.Table) -> None:
-        """Keep the keys of a plain release for a short while: if another node withheld a group,
-        the coordinator asks for their blinded keys (:meth:`_blind`)."""
-        with self._rate_lock:
-            now = time.monotonic()
-            self._released = {k: v for k, v in getattr(self, "_released", {}).items() if now - v[0] < 120}
-            while len(self._released) >= 64:
-                self._released.pop(next(iter(self._released)))
-            self._released[(researcher, qid)] = (now, list(frag.keys), table.select(list(frag.keys)))
-
-    def _blind(self, researcher: str, qid: str, withheld: list[str]) -> dict[str, list[int]]:
-        """``ACTION_BLIND``: which of the groups this node released to this researcher for ``qid``
-        other nodes withheld, given their blinded keys: ``rows`` (indices into this node's release,
-        in the order sent) and ``matched`` (indices into ``withheld``). The coordinator withholds
-        those groups everywhere without learning a key, or a blinded key of any group released.
-        Nothing for another researcher's query."""
-        from genofed.privacy.rules import blind_keys
-
-        with self._rate_lock:
-            kept = getattr(self, "_released", {}).get((researcher, qid))
-        if kept is None or not self.config.key_secret:
-            raise flight.FlightServerError(P.encode_error(
-                P.CODE_BAD_REQUEST, "no recent plain release of that query to you at this node; run the query again"))
-        mine = blind_keys(kept[2], kept[1], self.config.key_secret, qid)
-        where = {tok: i for i, tok in enumerate(withheld)}
-        rows = [i for i, tok in enumerate(mine) if tok in where]
-        return {"rows": rows, "matched": sorted({where[mine[i]] for i in rows})}
 
     @staticmethod
     def _json_body(action) -> dict[str, Any]:

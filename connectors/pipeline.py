@@ -280,10 +280,8 @@ class _Steps:
             raise Refused(req.combine, str(e), "combine", event="error") from None
 
     def _plain(self, req: Request) -> pa.Table:
-        node, out = self.node, req.released
+        out = req.released
         table = out.table
-        if out.tokens or (req.frag.keys and table.num_rows and self.config.key_secret):
-            node.keep_released(req.researcher, req.query_id, req.frag, table)
         notes = req.notes
         meta = {
             P.META_NODE: self.config.name.encode(),

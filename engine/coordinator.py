@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .combine import PlainCombiner, check_mode, narrow_integers
-from .errors import GenofedError, NodeError, PlanningError
+from .errors import CombineError, GenofedError, NodeError, PlanningError
 from .planner import COMBINED, Plan, plan_query
 from .protocol import (
-    ACTION_BLIND,
+    BLINDED_KEY_COLUMN,
     META_DP,
     META_NOTES,
     META_RISK,
@@ -250,36 +250,40 @@ class Coordinator:
         return narrow_integers(run_he(self, targets, sql, qid, self.min_count, self.timeout, wire, dp=dp, notes=notes, user_sql=user_sql))
 
     def _withhold_everywhere(self, parts: dict[str, pa.Table], qid: str, targets: list[Transport]) -> tuple[dict[str, pa.Table], int]:
-        """plain: a group one node withheld is withheld at every node. Nodes send the blinded keys
-        of the groups they withheld; only then does the coordinator ask each node for the blinded
-        keys of the groups it released, and flags the matches, never learning a withheld key."""
+        """plain: a group one node withheld is withheld at every node. Each node sends the blinded
+        keys of the groups it withheld and, per released row, that row's blinded key (column
+        ``_bk``); the coordinator flags every released row whose blinded key some node withheld,
+        never learning a withheld key. Returns the parts without ``_bk`` and how many withheld
+        keys no node released."""
         import json
 
         withheld: set[str] = set()
         for t in parts.values():
             raw = (t.schema.metadata or {}).get(META_WITHHELD_TOKENS)
             if raw:
-                withheld.update(json.loads(raw))
-        if not withheld:
-            return parts, 0
-        ask = [t for t in targets if parts[t.name].num_rows]
-        sent = sorted(withheld)
-        answers = self._fan_out(lambda t: t.action(ACTION_BLIND, {"query_id": qid, "withheld": sent}, self.timeout), ask) if ask else {}
+                tokens = json.loads(raw)
+                if not isinstance(tokens, list) or not all(isinstance(x, str) for x in tokens):
+                    raise CombineError("a node sent malformed blinded keys")
+                withheld.update(tokens)
         out = dict(parts)
-        matched: set[int] = set()
-        for node, ans in answers.items():
-            t = parts[node]
-            rows, hits = (ans.get("rows"), ans.get("matched")) if isinstance(ans, dict) else (None, None)
-            if (not isinstance(rows, list) or not isinstance(hits, list)
-                    or not all(type(r) is int and 0 <= r < t.num_rows for r in rows)
-                    or not all(type(m) is int and 0 <= m < len(sent) for m in hits)):
-                raise NodeError(node, "protocol", "answered blind_keys with rows that do not match its release")
-            matched.update(hits)
-            flag = np.zeros(t.num_rows, bool)
-            flag[np.asarray(rows, np.int64)] = True
-            i = t.column_names.index(SUPPRESSED_COLUMN)
-            out[node] = t.set_column(i, SUPPRESSED_COLUMN, pc.or_(pc.fill_null(t.column(i), False), pa.array(flag)))
-        return out, len(sent) - len(matched)
+        sent = pa.array(sorted(withheld), pa.string())
+        released = []
+        for node, t in parts.items():
+            if BLINDED_KEY_COLUMN not in t.column_names:
+                continue
+            bk = t.column(BLINDED_KEY_COLUMN)
+            t = t.drop_columns([BLINDED_KEY_COLUMN])
+            if len(sent) and t.num_rows:
+                flag = pc.fill_null(pc.is_in(bk, value_set=sent), False)
+                i = t.column_names.index(SUPPRESSED_COLUMN)
+                t = t.set_column(i, SUPPRESSED_COLUMN, pc.or_(pc.fill_null(t.column(i), False), flag))
+                released.append(bk.combine_chunks() if isinstance(bk, pa.ChunkedArray) else bk)
+            out[node] = t
+        if not len(sent):
+            return out, 0
+        seen = pa.concat_arrays([a.cast(pa.string()) for a in released]) if released else pa.array([], pa.string())
+        matched = int(pc.sum(pc.is_in(sent, value_set=seen)).as_py() or 0)
+        return out, len(sent) - matched
 
     def _disclosure(self, combined: pa.Table, plan: Plan) -> tuple[pa.Table, int]:
         if combined.num_rows == 0:

@@ -16,7 +16,6 @@ ACTION_PING = "ping"
 ACTION_MPC_PREPARE = "mpc_prepare"
 ACTION_MPC_RUN = "mpc_run"
 ACTION_MPC_ABORT = "mpc_abort"
-ACTION_BLIND = "blind_keys"  # plain: which released groups other nodes withheld, matched on blinded keys (rule 3)
 ACTION_HISTORY = "history"  # the calling researcher's own releases at the node (JSON)
 ACTION_PIPELINE = "pipeline"  # the ordered steps every fragment passes at the node (JSON)
 
@@ -39,6 +38,7 @@ BEARER = "Bearer "
 # columns a node appends to every partial table
 N_COLUMN = "_n"
 SUPPRESSED_COLUMN = "_suppressed"
+BLINDED_KEY_COLUMN = "_bk"  # plain: each released group's blinded key, matched by the coordinator against other nodes' withheld ones (rule 3)
 
 # schema metadata on a node's partial table
 META_NODE = b"genofed.node"

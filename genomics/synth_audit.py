@@ -30,6 +30,7 @@ Per node, against its training members (and the non-members it held out of train
 from __future__ import annotations
 
 import base64
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,24 @@ KIN_EDGES = np.round(np.linspace(-0.5, 0.5, 101), 4)  # closest-relative histogr
 DCR_BINS = 256
 AF_BINS = 20  # the allele-frequency plot: a 20 × 20 grid of variant counts (real at the node, synthetic)
 N_CONTROLS = 49
+CANARY_ALPHA = 0.01  # the gate's chance of refusing, for its canaries, a generator that memorised none
+
+
+def canary_allowance(n: int) -> int:
+    """The most detected canaries, of ``n`` planted, that chance explains: a canary of a generator
+    that memorised nothing is closer than all of its controls with probability at most
+    ``1 / (1 + N_CONTROLS)`` (rank alone; the rule also asks z ≤ −3), so the number detected is at
+    most Binomial(n, 1/50). The gate refuses at the smallest count that chance reaches with
+    probability at most :data:`CANARY_ALPHA` (6 canaries: refuse at 2; 18: at 3). A generator
+    that memorises shows many: each memorised canary sits at distance about 0."""
+    p = 1.0 / (1 + N_CONTROLS)
+    tail = 1.0  # P(X >= d)
+    for d in range(n + 1):
+        if d > 0:
+            tail -= math.comb(n, d - 1) * p ** (d - 1) * (1 - p) ** (n - d + 1)
+        if d > 0 and tail <= CANARY_ALPHA:
+            return d - 1
+    return n
 PANEL = 2000
 LD_MAX = 3000
 PCS = 4
@@ -490,8 +509,10 @@ def _report(row: dict[str, float], syn: SyntheticSet, real_curve: np.ndarray, sy
          "pass": bool(auc <= MAX_MIA_AUC) if np.isfinite(auc) else False,
          "detail": (f"distance to closest synthetic record, {int(hm.sum())} members vs {int(hn.sum())} held-out non-members"
                     if np.isfinite(auc) else "not measured: no held-out non-members (not a genofed-trained set); refused")},
-        {"name": "canaries detected", "value": can_d, "threshold": "0", "pass": can_d == 0,
-         "detail": (f"{can_n} planted canary genomes vs {N_CONTROLS} unplanted controls per node" if can_n
+        {"name": "canaries detected", "value": can_d, "threshold": f"≤ {canary_allowance(can_n)}",
+         "pass": can_d <= canary_allowance(can_n),
+         "detail": (f"{can_n} planted canary genomes vs {N_CONTROLS} unplanted controls per node; chance alone "
+                    f"detects up to {canary_allowance(can_n)} of {can_n} (at {CANARY_ALPHA:.0%})" if can_n
                     else "not measured: no canaries were planted in training")},
     ]
     utility = [

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from genofed.engine.errors import DisclosureError
-from genofed.engine.protocol import N_COLUMN, SUPPRESSED_COLUMN
+from genofed.engine.protocol import BLINDED_KEY_COLUMN, N_COLUMN, SUPPRESSED_COLUMN
 
 from . import influence as I
 from .identifiers import check_expression, check_identifiers
@@ -104,16 +104,16 @@ def check_phenotype(y: np.ndarray | None, min_count: int) -> None:
 # -- after execution -------------------------------------------------------------------------------
 
 def release(frag: Any, table: pa.Table, mode: str, policy: Any, *, quasi_identified: bool, query_id: str,
-            influence: pa.Table | None = None) -> Released:
+            influence: pa.Table | None = None, fragment_sql: str = "") -> Released:
     """The table that may leave this node for ``frag`` in combine ``mode``.
 
     plain: groups below the minimum count, or whose values a few people drive (influence) or one
     person dominates, are withheld here and do not leave, keys included. A global aggregate's one
     row leaves with its values NULL and ``_suppressed`` set. For grouped results the node returns
     the blinded keys of its withheld groups (:func:`blind_keys`, an HMAC under the nodes' shared
-    ``key_secret``): the coordinator asks every node for the blinded keys of the groups it released
-    only when some node withheld one, and withholds those groups federation-wide without learning
-    which keys they are.
+    ``key_secret``, the query id and the fragment), and each released row carries its own blinded key
+    (column ``_bk``): the coordinator withholds federation-wide every released group whose blinded
+    key another node withheld, without learning which keys they are (one round, no second call).
 
     mpc/he: the minimum count is tested federation-wide on the secret sums, on the group's count
     and on every influence count (``_ni<j>`` lanes). A node cannot withhold one group of a secure
@@ -179,8 +179,12 @@ def release(frag: Any, table: pa.Table, mode: str, policy: Any, *, quasi_identif
             drop |= m
     if not keys:
         return Released(_null_out(table, drop, partials, keys), withheld)
-    tokens = blind_keys(table.filter(pa.array(drop)), keys, policy.key_secret, query_id) if drop.any() and policy.key_secret else []
-    return Released(_null_out(table, drop, partials, keys).filter(pa.array(~drop)), withheld, tokens)
+    if not policy.key_secret:
+        return Released(_null_out(table, drop, partials, keys).filter(pa.array(~drop)), withheld)
+    context = query_id + "\x1f" + hashlib.sha256(fragment_sql.encode()).hexdigest()  # a reused query id gets other tokens
+    blinded = pa.array(blind_keys(table, keys, policy.key_secret, context), pa.string())
+    out = _null_out(table, drop, partials, keys).append_column(BLINDED_KEY_COLUMN, blinded).filter(pa.array(~drop))
+    return Released(out, withheld, blinded.filter(pa.array(drop)).to_pylist())
 
 
 def minor_allele_minimum(policy: Any) -> int:

@@ -242,7 +242,7 @@ def test_1126_at_the_default_epsilon(synth_fed, trained, pooled1126, tmp_path):
     # gate's reason for it (the safe side)
     extra = [r for r in reasons[1:] if "membership inference" in r or "canaries detected" in r]
     assert reasons[1:] == extra
-    assert len(reasons) == 1 + (sc["mia_auc"] > 0.55) + (sc["canaries_detected"] > 0)
+    assert len(reasons) == 1 + (sc["mia_auc"] > 0.55) + (sc["canaries_detected"] > synth_audit.canary_allowance(sc["canaries"]))
     assert not out.exists()
     html = (tmp_path / "report.html").read_text()
     assert "refused" in html and "AATS" in html
@@ -285,7 +285,7 @@ def test_demo_cohort_released_at_the_default_epsilon(demo_synth, demo_dir, tmp_p
     assert res.passed, res.report["reasons"]
     sc = res.report["scores"]
     assert 0.45 <= sc["aats"] <= 0.55 and sc["exact_copies"] == 0 and sc["kinship_over"] == 0
-    assert sc["mia_auc"] <= 0.55 and sc["canaries_detected"] == 0 and sc["af_r"] >= 0.99
+    assert sc["mia_auc"] <= 0.55 and sc["canaries_detected"] <= synth_audit.canary_allowance(sc["canaries"]) and sc["af_r"] >= 0.99
     q = subprocess.run(["bcftools", "query", "-f", "%ID[\t%GT]\n", str(out)], capture_output=True, text=True, check=True)
     lines = q.stdout.splitlines()
     assert len(lines) == model.n_variants and lines[0].count("|") == 3000

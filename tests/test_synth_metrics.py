@@ -448,3 +448,19 @@ def test_gaussian_overlap_matches_numeric_integration():
     got = gaussian_overlap(mu1, c1, mu2, c2)
     assert got == pytest.approx(ref2, rel=1e-6)
     assert 0 < got < 1
+
+
+def test_canary_allowance_is_the_binomial_tail_at_one_percent():
+    """The synthetic-release gate's allowance for canaries detected by chance: with ``n`` planted,
+    a generator that memorised nothing shows Binomial(n, 1/50) detections at most, and the gate
+    refuses at the first count whose upper tail is at most 1 % (oracle: scipy's binomial)."""
+    from scipy.stats import binom
+
+    from genofed.genomics.synth_audit import CANARY_ALPHA, N_CONTROLS, canary_allowance
+
+    p = 1 / (1 + N_CONTROLS)
+    assert canary_allowance(0) == 0 and canary_allowance(6) == 1 and canary_allowance(18) == 2
+    for n in (1, 2, 6, 18, 60, 200):
+        a = canary_allowance(n)
+        assert binom.sf(a, n, p) <= CANARY_ALPHA  # refusing at a + 1 or more: a false refusal at most 1 %
+        assert a == 0 or binom.sf(a - 1, n, p) > CANARY_ALPHA  # and not at a

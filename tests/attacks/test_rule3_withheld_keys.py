@@ -42,7 +42,7 @@ from genofed.connectors.client import FlightTransport
 from genofed.connectors.federation import FederationConfig
 from genofed.engine import protocol as P
 from genofed.engine.coordinator import Coordinator
-from genofed.engine.errors import DisclosureError, NodeError
+from genofed.engine.errors import DisclosureError
 
 pytestmark = pytest.mark.realdata
 
@@ -243,8 +243,9 @@ def test_history_carries_no_withheld_key(fed, pooled_chr22):
 
 def test_a_nodes_own_answer_carries_no_withheld_key(fed, pooled_chr22):
     """A hand-made fragment straight to a node (plain): no withheld row, no key; the blinded
-    keys are opaque tokens, and asking for the blinded keys of the release returns one per
-    released row only."""
+    keys are opaque tokens, bound to the query id and the fragment (the same fragment under another
+    query id, or another fragment under the same id, gets other tokens), and each released row
+    carries only its own."""
     root, _ = fed
     cfg = FederationConfig.load(root)
     n = cfg.nodes[0]
@@ -260,10 +261,14 @@ def test_a_nodes_own_answer_carries_no_withheld_key(fed, pooled_chr22):
         assert len(tokens) > 300 and all(len(x) == 32 and int(x, 16) >= 0 for x in tokens)
         outcomes = canaries(pooled_chr22, Q_RECORD)
         assert_no_canary("a node's answer", [repr(meta)], values_in([table]), outcomes)
-        try:  # nothing was released: nothing matches (or nothing kept to match)
-            assert t.action(P.ACTION_BLIND, {"query_id": "rule3-direct", "withheld": tokens}, 30) == {"rows": [], "matched": []}
-        except NodeError as e:
-            assert e.node_code == P.CODE_BAD_REQUEST, str(e)
+        again = json.loads((t.run_fragment(sql, "rule3-direct-2", timeout=30).schema.metadata or {})[P.META_WITHHELD_TOKENS])
+        other = t.run_fragment(sql.replace("COUNT(*) AS _p0", "COUNT(*) AS _p0, COUNT(*) AS _p1"), "rule3-direct", timeout=30)
+        assert len(again) == len(tokens) and not set(again) & set(tokens)
+        assert not set(json.loads((other.schema.metadata or {})[P.META_WITHHELD_TOKENS])) & set(tokens)
+        wider = t.run_fragment("SELECT samples.population AS _k0, COUNT(*) AS _p0 FROM samples GROUP BY samples.population",
+                               "rule3-direct-3", timeout=30)
+        assert wider.num_rows > 0 and wider.column(P.BLINDED_KEY_COLUMN).null_count == 0
+        assert all(len(x) == 32 and int(x, 16) >= 0 for x in wider.column(P.BLINDED_KEY_COLUMN).to_pylist())
     finally:
         t.close()
 
