@@ -257,16 +257,19 @@ class Coordinator:
         keys no node released."""
         import json
 
-        withheld: set[str] = set()
+        withheld: list[pa.Array] = []
         for t in parts.values():
             raw = (t.schema.metadata or {}).get(META_WITHHELD_TOKENS)
             if raw:
                 tokens = json.loads(raw)
-                if not isinstance(tokens, list) or not all(isinstance(x, str) for x in tokens):
+                try:
+                    withheld.append(pa.array(tokens, pa.string()) if isinstance(tokens, list) else None)
+                except (pa.ArrowInvalid, pa.ArrowTypeError):
+                    withheld.append(None)
+                if withheld[-1] is None:
                     raise CombineError("a node sent malformed blinded keys")
-                withheld.update(tokens)
         out = dict(parts)
-        sent = pa.array(sorted(withheld), pa.string())
+        sent = pc.unique(pa.concat_arrays(withheld)) if withheld else pa.array([], pa.string())
         released = []
         for node, t in parts.items():
             if BLINDED_KEY_COLUMN not in t.column_names:

@@ -13,6 +13,7 @@ Two steps of the node pipeline call this module:
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,7 +183,7 @@ def release(frag: Any, table: pa.Table, mode: str, policy: Any, *, quasi_identif
     if not policy.key_secret:
         return Released(_null_out(table, drop, partials, keys).filter(pa.array(~drop)), withheld)
     context = query_id + "\x1f" + hashlib.sha256(fragment_sql.encode()).hexdigest()  # a reused query id gets other tokens
-    blinded = pa.array(blind_keys(table, keys, policy.key_secret, context), pa.string())
+    blinded = blind_keys(table, keys, policy.key_secret, context)
     out = _null_out(table, drop, partials, keys).append_column(BLINDED_KEY_COLUMN, blinded).filter(pa.array(~drop))
     return Released(out, withheld, blinded.filter(pa.array(drop)).to_pylist())
 
@@ -250,15 +251,15 @@ def _null_out(table: pa.Table, drop: np.ndarray, partials: list[str], keys: list
     return table
 
 
-def blind_keys(table: pa.Table, keys: list[str], secret: str, query_id: str) -> list[str]:
-    """An opaque token per row for its group key: a keyed SHA-256 (``H(K || H(K || text))``, the
-    key ``K`` derived from the nodes' shared secret and the query id) over the key values as text,
+def blind_keys(table: pa.Table, keys: list[str], secret: str, query_id: str) -> pa.Array:
+    """An opaque token per row for its group key: a keyed SHA-256 ``H(K || text)`` (the key ``K``
+    derived from the nodes' shared secret and the blinding context) over the key values as text,
     each value tagged with its kind. Equal keys at two nodes get equal tokens; the coordinator,
-    without the secret, cannot tell which key a token stands for. Hashed in DuckDB, column-wise."""
+    without the secret, cannot tell which key a token stands for. (SHA-256's length extension
+    gives ``H(K || text || pad || x)`` only for texts holding SHA-256's padding, whose 0x80 byte
+    no UTF-8 key text contains.) Hashed in DuckDB, column-wise."""
     if not table.num_rows:
-        return []
-    import duckdb
-
+        return pa.array([], pa.string())
     k = hashlib.sha256(("genofed-key-blind\x1f" + secret + "\x1f" + query_id).encode()).hexdigest()
     parts = []
     for name in keys:
@@ -270,10 +271,24 @@ def blind_keys(table: pa.Table, keys: list[str], secret: str, query_id: str) -> 
         sep = pa.scalar("", pa.large_string())
         parts.append(pc.fill_null(pc.binary_join_element_wise(pa.scalar(kind + ":", pa.large_string()), text, sep), "\x00"))
     text = pc.binary_join_element_wise(*parts, pa.scalar("\x1f", pa.large_string())) if len(parts) > 1 else parts[0]
-    con = duckdb.connect()
+    cur = _hash_db().cursor()
     try:
-        con.register("_keys", pa.table({"t": text}))
-        out = con.sql(f"SELECT left(sha256('{k}' || sha256('{k}' || t)), 32) AS h FROM _keys").to_arrow_table()
+        cur.register("_keys", pa.table({"t": text}))
+        out = cur.sql(f"SELECT left(sha256('{k}' || t), 32) AS h FROM _keys").to_arrow_table()
     finally:
-        con.close()
-    return [str(x) for x in out.column("h").to_pylist()]
+        cur.close()
+    return out.column("h").combine_chunks().cast(pa.string())
+
+
+_HASH_DB: list[Any] = []
+_HASH_LOCK = threading.Lock()
+
+
+def _hash_db() -> Any:
+    """One in-memory DuckDB per process for hashing (a connection costs ~10 ms; cursors are cheap)."""
+    with _HASH_LOCK:
+        if not _HASH_DB:
+            import duckdb
+
+            _HASH_DB.append(duckdb.connect())
+        return _HASH_DB[0]
