@@ -99,7 +99,7 @@ class ReleaseGates:
         a row whose variants cannot be told (a key through a CTE, or mixing genotype values)
         rests on every selected variant."""
         if (not hasattr(frag, "select") or genomic_release(frag) != "frequencies" or table is None
-                or not table.num_rows or self.config.min_count <= 1):
+                or not table.num_rows or self.config.min_count <= 1 or not _reads_alleles(frag)):
             return table
         from genofed.genomics.kernels import group_counts
         from genofed.genomics.store import pack_mask
@@ -531,6 +531,19 @@ def _first_match(left: pa.Table, right: pa.Table, keys: list[str]) -> np.ndarray
     uniq, first = np.unique(l_codes, return_index=True)
     pos = np.minimum(np.searchsorted(uniq, r_codes), max(len(uniq) - 1, 0))
     return np.where(len(uniq) and (uniq[pos] == r_codes), first[pos] if len(uniq) else -1, -1).astype(np.int64)
+
+
+def _reads_alleles(frag: Any) -> bool:
+    """Whether a fragment reads which alleles people carry, not only whether a call was made:
+    a genotype value anywhere but inside ``COUNT(dosage)`` or ``allele_number(dosage)`` (call
+    counts and call rates, which rule 5's minimum minor-allele count does not concern)."""
+    for col in frag.select.find_all(exp.Column):
+        if col.name not in ("dosage", "phased", "ploidy"):
+            continue
+        parent = col.parent
+        if not (isinstance(parent, exp.Count) or (isinstance(parent, exp.Anonymous) and parent.name.lower() == "allele_number")):
+            return True
+    return False
 
 
 def _row_cells(table: pa.Table, skeys: list[str], sets: Any) -> np.ndarray:
