@@ -260,21 +260,21 @@ def blind_keys(table: pa.Table, keys: list[str], secret: str, query_id: str) -> 
     no UTF-8 key text contains.) Hashed in DuckDB, column-wise."""
     if not table.num_rows:
         return pa.array([], pa.string())
-    k = hashlib.sha256(("genofed-key-blind\x1f" + secret + "\x1f" + query_id).encode()).hexdigest()
-    parts = []
-    for name in keys:
+    # a 128-bit key (32 hex digits): a short key text fits key and value in one SHA-256 block
+    k = hashlib.sha256(("genofed-key-blind\x1f" + secret + "\x1f" + query_id).encode()).hexdigest()[:32]
+    cols, parts = {}, []
+    for i, name in enumerate(keys):
         col = table.column(name)
         t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
         kind = ("int" if pa.types.is_integer(t) else "float" if pa.types.is_floating(t) else "bool" if pa.types.is_boolean(t)
                 else "dec" if pa.types.is_decimal(t) else "str" if pa.types.is_string(t) or pa.types.is_large_string(t) else str(t))
-        text = pc.cast(col.dictionary_decode() if isinstance(col, pa.Array) and pa.types.is_dictionary(col.type) else col, pa.large_string())
-        sep = pa.scalar("", pa.large_string())
-        parts.append(pc.fill_null(pc.binary_join_element_wise(pa.scalar(kind + ":", pa.large_string()), text, sep), "\x00"))
-    text = pc.binary_join_element_wise(*parts, pa.scalar("\x1f", pa.large_string())) if len(parts) > 1 else parts[0]
+        cols[f"c{i}"] = col
+        kind_sql = (kind + ":").replace("'", "''")
+        parts.append(f"coalesce('{kind_sql}' || CAST(c{i} AS VARCHAR), chr(0))")
     cur = _hash_db().cursor()
-    try:
-        cur.register("_keys", pa.table({"t": text}))
-        out = cur.sql(f"SELECT left(sha256('{k}' || t), 32) AS h FROM _keys").to_arrow_table()
+    try:  # the key text is built and hashed in one DuckDB pass
+        cur.register("_keys", pa.table(cols))
+        out = cur.sql(f"SELECT left(sha256('{k}' || {' || chr(31) || '.join(parts)}), 32) AS h FROM _keys").to_arrow_table()
     finally:
         cur.close()
     return out.column("h").combine_chunks().cast(pa.string())
