@@ -31,7 +31,13 @@ Example::
     dominance = 0.9            # largest share one person may hold of a released sum (1: off)
 
     [federation]
-    key_secret = "..."         # shared by the federation's nodes (never the researcher): blinds withheld groups' keys
+    key_secret = "..."         # shared by the federation's nodes (never the researcher): blinds group keys, keys MPC links
+    ca = "../tls/ca.crt"       # the CA of the members' certificates (MPC links are mutual TLS)
+    quorum = 3                 # members a secure computation needs, this node included (default: every member)
+
+    [[federation.members]]     # the federation, pinned by this node: the coordinator cannot add, drop or swap a party
+    name = "node_1"
+    fingerprint = "<sha256 hex of node_1's certificate (DER)>"   # genofed tls fingerprint node_1/tls/node.crt
 
     [limits]                   # per-query resource limits (defaults shown)
     query_seconds = 300        # wall clock per fragment; also stops when the caller gives up
@@ -160,6 +166,15 @@ class Researcher:
     roles: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Member:
+    """A federation member as this node pins it: its name and the SHA-256 fingerprint of its TLS
+    certificate (DER; empty for a federation without TLS)."""
+
+    name: str
+    fingerprint: str = ""
+
+
 @dataclass
 class NodeConfig:
     name: str
@@ -181,6 +196,9 @@ class NodeConfig:
     identifiers: list[str] = field(default_factory=list)  # "table.column": join keys only, like sample_id (disclosure rule 1)
     dominance: float = 0.9  # no released sum may have one person's share of its absolute total above this (rule 2)
     key_secret: str = ""  # [federation] key_secret: shared by the nodes, blinds withheld groups' keys (rule 3)
+    members: list[Member] = field(default_factory=list)  # [[federation.members]]: who this node computes with
+    quorum: int | None = None  # [federation] quorum: members a secure computation needs (None: all)
+    federation_ca: str = ""  # [federation] ca: CA of the members' certificates (relative to node.toml)
     rate_limit_per_minute: int = 600  # per researcher; 0 is unlimited
     roles: dict[str, Role] = field(default_factory=dict)
     dp: Any = None  # [dp]: genofed.privacy.dpnode.DPPolicy (defaults when absent)
@@ -278,6 +296,20 @@ class NodeConfig:
 
         return ServerTLS.load(self.tls, None, f"{self.path or 'node config'} [tls]")
 
+    def _federation_toml(self) -> dict[str, Any]:
+        return {**({"key_secret": self.key_secret} if self.key_secret else {}),
+                **({"ca": self.federation_ca} if self.federation_ca else {}),
+                **({"quorum": self.quorum} if self.quorum is not None else {}),
+                **({"members": [{"name": m.name, **({"fingerprint": m.fingerprint} if m.fingerprint else {})}
+                                for m in self.members]} if self.members else {})}
+
+    def federation_ca_path(self) -> Path | None:
+        """The CA file of the members' certificates (``[federation] ca``), None when unset."""
+        if not self.federation_ca:
+            return None
+        p = Path(self.federation_ca)
+        return p if p.is_absolute() or self.path is None else self.path.parent / p
+
     def keyholder_tls(self) -> Any:
         """How this node verifies its key holder (``[keyholder] ca``, and ``cert``/``key`` for
         mutual TLS): a :class:`~genofed.connectors.tls.ClientTLS`, or None for plain grpc://."""
@@ -336,11 +368,20 @@ class NodeConfig:
             raise ConfigError(f"{where}: [policy] dominance must be a number from 0.5 to 1 (the largest share of a sum one "
                               f"person may hold; 1 switches the rule off), got {dominance!r}")
         fed = data.get("federation", {})
-        if not isinstance(fed, dict) or set(fed) - {"key_secret"}:
-            raise ConfigError(f"{where}: [federation] may hold key_secret (a secret shared by the federation's nodes only)")
+        if not isinstance(fed, dict) or set(fed) - {"key_secret", "members", "quorum", "ca"}:
+            raise ConfigError(f"{where}: [federation] may hold key_secret (a secret shared by the federation's nodes only), "
+                              "ca, quorum and [[federation.members]] (name, fingerprint)")
         key_secret = fed.get("key_secret", "")
         if not isinstance(key_secret, str) or (key_secret and len(key_secret) < 16):
             raise ConfigError(f"{where}: [federation] key_secret must be a string of at least 16 characters")
+        members = _members(fed.get("members", []), where)
+        quorum = fed.get("quorum")
+        if quorum is not None and (type(quorum) is not int or not 3 <= quorum <= max(3, len(members))):
+            raise ConfigError(f"{where}: [federation] quorum must be an integer from 3 (an honest majority needs three parties) "
+                              f"to the number of members ({len(members)}), got {quorum!r}")
+        fed_ca = fed.get("ca", "")
+        if not isinstance(fed_ca, str):
+            raise ConfigError(f"{where}: [federation] ca must be a path to a PEM file")
         rate = policy.get("rate_limit_per_minute", 600)
         if not isinstance(rate, int) or isinstance(rate, bool) or rate < 0:
             raise ConfigError(f"{where}: [policy] rate_limit_per_minute must be an integer ≥ 0 (0 is unlimited), got {rate!r}")
@@ -437,6 +478,9 @@ class NodeConfig:
             identifiers=[h.lower() for h in idents],
             dominance=float(dominance),
             key_secret=key_secret,
+            members=members,
+            quorum=quorum,
+            federation_ca=fed_ca,
             rate_limit_per_minute=rate,
             roles=roles,
             dp=dp_policy,
@@ -471,7 +515,7 @@ class NodeConfig:
                 **({"dominance": self.dominance} if self.dominance != 0.9 else {}),
                 **({"min_mac": self.min_mac} if self.min_mac not in (None, self.min_count) else {}),
             },
-            **({"federation": {"key_secret": self.key_secret}} if self.key_secret else {}),
+            **({"federation": self._federation_toml()} if self.key_secret or self.members else {}),
             **({"roles": {r.name: {"tables": r.tables, **({"rate_limit_per_minute": r.rate_limit_per_minute}
                                                            if r.rate_limit_per_minute is not None else {})}
                           for r in self.roles.values()}} if self.roles else {}),
@@ -486,6 +530,24 @@ class NodeConfig:
             **({"audit": {"path": self.audit}} if self.audit else {}),
             **({"tls": dict(self.tls)} if self.tls else {}),
         }
+
+
+def _members(raw: Any, where: str) -> list[Member]:
+    if not isinstance(raw, list) or not all(isinstance(m, dict) for m in raw):
+        raise ConfigError(f"{where}: [[federation.members]] must be tables with a name and a fingerprint")
+    out: list[Member] = []
+    for m in raw:
+        name, fp = m.get("name"), m.get("fingerprint", "")
+        if set(m) - {"name", "fingerprint"} or not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}: a [[federation.members]] entry holds name (the member node's name) and fingerprint only")
+        if not isinstance(fp, str) or (fp and (len(fp) != 64 or any(c not in "0123456789abcdef" for c in fp.lower()))):
+            raise ConfigError(f"{where}: member {name!r}: fingerprint must be the SHA-256 of its certificate (DER) as 64 hex "
+                              "digits (genofed tls fingerprint CERT prints it)")
+        out.append(Member(name, fp.lower()))
+    names = [m.name for m in out]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: [[federation.members]] names a member twice")
+    return out
 
 
 def _hail_toml(h: Any) -> dict[str, Any]:

@@ -201,7 +201,8 @@ def init_federation(
             make_ca(root / TLS_DIR, name=f"genofed {root.name} local CA")
         make_cert(root / TLS_DIR, root / KEYHOLDER_DIR / TLS_DIR, "keyholder")
     entries = []
-    key_secret = secrets.token_urlsafe(32)  # the nodes' own: blinds withheld groups' keys (the researcher never has it)
+    key_secret = secrets.token_urlsafe(32)  # the nodes' own: blinds group keys, keys MPC links (the researcher never has it)
+    cfgs = []
     for name in node_names:
         members = pa.array([s for s, n in assign.items() if n == name], pa.string())
         node_sheet = sheet.filter(pc.is_in(ids, value_set=members))
@@ -220,12 +221,21 @@ def init_federation(
             tls={"cert": f"{TLS_DIR}/node.crt", "key": f"{TLS_DIR}/node.key"} if tls else {},
             training=_sandbox_training(allow_plain),
             key_secret=key_secret,
+            federation_ca=f"../{TLS_DIR}/ca.crt" if tls else "",
         )
         if tls:
             make_cert(root / TLS_DIR, ndir / TLS_DIR, "node")
         kh_clients.append({"name": name, "role": "node", "token_sha256": hash_token(kh_token)})
-        write_private(ndir / "node.toml", tomli_w.dumps(cfg.to_toml()))
+        cfgs.append(cfg)
         entries.append(NodeEntry(name, token=token, config=f"{name}/node.toml", tls=tls))
+    # every node pins the federation: its members' names and certificate fingerprints
+    from .config import Member
+    from .tls import fingerprint
+
+    pinned = [Member(c.name, fingerprint(root / c.name / TLS_DIR / "node.crt") if tls else "") for c in cfgs]
+    for cfg in cfgs:
+        cfg.members = list(pinned)
+        write_private(root / cfg.name / "node.toml", tomli_w.dumps(cfg.to_toml()))
     kh_tls = {"tls": {"cert": f"{TLS_DIR}/keyholder.crt", "key": f"{TLS_DIR}/keyholder.key"}} if tls else {}
     write_private(root / KEYHOLDER_DIR / "keyholder.toml", tomli_w.dumps({"keyholder": {"name": f"{root.name}-keys"}, "clients": kh_clients, **kh_tls}))
     fed = FederationConfig(root, root.name, entries, min_count=min_count, combine=combine,

@@ -321,14 +321,14 @@ class NodeServer(flight.FlightServerBase):
             req = Request(researcher, sql, qid, "mpc", dp=body.get(P.KEY_DP), context=context, user_sql=clip_text(body.get(P.KEY_USER_SQL)))
             return dict(self.pipeline(req))
         try:
-            sent = self.sessions().run(qid, body, self.config.name, self.config.min_count)
+            answer = self.sessions().run(qid, body, self.config)
         except NodeError as e:
             raise flight.FlightServerError(P.encode_error(e.node_code, e.reason, party=e.node)) from None
         except GenofedError as e:
             raise flight.FlightServerError(P.encode_error("mpc", str(e))) from None
-        log.info("query %s for %s: MPC protocol done, %d bytes sent", qid, researcher, sent)
+        log.info("query %s for %s: MPC protocol done, %d bytes sent", qid, researcher, answer.get("bytes_sent", 0))
         self._record("mpc_done", researcher, query_id=qid, combine="mpc", decision="combined")
-        return {"ok": True, "bytes_sent": sent}
+        return {"ok": True, **answer}
 
     def do_get(self, context, ticket):
         from genofed.privacy.releases import clip_text

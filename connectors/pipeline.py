@@ -301,7 +301,8 @@ class _Steps:
 
         table, frag = req.released.table, req.frag
         counts, finite = lane_hints(frag)
-        addr = self.node.sessions().prepare(req.query_id, table, list(frag.keys), list(frag.partials), req.sql, counts, finite)
+        addr = self.node.sessions().prepare(req.query_id, table, list(frag.keys), list(frag.partials), req.sql, counts, finite,
+                                            token_secret=self.node.config.key_secret)
         req.audit.update(groups=table.num_rows, **dp_audit(req.notes))
         log.info("query %s for %s: MPC party ready with %d groups", req.query_id, req.researcher, table.num_rows)
         return {**addr, **({"notes": req.notes} if req.notes else {})}

@@ -160,7 +160,10 @@ def make_cert(
         .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
                                      key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False),
                        critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        # a server certificate may also authenticate its holder as a client: nodes dial each other
+        # over mutual TLS for MPC (each party is server to some peers and client to others)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH] if client else
+                                             [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)  # type: ignore[arg-type]
     )
     if not client:
@@ -170,6 +173,24 @@ def make_cert(
     key_path = _write(out / f"{name}.key", _key_pem(key))
     cert_path = _write(out / f"{name}.crt", cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
+
+
+def fingerprint(cert: str | os.PathLike[str] | bytes) -> str:
+    """The SHA-256 of a certificate (DER), as 64 lowercase hex digits: what a node pins for each
+    federation member (``[[federation.members]] fingerprint``). ``cert``: a PEM file or PEM bytes."""
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        pem = cert if isinstance(cert, bytes) else Path(cert).read_bytes()
+        der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+    except FileNotFoundError:
+        raise ConfigError(f"certificate {cert} does not exist") from None
+    except ValueError as e:
+        raise ConfigError(f"cannot read the certificate {'(PEM bytes)' if isinstance(cert, bytes) else cert}: {e}") from None
+    return hashlib.sha256(der).hexdigest()
 
 
 # -- reading TLS settings -------------------------------------------------------------------------

@@ -5,28 +5,34 @@ This is the only module that imports MPyC. MPyC configures a process-wide runtim
 by :mod:`genofed.privacy.secure.mpc` with a clean argument list. Nothing of MPyC's set-up leaks
 into the node server or the researcher's process.
 
-Conversation with the parent, one JSON object per line:
+Conversation with the parent (the node server), one JSON object per line:
 
-1. the party binds a free loopback port and prints ``{"event": "port", "port": P}`` (party 0,
-   the coordinator, listens on nothing and prints port 0);
-2. the parent writes the session config (all parties' addresses, this party's index, its
-   minimum count, input/output files, a per-query message-authentication secret);
+1. the party binds a free port and prints ``{"event": "port", "port": P}``;
+2. the parent writes the session config (all parties' addresses and names, this party's index,
+   its minimum count, input/output files, the links' authentication key, TLS settings with every
+   party's pinned certificate fingerprint);
 3. the party runs the protocol and prints ``{"event": "done"}`` or
    ``{"event": "error", "code": ..., "party": j, "reason": ...}``, naming the party at fault.
 
+The parties are the federation's nodes only (the coordinator holds no share). Links are mutual
+TLS; each peer's certificate must match the fingerprint its node pins for that party, and every
+message carries an HMAC-SHA256 tag over (sender, receiver, position, payload) under a key only
+nodes holding the federation's secret can derive for this session.
+
 The protocol (Shamir secret sharing over prime fields, threshold t = (m-1)//2, passive
-adversary, honest majority):
+adversary, honest majority of the m >= 3 nodes):
 
 1. every party announces the plan fingerprint, its lane layout and its minimum count; the
    threshold is the largest minimum count announced;
-2. node parties send their group keys to the *aligner* (party 1, the first node), which sends
-   back the sorted union to every party;
-3. every node secret-shares its lanes over the union (zeros for groups it does not hold);
+2. parties send their groups' *tokens* (keyed hashes of the group keys) to the aligner (party 0),
+   which sends back the sorted union of tokens to every party: no party sees another's keys;
+3. every party secret-shares its lanes over the union (zeros for groups it does not hold);
 4. the shares are summed; the count test ``n == 0 or n >= threshold`` is evaluated on shares as
    a public zero test of ``(n-1)(n-2)...(n-threshold+1)`` multiplied by a secret random mask
    (MPyC's ``np_is_zero_public``), so only the pass/fail bit of each group is opened;
-5. for groups that pass, the NULL/NaN/infinity flags are opened as zero tests, and the value
-   sums are opened to party 0 (the coordinator) alone.
+5. for groups that pass, the NULL/NaN/infinity flags are opened as zero tests and the value sums
+   are opened to the first party, to which every party sends the keys of the passing groups it
+   holds; the first party writes the released groups (withheld groups are rows of NULLs).
 
 Reals are fixed point: ``round(x * 2**FRAC_BITS)`` per node, so a released real sum is within
 ``n_nodes * 2**-(FRAC_BITS+1)`` of the exact sum of the nodes' doubles.
@@ -103,14 +109,35 @@ class _Liveness:
         return min(self.last, key=lambda j: self.last[j])  # type: ignore[arg-type, return-value]
 
 
-def _install_message_checks(asyncoro: Any, secret: bytes, live: _Liveness, fault: str | None, record: Any = None) -> None:
-    """Authenticate every MPyC message (HMAC-SHA256, per-query key) and watch peers.
+def _check_peer(transport: Any, peer: int, fingerprints: list[str] | None) -> None:
+    """The peer at index ``peer`` must present the certificate its node pins (TLS links)."""
+    if fingerprints is None:
+        return
+    sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
+    der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+    if der is None:
+        _fail("impostor", peer, f"the link to {_who(peer)} is not mutually authenticated TLS; refused")
+    if hashlib.sha256(der).hexdigest() != fingerprints[peer]:
+        _fail("impostor", peer, f"the party at {_who(peer)}'s index presented a certificate that is not the one this node pins "
+                                f"for {_who(peer)} (a stranger in its place); nothing was opened")
+
+
+def _install_message_checks(asyncoro: Any, secret: bytes, live: _Liveness, fault: str | None, record: Any = None,
+                            fingerprints: list[str] | None = None) -> None:
+    """Authenticate every MPyC message (HMAC-SHA256, per-session key), check each peer's
+    certificate against its pinned fingerprint, and watch peers.
 
     A message that fails its check ends the query naming the sender; a peer that disconnects
     before the protocol finished ends it naming that peer.
     """
     ME = asyncoro.MessageExchanger
     corrupt = [fault == "corrupt"]
+    original_made = ME.connection_made
+
+    def connection_made(self, transport):
+        if self.peer_pid is not None:  # this party dialled the peer: check who answered
+            _check_peer(transport, self.peer_pid, fingerprints)
+        original_made(self, transport)
 
     def tag(sender: int, receiver: int, pc: int, payload: bytes) -> bytes:
         return hmac.new(secret, struct.pack("<hhq", sender, receiver, pc) + payload, hashlib.sha256).digest()[:_TAG]
@@ -138,6 +165,7 @@ def _install_message_checks(asyncoro: Any, secret: bytes, live: _Liveness, fault
                 len_packet = rt._prss_keys_from_peer(peer_pid)
                 if len(data) < len_packet + 2:
                     return
+            _check_peer(self.transport, peer_pid, fingerprints)  # a dialling peer: is it who it claims?
             self.peer_pid = peer_pid
             del data[:2]
             if not rt.options.no_prss:
@@ -168,6 +196,7 @@ def _install_message_checks(asyncoro: Any, secret: bytes, live: _Liveness, fault
             _fail("disconnected", self.peer_pid, f"{_who(self.peer_pid)} disconnected mid-protocol")
         self.runtime.unset_protocol(self.peer_pid)
 
+    ME.connection_made = connection_made
     ME.send = send
     ME.data_received = data_received
     ME.connection_lost = connection_lost
@@ -205,19 +234,49 @@ def _install_bulk_randomness(thresha: Any) -> None:
     thresha.np_random_split = np_random_split
 
 
-def _serve_on(mpc: Any, sock: socket.socket) -> None:
-    """Make MPyC's listener use our already-bound socket instead of binding its port again."""
+def _tls_contexts(tls: dict[str, Any] | None) -> tuple[Any, Any]:
+    """(server, client) SSL contexts for mutual TLS under the federation CA; (None, None) without
+    TLS. Host names are not checked: each peer's certificate is pinned by fingerprint instead."""
+    if not tls:
+        return None, None
+    import ssl
+
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    for ctx in (server, client):
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(tls["cert"], tls["key"])
+        ctx.load_verify_locations(cafile=tls["ca"])
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return server, client
+
+
+def _serve_on(mpc: Any, sock: socket.socket, tls: dict[str, Any] | None = None) -> None:
+    """Make MPyC's listener use our already-bound socket instead of binding its port again, and
+    run every link over mutual TLS when ``tls`` is given."""
     loop = mpc._loop
     original = type(loop).create_server
+    original_connect = type(loop).create_connection
     port = sock.getsockname()[1]
+    server_ctx, client_ctx = _tls_contexts(tls)
 
     async def create_server(protocol_factory, host=None, port_=None, **kw):
+        if server_ctx is not None:
+            kw["ssl"] = server_ctx
         if kw.get("port", port_) == port:
             kw.pop("port", None)
             return await original(loop, protocol_factory, sock=sock, **kw)
         return await original(loop, protocol_factory, host, port_, **kw)
 
+    async def create_connection(protocol_factory, host=None, port_=None, **kw):
+        if client_ctx is not None:
+            kw["ssl"] = client_ctx
+            kw["server_hostname"] = ""
+        return await original_connect(loop, protocol_factory, host, port_, **kw)
+
     loop.create_server = create_server
+    loop.create_connection = create_connection
 
 
 def _read_ipc(b: bytes, who: int):
@@ -262,13 +321,15 @@ def main() -> None:
         if not first_line:
             os._exit(0)  # the parent is done with this party
         first = json.loads(first_line)
-        pid = int(first.get("pid", -1))
-        sock = None if pid == 0 else _listen(str(first.get("bind", "127.0.0.1")))
-        _emit({"event": "port", "port": sock.getsockname()[1] if sock else 0})
+        sock = _listen(str(first.get("bind", "127.0.0.1")))
+        _emit({"event": "port", "port": sock.getsockname()[1]})
         line = sys.stdin.readline()
         if not line:
             os._exit(0)  # the parent gave up before the query started
-        _one_query(json.loads(line), sock)
+        try:
+            _one_query(json.loads(line), sock)
+        finally:
+            sock.close()
 
 
 def _one_query(cfg: dict[str, Any], sock: socket.socket | None = None) -> None:
@@ -288,13 +349,16 @@ def _one_query(cfg: dict[str, Any], sock: socket.socket | None = None) -> None:
             fault = what
 
     live = _Liveness(m, pid)
-    # the coordinator's party diagnoses stalls (it hears from every party); node parties wait a
-    # little longer, so a stalled node's own watchdog does not get to blame someone else first
+    # the first party diagnoses stalls first; the others wait a little longer, so a stalled
+    # party's own watchdog does not get to blame someone else first
     patience = timeout if pid == 0 else timeout + 3.0
 
     def watchdog() -> None:
         if not finished.wait(patience):
             j = live.stalest()
+            if live.last.get(j) is None:
+                _fail("timeout", j, f"{_who(j)} never connected within {timeout:g} s over mutually authenticated TLS with the "
+                                    "pinned certificate (down, a plaintext link, or a certificate the federation's CA did not sign)")
             _fail("timeout", j, f"{_who(j)} stalled: no progress within {timeout:g} s")
 
     threading.Thread(target=watchdog, daemon=True).start()
@@ -307,12 +371,13 @@ def _one_query(cfg: dict[str, Any], sock: socket.socket | None = None) -> None:
 
     mpc = mpyc.runtime.mpc if fresh_import else mpyc.runtime.setup()  # a fresh runtime per query
 
-    # test hook: the coordinator's party keeps every message it receives (see tests)
-    rec_path = os.environ.get("GENOFED_MPC_RECORD") if pid == 0 else None
+    # test hook: a party keeps every message it receives (see tests)
+    rec_path = os.environ.get("GENOFED_MPC_RECORD")
     record = open(rec_path, "ab") if rec_path else None  # noqa: SIM115
-    _install_message_checks(asyncoro, bytes.fromhex(cfg["secret"]), live, fault, record)
+    tls = cfg.get("tls")
+    _install_message_checks(asyncoro, bytes.fromhex(cfg["secret"]), live, fault, record, tls["fingerprints"] if tls else None)
     if sock is not None:
-        _serve_on(mpc, sock)
+        _serve_on(mpc, sock, tls)
     from mpyc import thresha
 
     if not getattr(thresha, "_genofed_bulk", False):
@@ -330,8 +395,7 @@ def _one_query(cfg: dict[str, Any], sock: socket.socket | None = None) -> None:
 
         traceback.print_exc(file=sys.stderr)
         sys.stderr.flush()
-        _fail("error", pid, f"{_who(pid)} failed: {type(e).__name__}: {e}" if pid == 0 else
-              f"{_who(pid)} failed: {type(e).__name__} (the message is in that node's log)")
+        _fail("error", pid, f"{_who(pid)} failed: {type(e).__name__} (the message is in that node's log)")
     finally:
         if record is not None:
             record.close()
@@ -366,21 +430,20 @@ def _trace(what: str) -> None:
 async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str | None) -> None:
     import numpy as np
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     from genofed.engine.protocol import ipc_bytes, write_ipc_file
     from genofed.privacy.secure import layout as L
 
+    TOK = "_tok"
     _trace("begin")
     await mpc.start()
     _trace("started")
-    nodes = list(range(1, m))
-    table = None
-    my_layout = None
-    my_mac = None
-    if pid:
-        table = pa.ipc.open_file(cfg["input"]).read_all()
-        my_layout, my_mac = L.split_min_mac(L.layout_for(table.schema, cfg["keys"], cfg["partials"], cfg.get("counts"),
-                                                         cfg.get("finite")).to_json())
+    parties = list(range(m))
+    table = pa.ipc.open_file(cfg["input"]).read_all()
+    my_layout, my_mac = L.split_min_mac(L.layout_for(table.schema.remove(table.schema.get_field_index(TOK)) if TOK in table.column_names
+                                                     else table.schema, cfg["keys"], cfg["partials"], cfg.get("counts"),
+                                                     cfg.get("finite")).to_json())
 
     # 1. public agreement: same plan, same layout; the strictest minimum count (and minimum
     # minor-allele count, rule 5) wins
@@ -388,33 +451,46 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
     for j, info in enumerate(infos):
         if not isinstance(info, dict) or info.get("plan") != cfg["plan"]:
             _fail("mismatch", j, f"{_who(j)} is running a different query plan")
-    layouts = [infos[j]["layout"] for j in nodes]
-    for j, lay in zip(nodes, layouts):
+    layouts = [infos[j]["layout"] for j in parties]
+    for j, lay in zip(parties, layouts):
         if lay != layouts[0]:
-            _fail("mismatch", j, f"{_who(j)} produced partials of different types than {_who(1)}")
+            _fail("mismatch", j, f"{_who(j)} produced partials of different types than {_who(0)}")
     layout = L.Layout.from_json(layouts[0])
     threshold = max(int(info["k"]) for info in infos)
     # a node that announced no minor-allele minimum defaults it to its minimum count
-    mac_threshold = max([int(infos[j]["mac"] if infos[j].get("mac") is not None else infos[j]["k"]) for j in nodes] or [threshold])
+    mac_threshold = max(int(infos[j]["mac"] if infos[j].get("mac") is not None else infos[j]["k"]) for j in parties)
     keys = layout.keys
     _trace("agreed")
 
-    # 2. key alignment through the aligner (party 1)
-    mine = ipc_bytes(L.key_table(table, keys)) if pid and keys else None
-    got = await mpc.transfer(mine, senders=nodes, receivers=[1])
-    ub = None
-    if pid == 1 and keys:
-        ub = ipc_bytes(L.union_keys([_read_ipc(b, j) for j, b in zip(nodes, got)], keys))
-    ub = await mpc.transfer(ub, senders=1)
-    union = _read_ipc(ub, 1) if keys else pa.table({})
-    g = union.num_rows if keys else 1
+    # 2. alignment on tokens through the aligner (party 0): keys never leave a party here
+    if keys:
+        mine = ipc_bytes(pa.table({TOK: table.column(TOK)}))
+        got = await mpc.transfer(mine, senders=parties, receivers=[0])
+        ub = None
+        if pid == 0:
+            toks = [_read_ipc(b, j) for j, b in zip(parties, got)]
+            for j, t in zip(parties, toks):
+                if t.column_names != [TOK] or not pa.types.is_string(t.schema.field(TOK).type) or t.column(TOK).null_count:
+                    _fail("malformed", j, f"{_who(j)} sent malformed group tokens")
+            union_tok = pc.unique(pa.chunked_array([t.column(TOK).combine_chunks() for t in toks], pa.string()).combine_chunks()).sort()
+            ub = ipc_bytes(pa.table({TOK: union_tok}))
+        ub = await mpc.transfer(ub, senders=0)
+        union = _read_ipc(ub, 0)
+        g = union.num_rows
+        where = pc.index_in(union.column(TOK), value_set=table.column(TOK))  # this party's row of each group, or NULL
+        aligned = table.drop_columns([TOK]).take(where)
+    else:
+        union = pa.table({})
+        g = 1
+        aligned = L.align(table, union, keys)
 
     big_lanes, small_lanes = layout.value_lanes(), layout.flag_lanes()
     cols = _big_columns(layout)
     _trace("aligned")
     if g == 0:
         if pid == 0:
-            write_ipc_file(cfg["output"], L.assemble(union, layout, np.zeros(0, bool), {la: [] for la in big_lanes}, {la: np.zeros(0, bool) for la in small_lanes}))
+            write_ipc_file(cfg["output"], L.assemble(_empty_keys(table, keys), layout, np.zeros(0, bool),
+                                                     {la: [] for la in big_lanes}, {la: np.zeros(0, bool) for la in small_lanes}))
         _finished.set()
         await mpc.shutdown()
         return
@@ -425,29 +501,24 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
     pbig = fbig.order
 
     # 3. secret-share the lanes
-    if pid:
-        aligned = L.align(table, union, keys)
-        lanes = L.lane_values(aligned, layout)
-        big = np.empty((g, len(cols)), dtype=object)
-        for c, col in enumerate(cols):
-            if len(col) > 1 or col[0][1] > 0 or _is_count(layout, col[0][0]):
-                acc = np.zeros(g, dtype=object)
-                for lane, shift in col:
-                    v = np.asarray(lanes[lane], np.int64)
-                    if v.size and (v.min() < 0 or v.max() >= 1 << COUNT_BITS):
-                        raise ValueError(f"count partial {lane.column} is out of range")
-                    acc = acc + (v.astype(object) << shift)
-                big[:, c] = acc
-                continue
-            lane = col[0][0]
-            v = lanes[lane]
-            if lane.kind == L.REAL:
-                v = _fixed_point(v)
-            big[:, c] = [int(x) % pbig for x in v]
-        small = np.stack([lanes[lane] for lane in small_lanes], axis=1).astype(object)
-    else:
-        big = np.zeros((g, len(cols)), dtype=object)
-        small = np.zeros((g, len(small_lanes)), dtype=object)
+    lanes = L.lane_values(aligned, layout)
+    big = np.empty((g, len(cols)), dtype=object)
+    for c, col in enumerate(cols):
+        if len(col) > 1 or col[0][1] > 0 or _is_count(layout, col[0][0]):
+            acc = np.zeros(g, dtype=object)
+            for lane, shift in col:
+                v = np.asarray(lanes[lane], np.int64)
+                if v.size and (v.min() < 0 or v.max() >= 1 << COUNT_BITS):
+                    raise ValueError(f"count partial {lane.column} is out of range")
+                acc = acc + (v.astype(object) << shift)
+            big[:, c] = acc
+            continue
+        lane = col[0][0]
+        v = lanes[lane]
+        if lane.kind == L.REAL:
+            v = _fixed_point(v)
+        big[:, c] = [int(x) % pbig for x in v]
+    small = np.stack([lanes[lane] for lane in small_lanes], axis=1).astype(object)
     if fault == "die":
         os._exit(9)
     if fault == "stall":
@@ -456,7 +527,7 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
     zs = np.zeros((g, len(small_lanes)), dtype=object)
     tot_b: Any = None
     tot_s: Any = None
-    for j in nodes:
+    for j in parties:
         xb = mpc.input(secbig.array(fbig.array(big if pid == j else zb)), senders=j)
         xs = mpc.input(secsmall.array(fsmall.array(small if pid == j else zs)), senders=j)
         tot_b = xb if tot_b is None else tot_b + xb
@@ -467,7 +538,7 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
     count_idx = [i for i, lane in enumerate(small_lanes) if lane.role == L.COUNT]  # influence counts, then _n
     flag_idx = [i for i, lane in enumerate(small_lanes) if lane.role != L.COUNT]
     if flag_idx != list(range(len(flag_idx))):
-        _fail("mismatch", 1, "the lane layout does not put the flag lanes before the count lanes")
+        _fail("mismatch", 0, "the lane layout does not put the flag lanes before the count lanes")
     # per count lane of minimum K (the minimum count; the minimum minor-allele count for rule 5's
     # allele-count lanes), (n-1)(n-2)...(n-K+1): pair the factors as (n-j)(n-K+j) = a + j(K-j)
     # with a = n^2 - Kn, so one multiplication gives every pair; K=5 needs 2 multiplications
@@ -504,7 +575,8 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
     _trace("tested")
     idx = np.flatnonzero(released)
 
-    # 5. open flags (as zero tests) to all, and value sums to the coordinator alone
+    # 5. open flags (as zero tests) to all, value sums to the first party, and the released
+    # groups' keys (each party sends those it holds) to the first party
     flags: dict[Any, np.ndarray] = {}
     sums: dict[Any, Any] = {}
     if len(idx):
@@ -536,13 +608,70 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
             flags[small_lanes[i]] = np.zeros(0, bool)
         for lane in big_lanes:
             sums[lane] = []
+    key_rows = None
+    if keys:
+        rel_tok = union.column(TOK).take(pa.array(idx, pa.int64()))
+        have = pc.is_in(table.column(TOK), value_set=rel_tok)
+        key_rows = await mpc.transfer(ipc_bytes(table.filter(have).select([TOK, *keys]).replace_schema_metadata(None)),
+                                      senders=parties, receivers=[0])
     _trace("opened")
-    _sent[0] = sum(q.protocol.nbytes_sent for q in mpc.parties if q.pid != pid and q.protocol is not None)
     if pid == 0:
-        write_ipc_file(cfg["output"], L.assemble(union, layout, released, sums, flags))
+        key_table = _released_keys(union, idx, key_rows, keys, table) if keys else union
+        out = L.assemble(key_table, layout, released, sums, flags)
+        write_ipc_file(cfg["output"], _released_first(out, keys))
+    _sent[0] = sum(q.protocol.nbytes_sent for q in mpc.parties if q.pid != pid and q.protocol is not None)
     _finished.set()
     await mpc.shutdown()
     _trace("shutdown")
+
+
+def _empty_keys(table: Any, keys: list[str]) -> Any:
+    return table.select(keys).slice(0, 0).replace_schema_metadata(None) if keys else table.slice(0, 0).select([])
+
+
+def _released_keys(union: Any, idx: Any, key_rows: list[bytes], keys: list[str], table: Any) -> Any:
+    """The key columns aligned to the token union: each released group's key (sent by the parties
+    holding it, which must agree), NULL for every withheld group."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    TOK = "_tok"
+    parts = [_read_ipc(b, j) for j, b in enumerate(key_rows)]
+    for j, t in enumerate(parts):
+        if t.column_names != [TOK, *keys]:
+            _fail("malformed", j, f"{_who(j)} sent released keys with the wrong columns")
+    try:
+        allk = pa.concat_tables(parts, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        _fail("mismatch", None, f"the parties' released keys do not agree on types: {e}")
+        raise
+    uniq = allk.group_by(TOK).aggregate([(k, "count_distinct", pc.CountOptions(mode="all")) for k in keys])
+    if any(pc.max(uniq.column(f"{k}_count_distinct")).as_py() not in (None, 1) for k in keys):
+        _fail("mismatch", None, "two parties sent different keys for one group token")
+    rows = pc.index_in(union.column(TOK), value_set=allk.column(TOK))
+    mask = np.zeros(union.num_rows, bool)
+    mask[idx] = True
+    if pc.sum(pc.is_null(pc.filter(rows, pa.array(mask)))).as_py():
+        _fail("malformed", None, "no party sent the key of a released group")
+    take = pc.if_else(pa.array(mask), rows, pa.nulls(union.num_rows, rows.type))
+    schema = table.select(keys).schema
+    return pa.table({k: allk.column(k).take(take).cast(schema.field(k).type) for k in keys})
+
+
+def _released_first(out: Any, keys: list[str]) -> Any:
+    """Released groups sorted by key (NULL last), then the withheld ones (rows of NULLs)."""
+    import pyarrow.compute as pc
+
+    from genofed.engine.protocol import SUPPRESSED_COLUMN
+
+    sup = pc.fill_null(out.column(SUPPRESSED_COLUMN), False)
+    rel = out.filter(pc.invert(sup))
+    if keys and rel.num_rows:
+        rel = rel.take(pc.sort_indices(rel, sort_keys=[(k, "ascending") for k in keys], null_placement="at_end"))
+    import pyarrow as pa
+
+    return pa.concat_tables([rel, out.filter(sup)])
 
 
 COUNT_BITS = 48  # a count partial at one node; sums over up to 2^15 nodes fit a 64-bit field

@@ -1,30 +1,38 @@
 """MPC combine (MPyC): the adapter the coordinator and the node server use.
 
-Each query runs one MPyC party process per node plus one for the coordinator (party 0), started
-fresh with a clean ``sys.argv`` (see :mod:`genofed.privacy.secure._mpc_party`, the only module
-that imports MPyC). Ports are negotiated per query: each node party binds a free port and the
-node reports it to the coordinator, which hands every party the full address list.
+The parties are the nodes, and only the nodes: the coordinator runs in the researcher's process
+and is as untrusted as the researcher, so it holds no share, takes no part in the threshold test
+and cannot open anything. Each query runs one MPyC party process per node, started fresh with a
+clean ``sys.argv`` (see :mod:`genofed.privacy.secure._mpc_party`, the only module that imports
+MPyC).
 
 Message flow for one query:
 
 1. coordinator -> every node: ``mpc_prepare`` (fragment SQL). The node validates and runs the
-   fragment, starts its party and answers with the party's address. No partial leaves the node.
-2. coordinator -> every node: ``mpc_run`` (addresses, party index, per-query MAC secret). The
-   node gives its party the partial table *through a private file* and waits for the protocol.
-3. the parties run the protocol; the coordinator's party writes the released groups.
+   fragment through its pipeline, blinds its group keys (keyed tokens only the nodes can compute),
+   starts its party and answers with the party's address. No partial leaves the node.
+2. coordinator -> every node: ``mpc_run`` (party names, addresses, this node's index). Each node
+   checks the session against the membership *it* pins (``[[federation.members]]``: every member,
+   or the steward's quorum; no one else), derives the links' authentication key from the nodes'
+   shared secret and the session description, and gives its party the partial table through a
+   private file. Party links are mutual TLS, each peer's certificate checked against its pinned
+   fingerprint, and every message carries an HMAC over (sender, receiver, position, payload).
+3. the parties align groups on tokens, secret-share their lanes, test every group's counts on
+   shares, open the passing groups' sums, and the first party assembles the released groups
+   (keys revealed only for them) and returns them in its ``mpc_run`` answer.
 
 What each participant learns is documented in ``docs/secure-combine.md``.
 """
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures as cf
 import hashlib
 import json
 import logging
 import os
 import queue
-import secrets
 import shutil
 import subprocess
 import sys
@@ -42,7 +50,10 @@ from genofed.engine.privatefs import make_private, private_dir
 from genofed.engine.protocol import KEY_USER_SQL, MAX_USER_SQL_CHARS, write_ipc_file
 
 PARTY_MODULE = "genofed.privacy.secure._mpc_party"
-COORDINATOR_NAME = "coordinator"
+COORDINATOR_NAME = "coordinator"  # not a party: names the coordinator in errors
+MIN_PARTIES = 3  # an honest majority of passively corrupt parties needs at least three
+TOKEN_COLUMN = "_tok"
+MAX_REMEMBERED = 100_000  # query ids a node remembers as used (replays are refused)
 
 
 def require_mpyc(where: str) -> None:
@@ -83,8 +94,8 @@ class PartyProcess:
         threading.Thread(target=self._read, daemon=True).start()
 
     def begin(self, pid: int, bind: str = "127.0.0.1") -> None:
-        """Give the party its index: node parties (pid != 0) then listen on a free port of
-        ``bind``."""
+        """Start a query: the party listens on a free port of ``bind`` (its index comes with the
+        session configuration)."""
         self.pid = pid
         self._send({"pid": pid, "bind": bind})
 
@@ -220,24 +231,46 @@ class _Session:
 
 
 class NodeSessions:
-    """A node's MPC sessions: one per query, expiring after ``ttl`` seconds."""
+    """A node's MPC sessions: one per query, expiring after ``ttl`` seconds. A query id serves one
+    session: preparing or running a used one again (a replayed message) is refused."""
 
     def __init__(self, ttl: float = 600.0, host: str = "127.0.0.1"):
         self.ttl = ttl
         self.host = host
         self._sessions: dict[str, _Session] = {}
+        self._used: dict[str, None] = {}  # insertion-ordered: the oldest are forgotten first
         self._lock = threading.Lock()
 
+    def _claim(self, query_id: str) -> None:
+        with self._lock:
+            if query_id in self._used:
+                raise CombineError(f"query id {query_id[:40]!r} was already used for a secure computation at this node: "
+                                   "a replayed or repeated session message is refused (every query gets a fresh id)")
+            self._used[query_id] = None
+            while len(self._used) > MAX_REMEMBERED:
+                self._used.pop(next(iter(self._used)))
+
     def prepare(self, query_id: str, table: pa.Table, keys: list[str], partials: list[str], fragment_sql: str, counts: list[str] | None = None,
-                finite: list[str] | None = None) -> dict[str, Any]:
-        """Hold a partial table for ``query_id`` and start its party; returns the party's address."""
+                finite: list[str] | None = None, token_secret: str = "") -> dict[str, Any]:
+        """Hold a partial table for ``query_id`` and start its party; returns the party's address.
+        Group keys are blinded with ``token_secret`` (the nodes' shared secret): the parties align
+        on tokens, and a key is revealed only for a released group."""
         require_mpyc("at this node")
+        if keys and not token_secret:
+            raise CombineError("this node has no [federation] key_secret (the secret the federation's nodes share), so it cannot "
+                               "blind its group keys or authenticate MPC links; 'genofed federation init' writes one (docs/stewards.md)")
+        self._claim(query_id)
         self._expire()
+        plan = plan_fingerprint(fragment_sql)
+        if keys:
+            from genofed.privacy.rules import blind_keys
+
+            table = table.append_column(TOKEN_COLUMN, blind_keys(table, keys, token_secret, f"mpc\x1f{query_id}\x1f{plan}"))
         workdir = private_dir(tempfile.mkdtemp(prefix="genofed-mpc-"))
         path = workdir / "partials.arrow"
         write_ipc_file(path, table)
         make_private(path)  # the node's partials: only this user (its party) reads them
-        party = take_party(-1, self.host)  # a node party; its index is assigned by the coordinator in run()
+        party = take_party(-1, self.host)  # its index comes with mpc_run
         try:
             port = party.port(timeout=30)
         except CombineError:
@@ -245,47 +278,50 @@ class NodeSessions:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
         with self._lock:
-            old = self._sessions.pop(query_id, None)
-            self._sessions[query_id] = _Session(party, workdir, path, keys, partials, plan_fingerprint(fragment_sql), list(counts or []),
-                                               list(finite or []))
-        if old:
-            self._close(old)
+            self._sessions[query_id] = _Session(party, workdir, path, keys, partials, plan, list(counts or []), list(finite or []))
         return {"host": self.host, "port": port}
 
-    def run(self, query_id: str, body: dict[str, Any], node_name: str, min_count: int) -> int:
-        """Run the protocol for a prepared query; returns the bytes this node's party sent.
-        Raises :class:`NodeError` naming the party at fault if it fails."""
+    def run(self, query_id: str, body: dict[str, Any], node: Any) -> dict[str, Any]:
+        """Run the protocol for a prepared query at the node configured by ``node`` (its
+        :class:`~genofed.connectors.config.NodeConfig`): the session must name exactly the
+        members the node pins (or its quorum of them), with this node at its index. Returns
+        ``{"bytes_sent": ..}`` and, at the first party, ``{"result": <Arrow IPC file, base64>}``.
+        Raises :class:`NodeError` naming the party at fault, :class:`CombineError` for a session
+        this node refuses to join."""
         with self._lock:
             s = self._sessions.pop(query_id, None)
         if s is None:
-            raise CombineError(f"no prepared MPC session for query {query_id[:40]!r} (expired or never prepared)")
+            raise CombineError(f"no prepared MPC session for query {query_id[:40]!r} (expired, never prepared, or already run: "
+                               "a replayed mpc_run is refused)")
         try:
-            names, parties, pid, secret = body["names"], body["parties"], body["pid"], body["secret"]
-            if not (isinstance(names, list) and isinstance(parties, list) and 2 <= len(names) == len(parties)
+            names, parties, pid = body["names"], body["parties"], body["pid"]
+            if not (isinstance(names, list) and isinstance(parties, list) and len(names) == len(parties)
                     and all(isinstance(x, str) for x in names) and all(_is_address(x) for x in parties)):
                 raise ValueError("names and parties must be lists of the same length: party names, and host:port addresses")
-            if type(pid) is not int or not 1 <= pid < len(names):
-                raise ValueError(f"pid must be a node party's index, 1 to {len(names) - 1}")
-            if names[pid] != node_name:
-                raise CombineError(f"the coordinator assigned party {pid} to {names[pid][:40]!r}, not to this node")
+            if type(pid) is not int or not 0 <= pid < len(names):
+                raise ValueError(f"pid must be this node's party index, 0 to {len(names) - 1}")
             timeout = body.get("timeout", 60.0)
             if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 86400:
                 raise ValueError("timeout must be a number of seconds, above 0 and at most 86400")
-            if not isinstance(secret, str) or len(secret) < 32 or len(secret) % 2 or not all(c in "0123456789abcdefABCDEF" for c in secret):
-                raise ValueError("secret must be a hex string of at least 16 bytes")
+            check_membership(node, names, pid)
+            tls = _party_tls(node, names)
             cfg = {
                 "pid": pid,
                 "parties": parties,
                 "names": names,
-                "secret": secret,
+                # the links' key: only nodes holding the federation's secret can derive it, and only
+                # for this exact session (query, plan, parties, addresses)
+                "secret": link_key(node.key_secret, query_id, s.plan, names, parties),
+                "tls": tls,
                 "timeout": timeout,
                 "plan": s.plan,  # this node's own view of the query, not the coordinator's
                 "keys": s.keys,
                 "partials": s.partials,
                 "counts": s.counts,
                 "finite": s.finite,
-                "min_count": min_count,  # this node's own policy, not the coordinator's
+                "min_count": node.min_count,  # this node's own policy, not the coordinator's
                 "input": str(s.input),
+                "output": str(s.workdir / "released.arrow"),
             }
         except CombineError:
             self._close(s)  # the session was taken: its party and files go too
@@ -294,9 +330,14 @@ class NodeSessions:
             self._close(s)
             raise CombineError(f"malformed mpc_run request: {str(e)[:200]}") from None
         verdict: dict[str, Any] = {"event": "error", "code": "error", "reason": "interrupted"}
+        out: dict[str, Any] = {}
         try:
             s.party.start(cfg)
             verdict = _await_verdict(s.party, timeout + 5.0)
+            if verdict.get("event") == "done":
+                out["bytes_sent"] = int(verdict.get("bytes_sent", 0))
+                if pid == 0:  # Arrow IPC file, base64 for the JSON answer
+                    out["result"] = base64.b64encode(Path(cfg["output"]).read_bytes()).decode()
         finally:
             if verdict.get("event") == "done":
                 release_party(s.party)
@@ -305,9 +346,9 @@ class NodeSessions:
                 self._close(s)
         if verdict.get("event") != "done":
             j = verdict.get("party")
-            culprit = names[j] if isinstance(j, int) and 0 <= j < len(names) else node_name
+            culprit = names[j] if isinstance(j, int) and 0 <= j < len(names) else node.name
             raise NodeError(culprit, str(verdict.get("code", "mpc")), str(verdict.get("reason", "MPC failed")))
-        return int(verdict.get("bytes_sent", 0))
+        return out
 
     def abort(self, query_id: str) -> None:
         with self._lock:
@@ -343,6 +384,62 @@ def _is_address(p: Any) -> bool:
     return bool(host) and port.isdigit() and int(port) < 65536
 
 
+def check_membership(node: Any, names: list[str], pid: int) -> None:
+    """Refuse a session whose parties are not the federation this node pins: every name a pinned
+    member, no name twice, this node at ``pid``, and every member present (or at least the
+    steward's ``[federation] quorum``, never fewer than three)."""
+    pinned = [m.name for m in node.members]
+    if not pinned:
+        raise CombineError("this node pins no federation members ([[federation.members]] in its node.toml), so it computes with "
+                           "no one: 'genofed federation init' writes them; for a hand-built node see docs/stewards.md")
+    strangers = [n for n in names if n not in pinned]
+    if strangers:
+        raise CombineError(f"the session names a party this node does not pin as a federation member ({strangers[0][:40]!r}); "
+                           "nothing was computed")
+    if len(set(names)) != len(names):
+        raise CombineError("the session names a member twice; nothing was computed")
+    if names[pid] != node.name:
+        raise CombineError(f"the session assigns party {pid} to {names[pid][:40]!r}, not to this node; nothing was computed")
+    need = node.quorum if node.quorum is not None else len(pinned)
+    if len(names) < max(need, MIN_PARTIES):
+        missing = sorted(set(pinned) - set(names))
+        if len(pinned) < MIN_PARTIES:
+            raise CombineError(f"combine='mpc' needs at least {MIN_PARTIES} parties (an honest majority), and this federation pins "
+                               f"{len(pinned)} member(s); use combine='he'")
+        raise CombineError(f"the session leaves out pinned member(s) {missing[:5]} and this node's policy requires "
+                           f"{'every member' if node.quorum is None else f'at least {need} members'}; nothing was computed")
+
+
+def link_key(secret: str, query_id: str, plan: str, names: list[str], parties: list[str]) -> str:
+    """The MPC links' HMAC key for one session, derived from the nodes' shared secret: a party
+    that lacks the secret (the coordinator, a stranger) cannot authenticate a message, and a
+    message from another session (another query, plan, or party list) fails its check."""
+    if not secret:
+        raise CombineError("this node has no [federation] key_secret, so it cannot authenticate MPC links; "
+                           "'genofed federation init' writes one (docs/stewards.md)")
+    import hmac
+
+    ctx = json.dumps(["genofed-mpc-link", query_id, plan, names, parties]).encode()
+    return hmac.new(secret.encode(), ctx, hashlib.sha256).hexdigest()
+
+
+def _party_tls(node: Any, names: list[str]) -> dict[str, Any] | None:
+    """The party's TLS settings: this node's certificate and key, the federation CA, and each
+    party's pinned fingerprint. None for a federation without TLS (members pinned without
+    fingerprints): links are then authenticated (HMAC) but not encrypted."""
+    fps = {m.name: m.fingerprint for m in node.members}
+    if not any(fps.values()):
+        return None
+    if not all(fps.get(n) for n in names):
+        raise CombineError("some pinned members have no certificate fingerprint: pin every member's (genofed certs fingerprint)")
+    ca = node.federation_ca_path()
+    cert, key = node.tls.get("cert"), node.tls.get("key")
+    if ca is None or not cert or not key:
+        raise CombineError("this node pins certificate fingerprints but has no [federation] ca or [tls] cert/key for its MPC links")
+    base = node.path.parent if node.path is not None else Path(".")
+    return {"cert": str(base / cert), "key": str(base / key), "ca": str(ca), "fingerprints": [fps[n] for n in names]}
+
+
 def _await_verdict(party: PartyProcess, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
@@ -365,55 +462,43 @@ def _await_verdict(party: PartyProcess, timeout: float) -> dict[str, Any]:
 
 def run_mpc(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: str, min_count: int, timeout: float, wire: dict[str, int] | None = None,
             dp: dict[str, Any] | None = None, notes: dict[str, Any] | None = None, user_sql: str | None = None) -> pa.Table:
-    """Run one query under MPC; returns the combined table (keys, released partials,
-    ``_n`` NULL, ``_suppressed``). Raises :class:`NodeError` naming the node at fault.
-    ``user_sql``: the researcher's query as written, for their release history at each node."""
-    require_mpyc("at the coordinator")
-    workdir = private_dir(tempfile.mkdtemp(prefix="genofed-mpc-coord-"))
-    me = take_party(0)
-    ok = False
-    names = [COORDINATOR_NAME, *(t.name for t in targets)]
+    """Run one query under MPC among the nodes; returns the combined table (released groups with
+    keys and partials, withheld groups as rows of NULLs flagged ``_suppressed``, ``_n`` NULL).
+    Raises :class:`NodeError` naming the node at fault. The coordinator only relays: it holds no
+    share and cannot change what is opened. ``min_count`` is unused here (each node applies its
+    own; the strictest wins). ``user_sql``: the researcher's query as written, for their release
+    history at each node."""
+    del min_count
+    if len(targets) < MIN_PARTIES:
+        raise CombineError(f"combine='mpc' needs at least {MIN_PARTIES} nodes (an honest majority of parties); this federation has "
+                           f"{len(targets)}: use combine='he'")
+    names = [t.name for t in targets]
     prepared: dict[str, Any] = {}
-    # mpc_run blocks until every node's party has its configuration: the calls of one query must
-    # all be in flight at once, so they get threads of their own, never a shared pool where other
-    # queries' blocked calls could hold the workers while this query's last call waits in line
+    # mpc_run blocks until every node's party has finished: the calls of one query must all be in
+    # flight at once, so they get threads of their own, never a shared pool where other queries'
+    # blocked calls could hold the workers while this query's last call waits in line
     runners = cf.ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="genofed-mpc-run")
     try:
         body: dict[str, Any] = {"sql": fragment_sql, "query_id": query_id, **({"dp": dp} if dp else {}),
                                 **({KEY_USER_SQL: user_sql[:MAX_USER_SQL_CHARS]} if isinstance(user_sql, str) else {})}
         prepared = coordinator._fan_out(lambda t: t.action("mpc_prepare", body, timeout), targets)
-        me.port(timeout=30)
         if notes is not None:  # each node's DP and re-identification notes for the provenance
             notes.update({t.name: prepared[t.name]["notes"] for t in targets if prepared[t.name].get("notes")})
-        parties = ["127.0.0.1:0"] + [f"{prepared[t.name]['host']}:{int(prepared[t.name]['port'])}" for t in targets]
-        secret = secrets.token_hex(32)
-        out = workdir / "combined.arrow"
-        me.start({
-            "pid": 0, "parties": parties, "names": names, "secret": secret, "timeout": timeout,
-            "plan": plan_fingerprint(fragment_sql), "keys": [], "partials": [], "min_count": min_count,
-            "output": str(out),
-        })
+        parties = [f"{prepared[t.name]['host']}:{int(prepared[t.name]['port'])}" for t in targets]
         futures = {}
-        for i, t in enumerate(targets, start=1):
-            run_body = {"query_id": query_id, "pid": i, "parties": parties, "names": names, "secret": secret, "timeout": timeout}
+        for i, t in enumerate(targets):
+            run_body = {"query_id": query_id, "pid": i, "parties": parties, "names": names, "timeout": timeout}
             futures[runners.submit(t.action, "mpc_run", run_body, timeout + 15.0)] = t
-        verdict = _await_coordinator(me, futures, timeout + 10.0, names)
-        if verdict.get("event") != "done":
-            j = verdict.get("party")
-            who = verdict.get("node") or (names[j] if isinstance(j, int) and 0 < j < len(names) else None)
-            if who:
-                raise NodeError(who, str(verdict.get("code", "mpc")), f"secure combine aborted, nothing was opened: {verdict.get('reason')}")
-            raise CombineError(f"secure combine failed at the coordinator's party: {verdict.get('reason')}")
-        for fut, t in futures.items():  # each node reports the bytes its party sent
-            try:
-                sent = int(fut.result(timeout=max(1.0, timeout / 4)).get("bytes_sent", 0))
-                if wire is not None:
-                    wire[t.name] = sent
-            except Exception:  # noqa: BLE001  (the release already happened under the protocol)
-                pass
-        result = pa.ipc.open_file(str(out)).read_all()
-        ok = True
-        return result
+        answers = _await_nodes(futures, timeout + 20.0, names)
+        if wire is not None:
+            wire.update({t.name: int(answers[t.name].get("bytes_sent", 0) or 0) for t in targets})
+        try:
+            raw = base64.b64decode(answers[names[0]].get("result") or "", validate=True)
+            if not raw:
+                raise ValueError("empty")
+            return pa.ipc.open_file(pa.BufferReader(raw)).read_all()
+        except (pa.ArrowInvalid, OSError, ValueError, TypeError) as e:
+            raise NodeError(names[0], "malformed", f"the first party's released groups are not an Arrow file: {e}") from None
     except BaseException:
         for t in targets:
             if t.name in prepared:
@@ -421,11 +506,6 @@ def run_mpc(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: s
         raise
     finally:
         runners.shutdown(wait=False)
-        if ok:
-            release_party(me)
-        else:
-            me.close()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _quiet_abort(t: Any, query_id: str) -> None:
@@ -450,40 +530,40 @@ def _root_causes(verdicts: list[dict[str, Any]], names: list[str] | None) -> lis
     return kept or verdicts
 
 
-def _await_coordinator(me: PartyProcess, futures: dict[Any, Any], timeout: float, names: list[str] | None = None) -> dict[str, Any]:
-    """Wait for the coordinator's party. On failure, gather every diagnosis that arrives within a
-    moment (the coordinator's party and the nodes') and return the most specific: a party that
-    sent a tampered message is named over one that merely disconnected after detecting it."""
+def _await_nodes(futures: dict[Any, Any], timeout: float, names: list[str]) -> dict[str, Any]:
+    """Wait for every node's ``mpc_run`` answer. On failure, gather the diagnoses that arrive
+    within a moment and raise the most specific: a party that sent a tampered message is named
+    over one that merely disconnected after detecting it."""
     deadline = time.monotonic() + timeout
     verdicts: list[dict[str, Any]] = []
-    own_verdict = False  # the coordinator's party reported an error (its exit then adds nothing)
+    answers: dict[str, Any] = {}
     settle: float | None = None
     seen: set[Any] = set()
     while True:
-        ev = me.next_event(0.05)
-        if ev is not None:
-            if ev.get("event") == "done":
-                return ev
-            if ev.get("event") == "error":
-                verdicts.append(ev)
-                own_verdict = True
-            elif ev.get("event") == "exit" and not own_verdict:
-                verdicts.append({"event": "error", "code": "crashed", "party": 0, "reason": f"the coordinator's party exited ({ev.get('code')}): {me.log_tail()}"})
         for fut, t in futures.items():
-            if fut in seen or not fut.done() or fut.exception() is None:
+            if fut in seen or not fut.done():
                 continue
             seen.add(fut)
             e = fut.exception()
-            node = getattr(e, "node", t.name)
-            if node == COORDINATOR_NAME:
-                continue  # a node blaming the coordinator: the coordinator's own party knows better
-            verdicts.append({"event": "error", "code": getattr(e, "node_code", "error"), "node": node, "from": t.name,
-                             "reason": getattr(e, "reason", str(e))})
+            if e is None:
+                answers[t.name] = fut.result()
+                continue
+            if not isinstance(e, NodeError):
+                verdicts.append({"code": "error", "node": t.name, "from": t.name, "reason": str(e), "exc": e})
+                continue
+            verdicts.append({"code": getattr(e, "node_code", "error"), "node": getattr(e, "node", t.name), "from": t.name,
+                             "reason": getattr(e, "reason", str(e)), "exc": e})
+        if len(answers) == len(futures):
+            return answers
         now = time.monotonic()
         if verdicts and settle is None:
             settle = now + 1.5
-        if settle is not None and (now >= settle or any(v.get("code") == "tampered" for v in verdicts)):
-            # most specific first; on a tie, the coordinator's own party (it hears from everyone)
-            return min(_root_causes(verdicts, names), key=lambda v: (_PRIORITY.get(str(v.get("code")), 3), "node" in v))
+        if settle is not None and (now >= settle or len(seen) == len(futures) or any(v.get("code") == "tampered" for v in verdicts)):
+            v = min(_root_causes(verdicts, names), key=lambda v: _PRIORITY.get(str(v.get("code")), 3))
+            e = v["exc"]
+            if isinstance(e, NodeError):
+                raise NodeError(v["node"], str(v["code"]), f"secure combine aborted, nothing was opened: {v['reason']}") from None
+            raise e
         if now > deadline:
-            return {"event": "error", "code": "timeout", "party": None, "reason": "the protocol did not finish in time"}
+            raise CombineError("the MPC protocol did not finish in time; nothing was opened")
+        time.sleep(0.02)
