@@ -289,28 +289,43 @@ def test_pathological_action_bodies(node, kind, body):
     refused(node, lambda: node.action(kind, body), body)
 
 
-GOOD_RUN = {"names": ["coordinator", "NODE", "other"], "parties": ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], "pid": 1,
-            "secret": "ab" * 32, "timeout": 5}
+GOOD_RUN = {"parties": ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], "pid": 1, "timeout": 5}
+OTHERS = "OTHERS"  # stands for the federation's other pinned members
 
 
 @pytest.mark.parametrize("change", [
-    {"names": None}, {"names": "abc"}, {"names": ["coordinator", "NODE"]}, {"parties": ["x", "y", "z"]},
+    {"names": None}, {"names": "abc"}, {"parties": ["x", "y", "z"]},
     {"parties": ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:99999"]}, {"pid": -2}, {"pid": 0}, {"pid": 2}, {"pid": 7},
     {"pid": True}, {"pid": "1"}, {"pid": 1.0}, {"timeout": 1e308}, {"timeout": "a"}, {"timeout": float("nan")}, {"timeout": -1},
-    {"secret": "zz" * 32}, {"secret": ""}, {"secret": 5}, {"secret": None},
+    # sessions that are not the federation this node pins: a stranger, a member left out, a member twice
+    {"names": ["coordinator", "NODE", OTHERS]}, {"names": [OTHERS, "NODE", "stranger"]}, {"names": ["OTHER0", "NODE"]},
+    {"names": ["OTHER0", "NODE", "NODE"]},
 ], ids=lambda c: json.dumps(c, allow_nan=True))
 def test_mpc_run_bodies_for_a_prepared_session(node, change):
-    """A prepared MPC session and an mpc_run whose body is malformed: refused, and the session
-    (its party process and files) is gone, not left waiting."""
+    """A prepared MPC session and an mpc_run whose body is malformed, or names parties this node
+    does not pin: refused, and the session (its party process and files) is gone, not left waiting."""
     pytest.importorskip("mpyc")
+    others = [m.name for m in node.config.members if m.name != node.name]
+
+    def names(spec):
+        if not isinstance(spec, list):
+            return spec
+        out = []
+        for x in spec:
+            out += others if x == OTHERS else [node.name] if x == "NODE" else [others[0]] if x == "OTHER0" else [x]
+        return out
+
+    good = [others[0], node.name, *others[1:]]
     qid = f"prep-{abs(hash(json.dumps(change, allow_nan=True)))}"
     prepared = node.action(P.ACTION_MPC_PREPARE, json.dumps({"query_id": qid, "sql": "SELECT COUNT(*) AS _p0 FROM samples"}).encode())
     assert json.loads(prepared[0])["port"]
-    body = {**GOOD_RUN, "names": ["coordinator", node.name, "other"], **change, "query_id": qid}
+    body = {**GOOD_RUN, "names": good, "parties": GOOD_RUN["parties"][:2] + [f"127.0.0.1:{4 + i}" for i in range(len(good) - 2)]}
+    body = {**body, **{k: names(v) for k, v in change.items()}, "query_id": qid}
     body = {k: v for k, v in body.items() if v is not None}
     reason = refused(node, lambda: node.action(P.ACTION_MPC_RUN, json.dumps(body, allow_nan=True).encode()))
-    assert isinstance(reason, str) and re.search("malformed mpc_run request|assigned party", reason), reason
-    again = refused(node, lambda: node.action(P.ACTION_MPC_RUN, json.dumps({**GOOD_RUN, "query_id": qid}).encode()))
+    assert isinstance(reason, str) and re.search("malformed mpc_run request|assigns party|does not pin|leaves out|names a member twice",
+                                                 reason), reason
+    again = refused(node, lambda: node.action(P.ACTION_MPC_RUN, json.dumps({**body, "names": good, "query_id": qid}).encode()))
     assert "no prepared MPC session" in again
 
 
