@@ -326,7 +326,11 @@ class _Steps:
         aligned = L.align(table, union, layout.keys)
         cts = H.encrypt_lanes(L.lane_values(aligned, layout), layout, keys) if g else H.CT_SCHEMA.empty_table()
         req.audit.update(groups=g, **dp_audit(req.notes))
-        meta = {b"genofed.node": self.config.name.encode(), b"genofed.key_id": keys.key_id.encode(),
+        import hashlib
+
+        tag = H.tag_ciphertexts(cts, req.query_id, self.config.name, keys.key_id,
+                                H.tag_key(hashlib.sha256(self.config.keyholder["token"].encode()).hexdigest()))
+        meta = {b"genofed.node": self.config.name.encode(), b"genofed.key_id": keys.key_id.encode(), H.TAG_METADATA: tag.encode(),
                 b"genofed.groups": str(g).encode(), b"genofed.layout": json.dumps(layout.to_json()).encode(),
                 **({P.META_NOTES: json.dumps(req.notes).encode()} if req.notes else {})}
         log.info("query %s for %s: %d groups encrypted as %d ciphertexts", req.query_id, req.researcher, g, cts.num_rows)

@@ -1,4 +1,4 @@
-"""HE combine (TenSEAL): nodes encrypt, the coordinator adds, the key holder decrypts sums only.
+"""HE combine (TenSEAL): nodes encrypt and tag, the key holder checks, adds and decrypts sums only.
 
 This is the only module that imports TenSEAL (lazily, on first use).
 
@@ -19,9 +19,12 @@ SEAL parses the context), so a key holder cannot hand out weaker keys:
   2**-28 (about 8 bits above the noise), so |released - exact| <= max(2**-29, |x| 2**-32)
   plus that noise.
 
-The key holder (:mod:`genofed.privacy.secure.keyholder`) never aggregates and never sees a
-single node's ciphertext: the coordinator adds ciphertexts and sends only the sums. The key
-holder decrypts the sums, runs the minimum-count test, and rounds every CKKS result to
+The coordinator, which runs in the researcher's process, only relays: every node tags its
+ciphertexts (HMAC-SHA256 under a key derived from its own key-holder token, over the query id,
+the node, the key id and every ciphertext's digest), and the key holder adds the ciphertexts
+itself, only when every member of the federation it serves contributed, each with a valid tag.
+A coordinator that adds Enc(4) to a count lane, drops a node, or asks for one node's partials is
+refused. The key holder decrypts the sums, runs the minimum-count test, and rounds every CKKS result to
 ``CKKS_KEEP_BITS`` significant bits (and never finer than ``2**CKKS_FLOOR_EXP``) before
 release: raw CKKS decryptions leak information about the secret key (Li & Micciancio, 2021).
 """
@@ -363,14 +366,50 @@ def _channel_values(ch: Channel, lanes: dict[L.Lane, np.ndarray], layout: L.Layo
     return out
 
 
-# -- coordinator: add ------------------------------------------------------------------------------
+# -- tags: which node sent which ciphertexts --------------------------------------------------------
+
+TAG_METADATA = b"genofed.he_tag"
+NODE_COLUMN = "node"
+
+
+def tag_key(token_sha256_hex: str) -> bytes:
+    """A node's tagging key, derived from its key-holder token's SHA-256 (which the key holder
+    stores, and the coordinator never has)."""
+    import hmac
+
+    return hmac.new(bytes.fromhex(token_sha256_hex), b"genofed-he-tag", hashlib.sha256).digest()
+
+
+def tag_ciphertexts(cts: pa.Table, query_id: str, node: str, key_id: str, key: bytes) -> str:
+    """The tag of one node's ciphertext table for one query (hex)."""
+    import hmac
+
+    cells = sorted(zip(cts.column("channel").to_pylist(), cts.column("chunk").to_pylist(),
+                       (d.hex() for d in cts.column("sha256").to_pylist()), strict=True))
+    msg = json.dumps(["genofed-he", query_id, node, key_id, cells]).encode()
+    return hmac.new(key, msg, hashlib.sha256).hexdigest()
+
+
+def check_tag(cts: pa.Table, query_id: str, node: str, key_id: str, key: bytes, tag: Any) -> None:
+    import hmac
+
+    try:
+        want = tag_ciphertexts(cts, query_id, node, key_id, key)
+    except (AttributeError, TypeError, KeyError, ValueError, pa.ArrowInvalid):
+        raise CombineError(f"node {node!r}'s ciphertexts arrived in an unexpected format; nothing was released") from None
+    if not isinstance(tag, str) or not hmac.compare_digest(want, tag):
+        raise CombineError(f"the ciphertexts relayed as node {node!r}'s do not carry that node's tag for this query (altered, "
+                           "replayed from another query, or not from that node); nothing was released")
+
+
+# -- key holder: add -------------------------------------------------------------------------------
 
 def add_ciphertexts(parts: dict[str, pa.Table], layout: L.Layout, keys: PublicKeys, n_groups: int) -> pa.Table:
     """Sum every node's ciphertexts slot-wise. Checks each message's digest and shape, naming the
     node whose ciphertexts are tampered or malformed."""
     acc: dict[tuple[int, int], Any] = {}
     for node, t in parts.items():
-        for k, ct in _load_cells(t, layout, n_groups, keys.bfv, keys.ckks, f"node {node!r}", "nothing was decrypted").items():
+        for k, ct in _load_cells(t, layout, n_groups, keys.bfv, keys.ckks, f"node {node!r}", "nothing was released").items():
             acc[k] = ct if k not in acc else acc[k] + ct
     return _ct_table(acc)
 
@@ -449,6 +488,11 @@ def decrypt_release(sums: pa.Table, layout: L.Layout, union: pa.Table, n_groups:
             values[lane] = [v[j] for j in idx]
     for lane in layout.opened_flags():
         flags[lane] = np.asarray(dec[lane])[idx] != 0
+    if layout.keys:  # a withheld group's key never leaves: its row is NULLs
+        import pyarrow.compute as pc
+
+        mask = pa.array(released)
+        union = pa.table({k: pc.if_else(mask, union.column(k), pa.nulls(len(released), union.schema.field(k).type)) for k in layout.keys})
     return L.assemble(union, layout, released, values, flags)
 
 
@@ -508,9 +552,10 @@ def round_ckks(x: np.ndarray) -> np.ndarray:
 
 def run_he(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: str, min_count: int, timeout: float, wire: dict[str, int] | None = None,
            dp: dict[str, Any] | None = None, notes: dict[str, Any] | None = None, user_sql: str | None = None) -> pa.Table:
-    """Run one query under HE; returns the released combined table. The coordinator sees
-    ciphertexts, their sums, and the released groups only. ``user_sql``: the researcher's query
-    as written, for their release history at each node."""
+    """Run one query under HE; returns the released combined table. The coordinator sees each
+    node's tagged ciphertexts and the released groups only, and relays the ciphertexts to the key
+    holder, which adds them itself. ``user_sql``: the researcher's query as written, for their
+    release history at each node."""
     kh = getattr(coordinator, "keyholder", None)
     if kh is None:
         raise CombineError("combine='he' needs a key holder: add a [keyholder] table (location, token) to federation.toml, or use combine='mpc'")
@@ -542,5 +587,8 @@ def run_he(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: st
     if g == 0:
         empty = pa.table({k: pa.array([], pa.null()) for k in layout.keys})
         return L.assemble(empty, layout, np.zeros(0, bool), {lane: [] for lane in layout.value_lanes()}, {lane: np.zeros(0, bool) for lane in layout.flag_lanes()})
-    sums = add_ciphertexts(parts, layout, keys, g)
-    return kh.release(query_id, sums, timeout)
+    del keys
+    tags = {node: (t.schema.metadata or {}).get(TAG_METADATA, b"").decode() for node, t in parts.items()}
+    relay = pa.concat_tables([t.replace_schema_metadata(None).append_column(NODE_COLUMN, pa.array([node] * t.num_rows, pa.string()))
+                              for node, t in parts.items()])
+    return kh.release(query_id, relay, timeout, tags=tags)

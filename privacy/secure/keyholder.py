@@ -3,15 +3,20 @@ to collude with the coordinator (a designated biobank, or an independent operato
 
 It generates the BFV/CKKS key pair at start and never exports the secret keys. Per query it:
 
-1. is opened by the coordinator (``he_open``: query id, expected nodes, federation minimum count);
+1. is opened by the coordinator (``he_open``: query id, the nodes, federation minimum count). The
+   nodes must be every node client of its configuration (the federation it serves): a
+   coordinator cannot open a session for a subset, or for one node;
 2. receives each node's group keys and the node's own minimum count (``align`` exchange) and
    answers every node with the sorted union of keys, once all nodes have sent theirs;
-3. receives the coordinator's *summed* ciphertexts (``release`` exchange), decrypts them, applies
-   the minimum count (the largest of the federation's and every node's), rounds CKKS values, and
-   returns only the released groups.
+3. receives every node's ciphertexts, relayed by the coordinator (``release`` exchange), each
+   node's with that node's tag; checks every tag (a key derived from the node's token), adds the
+   ciphertexts itself, decrypts the sums, applies the minimum count (the largest of the
+   federation's and every node's), rounds CKKS values, and returns the released groups (a
+   withheld group is a row of NULLs: its key does not leave).
 
 What it learns: each node's set of group keys, and the federation-wide sums of every group
-(including groups it then suppresses). It never receives a single node's ciphertext.
+(including groups it then suppresses). It receives each node's ciphertexts and holds the secret
+key: it is trusted to decrypt only the sums (see docs/secure-combine.md).
 
 Configuration (``keyholder.toml``)::
 
@@ -129,6 +134,8 @@ class KeyHolderServer(flight.FlightServerBase):
         super().__init__(location, middleware={"auth": _Auth(config.clients)}, **(tls.server_kwargs() if tls else {}))
         self.config = config
         self.keys = H.KeyPair()
+        # the federation this key holder serves: its node clients, each with its tagging key
+        self.members = {name: H.tag_key(sha) for sha, (name, role) in config.clients.items() if role == "node"}
         self.ttl = session_ttl
         self._sessions: dict[str, _Session] = {}
         self._lock = threading.Lock()
@@ -169,6 +176,11 @@ class KeyHolderServer(flight.FlightServerBase):
             raise _err(P.CODE_BAD_REQUEST, f"malformed he_open: {e}") from None
         if not nodes or len(nodes) > H.MAX_NODES or len(set(nodes)) != len(nodes):
             raise _err(P.CODE_BAD_REQUEST, f"he_open needs 1..{H.MAX_NODES} distinct nodes")
+        if set(nodes) != set(self.members):
+            odd = sorted(set(nodes) - set(self.members))
+            raise _err(P.CODE_FORBIDDEN, (f"{odd[0][:40]!r} is not a node of the federation this key holder serves" if odd else
+                                          f"a session must include every node of the federation this key holder serves "
+                                          f"({len(self.members)}); this one names {len(nodes)}") + "; nothing was opened")
         self._expire()
         with self._lock:
             self._sessions[qid] = _Session(nodes, k)
@@ -193,7 +205,7 @@ class KeyHolderServer(flight.FlightServerBase):
         elif op == "release":
             if who.role != "coordinator":
                 raise _err(P.CODE_FORBIDDEN, "only the coordinator may ask for a release")
-            out = self._release(qid, s, cmd, table)
+            out = self._release(qid, s, cmd, table, who.name)
         else:
             raise _err(P.CODE_BAD_REQUEST, f"unknown exchange op {op!r}")
         writer.begin(out.schema)
@@ -236,7 +248,9 @@ class KeyHolderServer(flight.FlightServerBase):
                 raise _err("mismatch", s.failed)
             return s.union
 
-    def _release(self, qid: str, s: _Session, cmd: dict[str, Any], sums: pa.Table) -> pa.Table:
+    def _release(self, qid: str, s: _Session, cmd: dict[str, Any], relay: pa.Table, who: str) -> pa.Table:
+        import pyarrow.compute as pc
+
         with self._lock:
             self._sessions.pop(qid, None)  # one release per query
         if s.union is None or len(s.keys) != len(s.nodes):
@@ -246,10 +260,28 @@ class KeyHolderServer(flight.FlightServerBase):
         g = s.union.num_rows
         k = max([s.min_count, *s.node_min.values()])
         mac = max(s.node_mac.values()) if s.node_mac else k
+        tags = cmd.get("tags")
+        if H.NODE_COLUMN not in relay.column_names or not isinstance(tags, dict):
+            raise _err("malformed", "a release needs every node's own ciphertexts with their tags (a pre-added sum is refused: the "
+                                    "key holder adds them itself); nothing was released")
+        nodes = relay.column(H.NODE_COLUMN)
+        sent = set(pc.unique(nodes).to_pylist())
+        if sent != set(s.nodes):
+            missing = sorted(set(s.nodes) - sent)
+            raise _err("malformed", (f"the release lacks node {missing[0]!r}'s ciphertexts (every node of the session must contribute)"
+                                     if missing else "the release holds ciphertexts of a node outside the session") + "; nothing was released")
+        parts = {}
         try:
-            return H.decrypt_release(sums, layout, union, g, len(s.nodes), self.keys, k, mac)
+            for n in s.nodes:
+                t = relay.filter(pc.equal(nodes, n)).drop_columns([H.NODE_COLUMN]).replace_schema_metadata(None)
+                H.check_tag(t, qid, n, self.keys.key_id, self.members[n], tags.get(n))
+                parts[n] = t
+            sums = H.add_ciphertexts(parts, layout, self.keys, g)
+            out = H.decrypt_release(sums, layout, union, g, len(s.nodes), self.keys, k, mac)
         except CombineError as e:
-            raise _err("malformed", str(e)) from None
+            log.warning("query %s: release refused (%s): %s", qid, who, e)
+            raise _err("tampered" if "tag" in str(e) or "integrity" in str(e) else "malformed", str(e)) from None
+        return out
 
 
 class KeyHolderClient:
@@ -320,8 +352,10 @@ class KeyHolderClient:
         cmd = {"op": "align", "query_id": query_id, "min_count": min_count, "layout": layout.to_json(), "timeout": timeout}
         return self._exchange(cmd, keys, timeout + 5.0)
 
-    def release(self, query_id: str, sums: pa.Table, timeout: float) -> pa.Table:
-        return self._exchange({"op": "release", "query_id": query_id}, sums, timeout)
+    def release(self, query_id: str, relay: pa.Table, timeout: float, tags: dict[str, str] | None = None) -> pa.Table:
+        """Ask for a release: ``relay`` holds every node's ciphertexts (column ``node``), ``tags``
+        each node's tag."""
+        return self._exchange({"op": "release", "query_id": query_id, "tags": tags or {}}, relay, timeout)
 
     def close(self) -> None:
         self._client.close()

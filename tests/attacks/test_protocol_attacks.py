@@ -481,7 +481,8 @@ def test_node_refuses_a_rogue_key_holders_weak_keys(fed, cfg):
 # -- malformed ciphertexts sent to the key holder ------------------------------------------------
 
 class _Session:
-    """One HE query at the real key holder, with us as the coordinator and as node biobank_A."""
+    """One HE query at the real key holder, with us as the coordinator and as every node (their
+    key-holder tokens read from their node.toml): only the first node holds the groups."""
 
     def __init__(self, cfg: FederationConfig, min_count: int = 1, values=((b"a", 7), (b"b", 3), (b"c", 9))):
         from genofed.privacy.secure import he as H
@@ -489,28 +490,51 @@ class _Session:
         from genofed.privacy.secure.keyholder import KeyHolderClient
 
         tls = cfg.client_tls()
-        node = cfg.nodes[0]
-        node_token = tomllib.loads((cfg.root / node.config).read_text())["keyholder"]["token"]
+        tokens = {n.name: tomllib.loads((cfg.root / n.config).read_text())["keyholder"]["token"] for n in cfg.nodes}
         self.coord = KeyHolderClient(cfg.keyholder_location(), cfg.keyholder["token"], tls=tls)
-        self.node = KeyHolderClient(cfg.keyholder_location(), node_token, tls=tls)
+        self.nodes = {n: KeyHolderClient(cfg.keyholder_location(), tok, tls=tls) for n, tok in tokens.items()}
+        self.first = cfg.nodes[0].name
         self.qid = uuid.uuid4().hex
         self.layout = L.Layout(["_k0"], [L.PartialLayout("_p0", L.INT, count=True), L.PartialLayout("_p1", L.REAL)])
         table = pa.table({"_k0": [k.decode() for k, _ in values], "_p0": pa.array([v for _, v in values], pa.int64()),
                           "_p1": [v / 2 for _, v in values], "_n": pa.array([v for _, v in values], pa.int64())})
-        key_id = self.coord.open(self.qid, [node.name], min_count, timeout=20)
+        empty = table.slice(0, 0)
+        key_id = self.coord.open(self.qid, list(self.nodes), min_count, timeout=20)
         self.keys = self.coord.public_keys()
         assert self.keys.key_id == key_id
-        union = self.node.align(self.qid, min_count, self.layout, L.key_table(table, ["_k0"]), 20)
-        self.g = union.num_rows
-        cts = H.encrypt_lanes(L.lane_values(L.align(table, union, ["_k0"]), self.layout), self.layout, self.keys)
-        self.sums = H.add_ciphertexts({node.name: cts}, self.layout, self.keys, self.g)
+        import concurrent.futures as cf
 
-    def release(self, sums: pa.Table) -> pa.Table:
-        return self.coord.release(self.qid, sums, 20)
+        with cf.ThreadPoolExecutor(len(self.nodes)) as pool:  # the key holder answers once every node aligned
+            futs = {n: pool.submit(c.align, self.qid, min_count, self.layout, L.key_table(table if n == self.first else empty, ["_k0"]), 20)
+                    for n, c in self.nodes.items()}
+            unions = {n: f.result() for n, f in futs.items()}
+        union = unions[self.first]
+        self.g = union.num_rows
+        self.parts = {}
+        self.tags = {}
+        for n in self.nodes:
+            mine = table if n == self.first else empty
+            cts = H.encrypt_lanes(L.lane_values(L.align(mine, union, ["_k0"]), self.layout), self.layout, self.keys)
+            self.parts[n] = cts
+            self.tags[n] = H.tag_ciphertexts(cts, self.qid, n, key_id, H.tag_key(hashlib.sha256(tokens[n].encode()).hexdigest()))
+        self.sums = self.parts[self.first]  # what tampering targets: the first node's ciphertexts
+
+    def relay(self, first: pa.Table | None = None, parts: dict | None = None) -> pa.Table:
+        from genofed.privacy.secure import he as H
+
+        parts = dict(parts or self.parts)
+        if first is not None:
+            parts[self.first] = first
+        return pa.concat_tables([t.append_column(H.NODE_COLUMN, pa.array([n] * t.num_rows, pa.string())) for n, t in parts.items()],
+                                promote_options="permissive")
+
+    def release(self, first: pa.Table | None = None, tags: dict | None = None, parts: dict | None = None) -> pa.Table:
+        return self.coord.release(self.qid, self.relay(first, parts), 20, tags=self.tags if tags is None else tags)
 
     def close(self) -> None:
         self.coord.close()
-        self.node.close()
+        for c in self.nodes.values():
+            c.close()
 
 
 def _with_ct(sums: pa.Table, row: int, blob: bytes, fix_digest: bool = True) -> pa.Table:
@@ -566,28 +590,26 @@ def test_key_holder_refuses_malformed_ciphertexts(cfg, how):
     try:
         with pytest.raises(NodeError) as e:
             s.release(TAMPER[how](s.sums))
-        assert e.value.node_code in ("malformed", P.CODE_BAD_REQUEST) and "Traceback" not in str(e.value)
+        assert e.value.node_code in ("malformed", "tampered", P.CODE_BAD_REQUEST) and "Traceback" not in str(e.value)
         assert "nothing was released" in e.value.reason or "malformed" in e.value.reason
-        # the session is spent: the honest sums are not released afterwards either
+        # the session is spent: the honest ciphertexts are not released afterwards either
         with pytest.raises(NodeError, match="no open HE session"):
-            s.release(s.sums)
+            s.release()
     finally:
         s.close()
     # the key holder keeps serving: a fresh query is released exactly
     s2 = _Session(cfg)
     try:
-        rows = s2.release(s2.sums).to_pylist()
+        rows = s2.release().to_pylist()
         assert [(r["_k0"], r["_p0"], r["_p1"]) for r in rows] == [("a", 7, 3.5), ("b", 3, 1.5), ("c", 9, 4.5)]
     finally:
         s2.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HE release integrity: the key holder decrypts whatever sums the coordinator sends; a "
-    "researcher-run coordinator adds Enc(4) to the count lane under the public key and a group "
-    "of 1 is released although every party asked for min_count 5 (outside the honest-but-curious "
-    "coordinator model of DESIGN.md, but the researcher who runs the coordinator is untrusted)"))
 def test_crafted_count_lane_cannot_lift_a_small_group(cfg):
+    """The coordinator adds Enc(4) to the first node's count word (under the public key) so a
+    group of one would pass min_count 5. The key holder adds the nodes' ciphertexts itself and
+    checks each node's tag: the altered ciphertext is refused, naming the node, nothing released."""
     import tenseal as ts
 
     from genofed.privacy.secure import he as H
@@ -598,7 +620,60 @@ def test_crafted_count_lane_cannot_lift_a_small_group(cfg):
         w = next(i for i, ch in enumerate(chs) if ch.kind == "word")
         word = ts.bfv_vector_from(s.keys.bfv, s.sums.column("ct")[w].as_py())
         lifted = word + ts.bfv_vector(s.keys.bfv, [4])  # the count field is the word's low bits
-        rows = s.release(_with_ct(s.sums, w, lifted.serialize())).to_pylist()
+        with pytest.raises(NodeError) as e:
+            s.release(_with_ct(s.sums, w, lifted.serialize()))
+        assert e.value.node_code == "tampered" and s.first in e.value.reason and "nothing was released" in e.value.reason
     finally:
         s.close()
-    assert all(r[P.SUPPRESSED_COLUMN] for r in rows), f"a group of one was released: {rows}"
+    # defence check: the same session shape without the forgery releases nothing either (a group of one)
+    s2 = _Session(cfg, min_count=5, values=((b"a", 1),))
+    try:
+        rows = s2.release().to_pylist()
+        assert all(r[P.SUPPRESSED_COLUMN] for r in rows) and all(r["_k0"] is None for r in rows), rows
+    finally:
+        s2.close()
+
+
+@pytest.mark.parametrize("how", ["one_node", "subset", "stranger"])
+def test_key_holder_opens_sessions_for_the_whole_federation_only(cfg, how):
+    """A coordinator that opens an HE session for one node (to have it decrypt that node's
+    partials), a subset, or a stranger is refused: the key holder serves its configured nodes."""
+    from genofed.privacy.secure.keyholder import KeyHolderClient
+
+    names = [n.name for n in cfg.nodes]
+    ask = {"one_node": names[:1], "subset": names[:2], "stranger": [*names, "biobank_X"]}[how]
+    kh = KeyHolderClient(cfg.keyholder_location(), cfg.keyholder["token"], tls=cfg.client_tls())
+    try:
+        with pytest.raises(NodeError, match="nothing was opened") as e:
+            kh.open(uuid.uuid4().hex, ask, 5, timeout=20)
+        assert ("not a node of the federation" if how == "stranger" else "must include every node") in e.value.reason
+    finally:
+        kh.close()
+
+
+@pytest.mark.parametrize("how", ["pre_added_sum", "node_missing", "tag_of_another_query", "tags_swapped"])
+def test_key_holder_releases_only_every_nodes_tagged_ciphertexts(cfg, how):
+    """What a coordinator could relay instead of the nodes' own tagged ciphertexts: a sum it made
+    (over only the first node), a release without one node, tags replayed from another query, or
+    tags swapped between nodes. Each is refused and nothing is released."""
+    from genofed.privacy.secure import he as H
+
+    s = _Session(cfg)
+    other = _Session(cfg)
+    try:
+        with pytest.raises(NodeError) as e:
+            if how == "pre_added_sum":
+                summed = H.add_ciphertexts({s.first: s.sums}, s.layout, s.keys, s.g)
+                s.coord.release(s.qid, summed, 20, tags=s.tags)
+            elif how == "node_missing":
+                s.release(parts={n: t for n, t in s.parts.items() if n != list(s.parts)[-1]})
+            elif how == "tag_of_another_query":
+                s.release(tags=other.tags)
+            else:
+                names = list(s.tags)
+                s.release(tags={**s.tags, names[0]: s.tags[names[1]], names[1]: s.tags[names[0]]})
+        assert e.value.node_code in ("malformed", "tampered") and "nothing was released" in e.value.reason, e.value.reason
+    finally:
+        s.close()
+        other.close()
+

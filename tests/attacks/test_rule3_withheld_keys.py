@@ -136,15 +136,10 @@ def assert_no_canary(where: str, texts: list[str], values: set, outcomes: set[fl
 
 # -- near-unique record tuples as keys --------------------------------------------------------------
 
-KEY_UNION_GAP = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "issue 19: under he the key union (every node's group keys, withheld groups' included) goes to the key holder and "
-    "the coordinator before the threshold test (keyholder.release -> decrypt_release(union)); only the coordinator's "
-    "own filter drops them, and the researcher runs the coordinator. (mpc: the nodes align on keyed tokens among "
-    "themselves and only released groups' keys leave)"))
-
-
 def _secure_gap(combine):
-    return [KEY_UNION_GAP] if combine == "he" else []
+    # closed by issue 19: mpc aligns on keyed tokens among the nodes, he returns withheld groups as
+    # rows of NULLs; neither lets a withheld group's key reach the coordinator
+    return []
 
 
 @pytest.mark.parametrize("combine", [pytest.param(c, marks=_secure_gap(c)) for c in SECURE])
