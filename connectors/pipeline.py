@@ -178,10 +178,16 @@ class _Steps:
     def combine_policy(self, req: Request, proceed: Callable[[], Any]) -> Any:
         if req.combine not in COMBINE_DECISION:
             raise Refused(P.CODE_BAD_REQUEST, f"combine mode {req.combine[:20]!r} is not served; use plain, mpc or he", event="")
-        if req.combine == "plain" and not self.config.allow_plain:
+        return proceed()
+
+    def _plain_policy(self, req: Request) -> None:
+        """combine='plain' needs the node's ``allow_plain``, unless the fragment reads no one's
+        data (the public variant list alone: secure combine of one node's copy protects nothing)."""
+        frag = req.frag
+        public = not getattr(frag, "fn", None) and {t.lower() for t in getattr(frag, "tables", ())} <= {"variants"}
+        if req.combine == "plain" and not self.config.allow_plain and not public:
             raise Refused(P.CODE_POLICY, "this node's policy does not allow combine='plain' (the coordinator would see this "
                                          "node's partials); use combine='mpc' or 'he'", "plain_not_allowed")
-        return proceed()
 
     def rate_limit(self, req: Request, proceed: Callable[[], Any]) -> Any:
         """The researcher's rate limit (a token bucket of ``rate_limit_per_minute``, refilled continuously)."""
@@ -205,6 +211,7 @@ class _Steps:
         from genofed.genomics.analyses import ANALYSES
 
         req.frag = self.node.validate(req.sql)
+        self._plain_policy(req)
         fn = getattr(req.frag, "fn", "")
         if self.config.dp.mechanism_for(req.dp) is None and getattr(ANALYSES.get(fn), "requires_dp", False):
             raise DisclosureError(f"{fn} releases per-variant haplotype counts: this node noises them with "

@@ -183,13 +183,14 @@ def fingerprint(cert: str | os.PathLike[str] | bytes) -> str:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
+    where = "(PEM bytes)" if isinstance(cert, bytes) else str(Path(cert))
     try:
         pem = cert if isinstance(cert, bytes) else Path(cert).read_bytes()
         der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
     except FileNotFoundError:
-        raise ConfigError(f"certificate {cert} does not exist") from None
+        raise ConfigError(f"certificate {where} does not exist") from None
     except ValueError as e:
-        raise ConfigError(f"cannot read the certificate {'(PEM bytes)' if isinstance(cert, bytes) else cert}: {e}") from None
+        raise ConfigError(f"cannot read the certificate {where}: {e}") from None
     return hashlib.sha256(der).hexdigest()
 
 

@@ -183,6 +183,9 @@ class Coordinator:
                     "nodes differ; join genotypes to count variants per node's data"
                 )
             targets = self.transports[:1]
+            # the public site list, from one node: no one's data, nothing for a secure combine to
+            # protect (and no honest majority of one); nodes serve such fragments in plain
+            mode = "plain"
         sql_frag = plan.fragment_sql
         wire: dict[str, int] = {}
         notes: dict[str, Any] = {}

@@ -233,6 +233,16 @@ def certs_issue(name: str, ca_dir: Path, out_dir: Path, hosts: tuple[str, ...], 
     click.echo(f"wrote {cert} and {key} (mode 0600)")
 
 
+@certs.command("fingerprint")
+@click.argument("cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def certs_fingerprint(cert: Path) -> None:
+    """Print CERT's SHA-256 fingerprint (DER, hex): what other nodes pin for this node in
+    [[federation.members]] fingerprint."""
+    from genofed.connectors.tls import fingerprint
+
+    click.echo(fingerprint(cert))
+
+
 @main.command()
 @click.argument("sql", required=False)
 @click.option("--federation", "fed_dir", required=True, type=click.Path(path_type=Path))

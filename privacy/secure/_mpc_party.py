@@ -117,6 +117,7 @@ def _check_peer(transport: Any, peer: int, fingerprints: list[str] | None) -> No
     der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
     if der is None:
         _fail("impostor", peer, f"the link to {_who(peer)} is not mutually authenticated TLS; refused")
+        return
     if hashlib.sha256(der).hexdigest() != fingerprints[peer]:
         _fail("impostor", peer, f"the party at {_who(peer)}'s index presented a certificate that is not the one this node pins "
                                 f"for {_who(peer)} (a stranger in its place); nothing was opened")
@@ -616,7 +617,7 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
                                       senders=parties, receivers=[0])
     _trace("opened")
     if pid == 0:
-        key_table = _released_keys(union, idx, key_rows, keys, table) if keys else union
+        key_table = _released_keys(union, idx, key_rows or [], keys, table) if keys else union
         out = L.assemble(key_table, layout, released, sums, flags)
         write_ipc_file(cfg["output"], _released_first(out, keys))
     _sent[0] = sum(q.protocol.nbytes_sent for q in mpc.parties if q.pid != pid and q.protocol is not None)

@@ -404,7 +404,7 @@ def check_tag(cts: pa.Table, query_id: str, node: str, key_id: str, key: bytes, 
 
 # -- key holder: add -------------------------------------------------------------------------------
 
-def add_ciphertexts(parts: dict[str, pa.Table], layout: L.Layout, keys: PublicKeys, n_groups: int) -> pa.Table:
+def add_ciphertexts(parts: dict[str, pa.Table], layout: L.Layout, keys: PublicKeys | KeyPair, n_groups: int) -> pa.Table:
     """Sum every node's ciphertexts slot-wise. Checks each message's digest and shape, naming the
     node whose ciphertexts are tampered or malformed."""
     acc: dict[tuple[int, int], Any] = {}
