@@ -190,6 +190,10 @@ def test_model_counts_are_combined_securely(synth_fed, tmp_path, monkeypatch):
     assert len(total) == len(model.populations) * len(model.variant_id)
     for (p, v), c in total.items():
         assert np.allclose(model.counts[pi[p], vi[v]].ravel(), c)
+    # the first party's answer carries the released model (the totals, in the same value range as
+    # a node's counts, so any three of them can match by chance): the model is the output, public
+    # by design; every other message must hold no node's counts
+    blobs = [b for b in blobs if not b.startswith(b"ARROW1")]
     for t in counts:
         runs = _runs(t)
         assert len(runs) > 50
