@@ -51,6 +51,8 @@ import threading
 import time
 from typing import Any
 
+from genofed.privacy.secure import ring as R
+
 FRAC_BITS = 32
 BIG_FIELD_BITS = 192  # ints to 2**127 and reals to ~2**150 sum exactly
 SMALL_FIELD_BITS = 64  # counts and flags
@@ -203,38 +205,6 @@ def _install_message_checks(asyncoro: Any, secret: bytes, live: _Liveness, fault
     ME.connection_lost = connection_lost
 
 
-def _install_bulk_randomness(thresha: Any) -> None:
-    """Draw Shamir coefficients in bulk.
-
-    MPyC's ``np_random_split`` calls ``secrets.randbelow`` once per coefficient, one
-    ``getrandom`` system call each: for 50,000 groups that alone costs most of a second per
-    multiplication. Here the coefficients come from one ``os.urandom`` call per split, each
-    reduced from 64 bits more than the field order (statistical distance to uniform < 2**-64).
-    Fields that are not prime fields keep MPyC's own code.
-    """
-    import numpy as np
-
-    original = thresha.np_random_split
-
-    def np_random_split(field, s, t, m):
-        p = field.modulus
-        if not isinstance(p, int) or t == 0:
-            return original(field, s, t, m)
-        if isinstance(s, field.array):
-            s = s.value
-        n = len(s)
-        order = field.order
-        width = (order.bit_length() + 7) // 8 + 8
-        buf = os.urandom(width * t * n)
-        frm = int.from_bytes
-        coeffs = [frm(buf[i : i + width], "little") % order for i in range(0, width * t * n, width)]
-        C = np.array(coeffs, dtype=object).reshape(t, n)
-        V = np.vander(np.array(list(range(1, m + 1)), dtype="O"), N=t + 1, increasing=True)
-        return (V @ np.concatenate((np.asarray(s, dtype=object).reshape(1, n), C))) % p
-
-    thresha.np_random_split = np_random_split
-
-
 def _tls_contexts(tls: dict[str, Any] | None) -> tuple[Any, Any]:
     """(server, client) SSL contexts for mutual TLS under the federation CA; (None, None) without
     TLS. Host names are not checked: each peer's certificate is pinned by fingerprint instead."""
@@ -379,11 +349,6 @@ def _one_query(cfg: dict[str, Any], sock: socket.socket | None = None) -> None:
     _install_message_checks(asyncoro, bytes.fromhex(cfg["secret"]), live, fault, record, tls["fingerprints"] if tls else None)
     if sock is not None:
         _serve_on(mpc, sock, tls)
-    from mpyc import thresha
-
-    if not getattr(thresha, "_genofed_bulk", False):
-        _install_bulk_randomness(thresha)
-        thresha._genofed_bulk = True
     try:
         mpc.run(_protocol(mpc, cfg, pid, m, fault))
     except SystemExit:
@@ -486,7 +451,6 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
         aligned = L.align(table, union, keys)
 
     big_lanes, small_lanes = layout.value_lanes(), layout.flag_lanes()
-    cols = _big_columns(layout)
     _trace("aligned")
     if g == 0:
         if pid == 0:
@@ -496,119 +460,113 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
         await mpc.shutdown()
         return
 
-    secbig = mpc.SecFld(min_order=2**BIG_FIELD_BITS)
-    secsmall = mpc.SecFld(min_order=2**SMALL_FIELD_BITS)
-    fbig, fsmall = secbig.field, secsmall.field
-    pbig = fbig.order
-
-    # 3. secret-share the lanes
     lanes = L.lane_values(aligned, layout)
-    big = np.empty((g, len(cols)), dtype=object)
-    for c, col in enumerate(cols):
-        if len(col) > 1 or col[0][1] > 0 or _is_count(layout, col[0][0]):
-            acc = np.zeros(g, dtype=object)
-            for lane, shift in col:
-                v = np.asarray(lanes[lane], np.int64)
-                if v.size and (v.min() < 0 or v.max() >= 1 << COUNT_BITS):
-                    raise ValueError(f"count partial {lane.column} is out of range")
-                acc = acc + (v.astype(object) << shift)
-            big[:, c] = acc
-            continue
-        lane = col[0][0]
-        v = lanes[lane]
-        if lane.kind == L.REAL:
-            v = _fixed_point(v)
-        big[:, c] = [int(x) % pbig for x in v]
-    small = np.stack([lanes[lane] for lane in small_lanes], axis=1).astype(object)
+    # values: additive shares over Z_2^(32k) under pairwise AES-CTR masks (the seeds, fresh per
+    # query, go over the parties' TLS links); nothing but the seeds is sent until the opening
+    widths = [_digits(layout, lane) for lane in big_lanes]
+    digits = np.concatenate([_lane_digits(layout, lane, lanes[lane], k) for lane, k in zip(big_lanes, widths)], axis=1) \
+        if big_lanes else np.zeros((g, 0), np.int64)
+    seeds_out = {j: os.urandom(32) for j in parties if j != pid}
+    seeds_in = await _scatter(mpc, parties, pid, seeds_out, lambda j, b: b if isinstance(b, bytes) and len(b) == 32 else None)
+    share = R.mask(digits, [seeds_out[j] for j in sorted(seeds_out)], [seeds_in[j] for j in sorted(seeds_in)])
     if fault == "die":
         os._exit(9)
     if fault == "stall":
         time.sleep(3600)
-    zb = np.zeros((g, len(cols)), dtype=object)
-    zs = np.zeros((g, len(small_lanes)), dtype=object)
-    tot_b: Any = None
-    tot_s: Any = None
-    for j in parties:
-        xb = mpc.input(secbig.array(fbig.array(big if pid == j else zb)), senders=j)
-        xs = mpc.input(secsmall.array(fsmall.array(small if pid == j else zs)), senders=j)
-        tot_b = xb if tot_b is None else tot_b + xb
-        tot_s = xs if tot_s is None else tot_s + xs
-
     _trace("inputs")
-    # 4. the minimum-count test on shares
+
+    # 4. the minimum-count test on Shamir shares of the federation-wide counts (F_p, numpy)
     count_idx = [i for i, lane in enumerate(small_lanes) if lane.role == L.COUNT]  # influence counts, then _n
     flag_idx = [i for i, lane in enumerate(small_lanes) if lane.role != L.COUNT]
-    if flag_idx != list(range(len(flag_idx))):
-        _fail("mismatch", 0, "the lane layout does not put the flag lanes before the count lanes")
+    counts = np.stack([np.asarray(lanes[lane], np.int64) for lane in small_lanes], axis=1) if small_lanes else np.zeros((g, 0), np.int64)
+    if counts.size and (counts.min() < 0 or counts.max() >= 1 << 30):
+        raise ValueError("a count partial is out of range for the minimum-count test (0 to 2^30)")
+    t = (m - 1) // 2
+    n_rand = 1 + len(flag_idx)  # one random factor for the group test, one per flag lane
+    mine = np.concatenate([counts, R.random_field((g, n_rand))], axis=1)
+    width = mine.shape[1]
+    split = R.shamir_split(mine, t, m)
+    got = await _scatter(mpc, parties, pid, {j: split[j].astype(np.int32).tobytes() for j in parties if j != pid},
+                         lambda j, b: _field(b, (g, width)))
+    tot = split[pid].copy()
+    for j in got:
+        tot = (tot + got[j]) % R.P
+    lam = R.lagrange_at_zero(list(range(1, m + 1)))
+
+    async def multiply(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Shares of x*y (degree t) from shares of x and y: local product, reshare, recombine."""
+        z = x * y % R.P
+        parts = R.shamir_split(z, t, m)
+        recv = await _scatter(mpc, parties, pid, {j: parts[j].astype(np.int32).tobytes() for j in parties if j != pid},
+                              lambda j, b: _field(b, z.shape))
+        return R.combine([parts[pid] if j == pid else recv[j] for j in parties], lam)
+
+    n_cols = len(small_lanes)
+    r_group = tot[:, n_cols]
     # per count lane of minimum K (the minimum count; the minimum minor-allele count for rule 5's
     # allele-count lanes), (n-1)(n-2)...(n-K+1): pair the factors as (n-j)(n-K+j) = a + j(K-j)
-    # with a = n^2 - Kn, so one multiplication gives every pair; K=5 needs 2 multiplications
-    # instead of 3. Every lane but _n (the last) also has the factor n: 0 fails too. The group is
-    # released when no lane fails: the product of every lane's polynomial is non-zero (a field has
-    # no zero divisors).
-    terms = []
-    for ci in count_idx:
-        n = tot_s[:, ci]
-        k = L.lane_threshold(small_lanes[ci], threshold, mac_threshold)
-        if k <= 1:
-            continue
+    # with a = n^2 - Kn, so one multiplication gives every pair. Every lane but _n (the last) also
+    # has the factor n: 0 fails too. The group is released when no lane fails: the product of
+    # every lane's polynomial, times a random factor, opens to non-zero (F_p has no zero divisors).
+    tested = [(ci, L.lane_threshold(small_lanes[ci], threshold, mac_threshold)) for ci in count_idx]
+    tested = [(ci, k) for ci, k in tested if k > 1]
+    sq_cols = [ci for ci, k in tested if k >= 4]
+    # round 1: every square, and every flag lane times its own random factor, at once
+    flag_cols = [tot[:, fi] for fi in flag_idx]
+    first_x = [tot[:, ci] for ci in sq_cols] + flag_cols
+    first_y = [tot[:, ci] for ci in sq_cols] + [tot[:, n_cols + 1 + i] for i in range(len(flag_idx))]
+    prods = await multiply(np.stack(first_x, 1), np.stack(first_y, 1)) if first_x else np.zeros((g, 0), np.int64)
+    squares = {ci: prods[:, i] for i, ci in enumerate(sq_cols)}
+    masked_flags = prods[:, len(sq_cols):]
+    terms = [r_group]
+    for ci, k in tested:
+        n = tot[:, ci]
         if ci != count_idx[-1]:
-            terms.append(n)  # an influence or guard count of 0 in a group of people is withheld too
+            terms.append(n)
         if k >= 4:
-            a = n * n - k * n
-            terms += [a + j * (k - j) for j in range(1, (k + 1) // 2)]
+            a = (squares[ci] - k * n) % R.P
+            terms += [(a + j * (k - j)) % R.P for j in range(1, (k + 1) // 2)]
             if k % 2 == 0:
-                terms.append(n - k // 2)
+                terms.append((n - k // 2) % R.P)
         else:
-            terms += [n - j for j in range(1, k)]
-    if terms:
-        while len(terms) > 1:
-            nxt = [terms[i] * terms[i + 1] for i in range(0, len(terms) - 1, 2)]
-            if len(terms) % 2:
-                nxt.append(terms[-1])
-            terms = nxt
-        await mpc.gather(terms[0])
-        _trace("multiplied")
-        small_group = np.asarray(await mpc.np_is_zero_public(terms[0]), dtype=bool)
-    else:
-        small_group = np.zeros(g, bool)
-    released = ~small_group
+            terms += [(n - j) % R.P for j in range(1, k)]
+    while len(terms) > 1:  # a product tree: one resharing round per level, every pair at once
+        half = len(terms) // 2
+        prod = await multiply(np.stack(terms[:half], 1), np.stack(terms[half:2 * half], 1))
+        terms = [prod[:, i] for i in range(half)] + terms[2 * half:]
+    _trace("multiplied")
+    # open the masked product to every party: only zero / non-zero shows
+    async def open_all(x: np.ndarray) -> np.ndarray:
+        opened = await mpc.transfer(x.astype(np.int32).tobytes())
+        sh = [_field(b, x.shape) for b in opened]
+        for j, v in enumerate(sh):
+            if v is None:
+                _fail("malformed", j, f"{_who(j)} sent a malformed share")
+        return R.combine(sh, lam)
+
+    released = (await open_all(terms[0][:, None]))[:, 0] != 0
     _trace("tested")
     idx = np.flatnonzero(released)
 
-    # 5. open flags (as zero tests) to all, value sums to the first party, and the released
-    # groups' keys (each party sends those it holds) to the first party
-    flags: dict[Any, np.ndarray] = {}
+    # 5. flags of released groups (masked, so only zero / non-zero shows), value sums of released
+    # groups to the first party, and the released groups' keys (each party sends those it holds)
+    # to the first party
+    zf = await open_all(masked_flags[idx]) if flag_idx and len(idx) else np.zeros((len(idx), len(flag_idx)), np.int64)
+    flags: dict[Any, np.ndarray] = {small_lanes[fi]: zf[:, i] != 0 for i, fi in enumerate(flag_idx)}
     sums: dict[Any, Any] = {}
-    if len(idx):
-        if flag_idx:
-            flag_cols = tot_s[idx, : len(flag_idx)]  # flags come first, the count lanes last (Layout.lanes)
-            zero = np.asarray(await mpc.np_is_zero_public(flag_cols), dtype=bool).reshape(len(idx), len(flag_idx))
-            for c, i in enumerate(flag_idx):
-                flags[small_lanes[i]] = ~zero[:, c]
-        opened = await mpc.output(tot_b[idx, :], receivers=[0])
-        if pid == 0:
-            vals = np.asarray(opened.value, dtype=object).reshape(len(idx), len(cols))
-            half = pbig // 2
-            for c, col in enumerate(cols):
-                if len(col) > 1 or col[0][1] > 0 or _is_count(layout, col[0][0]):
-                    for lane, shift in col:
-                        sums[lane] = np.array([(int(v) >> shift) & ((1 << 64) - 1) for v in vals[:, c]], np.int64)
-                    continue
-                lane = col[0][0]
-                ints = [int(v) - pbig if int(v) > half else int(v) for v in vals[:, c]]
-                if lane.kind == L.REAL:
-                    sums[lane] = np.array([x / 2**FRAC_BITS for x in ints], np.float64)
-                else:
-                    try:
-                        sums[lane] = np.array(ints, np.int64)
-                    except OverflowError:
-                        sums[lane] = ints
-    else:
-        for i in flag_idx:
-            flags[small_lanes[i]] = np.zeros(0, bool)
-        for lane in big_lanes:
-            sums[lane] = []
+    got_sums = await mpc.transfer(share[idx].astype(np.uint32).tobytes(), senders=parties, receivers=[0])
+    if pid == 0:
+        parts_v = []
+        for j, b in enumerate(got_sums):
+            v = np.frombuffer(b, dtype=np.uint32) if isinstance(b, bytes) and len(b) == 4 * len(idx) * digits.shape[1] else None
+            if v is None:
+                _fail("malformed", j, f"{_who(j)} sent malformed value shares")
+            parts_v.append(v.astype(np.int64).reshape(len(idx), digits.shape[1]))
+        total = R.open_sum(parts_v)
+        col = 0
+        for lane, k in zip(big_lanes, widths):
+            sums[lane] = _decode(layout, lane, total[:, col:col + k])
+            col += k
     key_rows = None
     if keys:
         rel_tok = union.column(TOK).take(pa.array(idx, pa.int64()))
@@ -675,40 +633,76 @@ def _released_first(out: Any, keys: list[str]) -> Any:
     return pa.concat_tables([rel, out.filter(sup)])
 
 
-COUNT_BITS = 48  # a count partial at one node; sums over up to 2^15 nodes fit a 64-bit field
-COUNTS_PER_ELEMENT = BIG_FIELD_BITS // 64 - 1  # 64-bit fields, top field left free
+FRAC_BITS = 32  # reals are fixed point: round(x * 2^32) per node
+COUNT_BITS = 48  # a count partial at one node
 
 
-def _is_count(layout: Any, lane: Any) -> bool:
-    return any(p.name == lane.column and p.count for p in layout.partials)
+def _digits(layout: Any, lane: Any) -> int:
+    """32-bit digits of a value lane's additive shares: counts 2, int64 sums 3, 128-bit decimals 5,
+    reals (fixed point) 4."""
+    from genofed.privacy.secure import layout as L
+
+    p = next(x for x in layout.partials if x.name == lane.column)
+    if lane.kind == L.REAL:
+        return 4
+    return 2 if p.count else 5 if p.decimal else 3
 
 
-def _big_columns(layout: Any) -> list[list[tuple[Any, int]]]:
-    """How value lanes map to big-field elements: count lanes are packed, several per element
-    (64-bit fields; sums never carry across), every other lane takes an element of its own."""
-    cols: list[list[tuple[Any, int]]] = []
-    pack: list[tuple[Any, int]] = []
-    for lane in layout.value_lanes():
-        if _is_count(layout, lane):
-            pack.append((lane, 64 * len(pack)))
-            if len(pack) == COUNTS_PER_ELEMENT:
-                cols.append(pack)
-                pack = []
-        else:
-            cols.append([(lane, 0)])
-    if pack:
-        cols.append(pack)
-    return cols
-
-
-def _fixed_point(x):
+def _lane_digits(layout: Any, lane: Any, v: Any, k: int) -> Any:
     import numpy as np
 
-    x = np.asarray(x, np.float64)
-    limit = 2.0 ** (BIG_FIELD_BITS - FRAC_BITS - 24)
-    if np.any(np.abs(x) >= limit):
-        raise ValueError(f"a real partial exceeds the fixed-point range (|x| < 2^{BIG_FIELD_BITS - FRAC_BITS - 24})")
-    return [int(round(float(v) * 2**FRAC_BITS)) for v in x]
+    from genofed.privacy.secure import layout as L
+
+    p = next(x for x in layout.partials if x.name == lane.column)
+    if lane.kind == L.REAL:
+        x = np.asarray(v, np.float64)
+        if x.size and np.abs(x).max() >= 2.0**88:
+            raise ValueError("a real partial exceeds the fixed-point range (|x| < 2^88)")
+        return R.fixed_digits(x, FRAC_BITS, k)
+    if p.decimal or (isinstance(v, np.ndarray) and v.dtype == object):
+        return R.big_digits([int(x) for x in v], k)
+    a = np.asarray(v, np.int64)
+    if p.count and a.size and (a.min() < 0 or a.max() >= 1 << COUNT_BITS):
+        raise ValueError(f"count partial {lane.column} is out of range")
+    return R.int_digits(a, k)
+
+
+def _decode(layout: Any, lane: Any, d: Any) -> Any:
+    from genofed.privacy.secure import layout as L
+
+    if lane.kind == L.REAL:
+        return R.to_fixed(d, FRAC_BITS)
+    v = R.to_int64(d)
+    return v if v is not None else R.to_ints(d)
+
+
+def _field(b: Any, shape: tuple[int, ...]) -> Any:
+    """A peer's field elements (int32 on the wire) as int64, or None when malformed."""
+    import numpy as np
+
+    n = int(np.prod(shape))
+    if not isinstance(b, bytes) or len(b) != 4 * n:
+        return None
+    a = np.frombuffer(b, dtype=np.int32).astype(np.int64).reshape(shape)
+    if a.size and (a.min() < 0 or a.max() >= R.P):
+        return None
+    return a
+
+
+async def _scatter(mpc: Any, parties: list[int], pid: int, out: dict[int, Any], check: Any) -> dict[int, Any]:
+    """Send ``out[j]`` to each other party j (a round per receiver); returns what each other
+    party sent this one, each passed through ``check`` (None: malformed, the sender is named)."""
+    got: dict[int, Any] = {}
+    for i in parties:
+        others = [j for j in parties if j != i]
+        r = await mpc.transfer(out.get(i) if pid != i else None, senders=others, receivers=[i])
+        if pid == i:
+            for j, b in zip(others, r):
+                v = check(j, b)
+                if v is None:
+                    _fail("malformed", j, f"{_who(j)} sent a malformed message")
+                got[j] = v
+    return got
 
 
 if __name__ == "__main__":
