@@ -483,9 +483,9 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
         raise ValueError("a count partial is out of range for the minimum-count test (0 to 2^30)")
     t = (m - 1) // 2
     n_rand = 1 + len(flag_idx)  # one random factor for the group test, one per flag lane
-    mine = np.concatenate([counts, R.random_field((g, n_rand))], axis=1)
-    width = mine.shape[1]
-    split = R.shamir_split(mine, t, m)
+    own = np.concatenate([counts, R.random_field((g, n_rand))], axis=1)
+    width = own.shape[1]
+    split = R.shamir_split(own, t, m)
     got = await _scatter(mpc, parties, pid, {j: split[j].astype(np.int32).tobytes() for j in parties if j != pid},
                          lambda j, b: _field(b, (g, width)))
     tot = split[pid].copy()
@@ -561,6 +561,7 @@ async def _protocol(mpc: Any, cfg: dict[str, Any], pid: int, m: int, fault: str 
             v = np.frombuffer(b, dtype=np.uint32) if isinstance(b, bytes) and len(b) == 4 * len(idx) * digits.shape[1] else None
             if v is None:
                 _fail("malformed", j, f"{_who(j)} sent malformed value shares")
+                return
             parts_v.append(v.astype(np.int64).reshape(len(idx), digits.shape[1]))
         total = R.open_sum(parts_v)
         col = 0
