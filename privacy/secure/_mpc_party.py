@@ -691,12 +691,16 @@ def _field(b: Any, shape: tuple[int, ...]) -> Any:
 
 
 async def _scatter(mpc: Any, parties: list[int], pid: int, out: dict[int, Any], check: Any) -> dict[int, Any]:
-    """Send ``out[j]`` to each other party j (a round per receiver); returns what each other
-    party sent this one, each passed through ``check`` (None: malformed, the sender is named)."""
-    got: dict[int, Any] = {}
+    """Send ``out[j]`` to each other party j; returns what each other party sent this one, each
+    passed through ``check`` (None: malformed, the sender is named). One transfer per receiver,
+    all in flight at once (MPyC schedules each as its own coroutine): one network round."""
+    futures = []
     for i in parties:
         others = [j for j in parties if j != i]
-        r = await mpc.transfer(out.get(i) if pid != i else None, senders=others, receivers=[i])
+        futures.append((i, others, mpc.transfer(out.get(i) if pid != i else None, senders=others, receivers=[i])))
+    got: dict[int, Any] = {}
+    for i, others, fut in futures:
+        r = await fut
         if pid == i:
             for j, b in zip(others, r):
                 v = check(j, b)
