@@ -436,8 +436,10 @@ def _party_tls(node: Any, names: list[str]) -> dict[str, Any] | None:
     cert, key = node.tls.get("cert"), node.tls.get("key")
     if ca is None or not cert or not key:
         raise CombineError("this node pins certificate fingerprints but has no [federation] ca or [tls] cert/key for its MPC links")
-    base = node.path.parent if node.path is not None else Path(".")
-    return {"cert": str(base / cert), "key": str(base / key), "ca": str(ca), "fingerprints": [fps[n] for n in names]}
+    # [tls] paths are already resolved against node.toml's directory when the config loads;
+    # absolute, since the party process may run elsewhere
+    return {"cert": str(Path(cert).resolve()), "key": str(Path(key).resolve()), "ca": str(Path(ca).resolve()),
+            "fingerprints": [fps[n] for n in names]}
 
 
 def _await_verdict(party: PartyProcess, timeout: float) -> dict[str, Any]:

@@ -212,3 +212,18 @@ def test_node_without_pinned_members_refuses(tmp_path):
     check_membership(cfg, ["a", "b", "d"], 0)  # the steward's quorum: three of four
     with pytest.raises(CombineError, match="at least 3 members"):
         check_membership(cfg, ["a", "b"], 0)
+
+
+def test_party_tls_paths_from_a_relative_node_config(lf, monkeypatch):
+    """A node started with a relative --config (as `genofed demo` does) hands its MPC party
+    absolute certificate paths that exist (the party process may run in another directory)."""
+    from genofed.connectors.config import NodeConfig
+    from genofed.privacy.secure.mpc import _party_tls
+
+    n = FederationConfig.load(lf.root).nodes[0]
+    monkeypatch.chdir(lf.root.parent)
+    cfg = NodeConfig.load(Path(lf.root.name) / n.config)
+    tls = _party_tls(cfg, [m.name for m in cfg.members])
+    assert tls is not None
+    for key in ("cert", "key", "ca"):
+        assert Path(tls[key]).is_absolute() and Path(tls[key]).exists(), (key, tls[key])
