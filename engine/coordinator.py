@@ -14,19 +14,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .combine import PlainCombiner, check_mode, narrow_integers
-from .errors import CombineError, GenofedError, NodeError, PlanningError
+from .combine import Round, check_mode, combiner, narrow_integers
+from .errors import GenofedError, NodeError, PlanningError
 from .planner import COMBINED, Plan, plan_query
 from .protocol import (
-    BLINDED_KEY_COLUMN,
-    META_DP,
-    META_NOTES,
-    META_RISK,
-    META_WITHHELD,
-    META_WITHHELD_TOKENS,
     N_COLUMN,
     SUPPRESSED_COLUMN,
-    ipc_size,
 )
 from .schema import Catalog
 from .sqlcheck import parse
@@ -137,6 +130,13 @@ class Coordinator:
             pool.shutdown(wait=False)
         return {t.name: results[t.name] for t in ts}
 
+    def run_round(self, sql: str, combine: str | None = None, dp: dict[str, Any] | None = None, user_sql: str | None = None) -> QueryResult:
+        """The public round API for table functions and other multi-round drivers: one SQL query
+        (never a table function), combined in ``combine``, with the same release checks as any
+        query. ``user_sql``: the researcher's query the round serves, for their release history
+        at each node."""
+        return self.query(sql, combine=combine, _allow_table_functions=False, dp=dp, _user_sql=user_sql)
+
     def query(self, sql: str, combine: str | None = None, _allow_table_functions: bool = True, dp: dict[str, Any] | None = None,
               _user_sql: str | None = None) -> QueryResult:
         """Plan, dispatch, combine, apply disclosure control and finalize one query (or run a
@@ -220,76 +220,28 @@ class Coordinator:
         )
         return QueryResult(table, prov)
 
+    def round(self, plan_or_sql: Plan | str, query_id: str, targets: list[Transport] | None = None, dp: dict[str, Any] | None = None,
+              notes: dict[str, Any] | None = None, user_sql: str | None = None) -> Round:
+        """The :class:`~genofed.engine.combine.Round` a combiner runs for one fragment: the nodes,
+        this coordinator's fan-out and background pool, its key holder client."""
+        if isinstance(plan_or_sql, str):
+            sql, keys, partials = plan_or_sql, [], []
+        else:
+            sql, keys, partials = plan_or_sql.fragment_sql, list(plan_or_sql.keys), list(plan_or_sql.partials)
+        return Round(sql, keys, partials, query_id, list(targets or self.transports), self.timeout, self.min_count,
+                     fan_out=self._fan_out, submit=self._pool.submit, dp=dp, user_sql=user_sql, keyholder=self.keyholder,
+                     notes=notes)
+
     def _combine(self, mode: str, plan: Plan, qid: str, targets: list[Transport], wire: dict[str, int],
                  dp: dict[str, Any] | None = None, notes: dict[str, Any] | None = None, user_sql: str | None = None) -> pa.Table:
-        """Partials from every target node, combined in ``mode``: one row per group with keys,
-        partials, ``_n`` and ``_suppressed``. ``notes`` collects each node's DP and
+        """Partials from every target node, combined by the ``mode`` plug-in: one row per group
+        with keys, partials, ``_n`` and ``_suppressed``. ``notes`` collects each node's DP and
         re-identification notes (``{node: {"dp": .., "risk": ..}}``). ``user_sql``, the
         researcher's query as written, goes to every node with the fragment."""
-        sql = plan.fragment_sql
-        mine = {"user_sql": user_sql} if user_sql is not None else {}
-        if mode == "plain":
-            parts = self._fan_out(lambda t: t.run_fragment(sql, qid, self.timeout, **({"dp": dp} if dp else {}), **mine), targets)
-            wire.update({node: ipc_size(t) for node, t in parts.items()})
-            if notes is not None:
-                import json
-
-                for node, t in parts.items():
-                    meta = t.schema.metadata or {}
-                    notes[node] = {k: json.loads(meta[m]) for k, m in (("dp", META_DP), ("risk", META_RISK),
-                                                                      ("withheld", META_WITHHELD)) if m in meta}
-                    if META_NOTES in meta:
-                        notes[node].update(json.loads(meta[META_NOTES]))
-            parts, unmatched = self._withhold_everywhere(parts, qid, targets)
-            if notes is not None:
-                notes[""] = {"withheld_nowhere_released": unmatched}
-            return PlainCombiner().combine(parts, plan.keys, plan.partials)
-        if mode == "mpc":
-            from genofed.privacy.secure.mpc import run_mpc
-
-            return narrow_integers(run_mpc(self, targets, sql, qid, self.min_count, self.timeout, wire, dp=dp, notes=notes, user_sql=user_sql))
-        from genofed.privacy.secure.he import run_he
-
-        return narrow_integers(run_he(self, targets, sql, qid, self.min_count, self.timeout, wire, dp=dp, notes=notes, user_sql=user_sql))
-
-    def _withhold_everywhere(self, parts: dict[str, pa.Table], qid: str, targets: list[Transport]) -> tuple[dict[str, pa.Table], int]:
-        """plain: a group one node withheld is withheld at every node. Each node sends the blinded
-        keys of the groups it withheld and, per released row, that row's blinded key (column
-        ``_bk``); the coordinator flags every released row whose blinded key some node withheld,
-        never learning a withheld key. Returns the parts without ``_bk`` and how many withheld
-        keys no node released."""
-        import json
-
-        withheld: list[pa.Array] = []
-        for t in parts.values():
-            raw = (t.schema.metadata or {}).get(META_WITHHELD_TOKENS)
-            if raw:
-                tokens = json.loads(raw)
-                try:
-                    withheld.append(pa.array(tokens, pa.string()) if isinstance(tokens, list) else None)
-                except (pa.ArrowInvalid, pa.ArrowTypeError):
-                    withheld.append(None)
-                if withheld[-1] is None:
-                    raise CombineError("a node sent malformed blinded keys")
-        out = dict(parts)
-        sent = pc.unique(pa.concat_arrays(withheld)) if withheld else pa.array([], pa.string())
-        released = []
-        for node, t in parts.items():
-            if BLINDED_KEY_COLUMN not in t.column_names:
-                continue
-            bk = t.column(BLINDED_KEY_COLUMN)
-            t = t.drop_columns([BLINDED_KEY_COLUMN])
-            if len(sent) and t.num_rows:
-                flag = pc.fill_null(pc.is_in(bk, value_set=sent), False)
-                i = t.column_names.index(SUPPRESSED_COLUMN)
-                t = t.set_column(i, SUPPRESSED_COLUMN, pc.or_(pc.fill_null(t.column(i), False), flag))
-                released.append(bk.combine_chunks() if isinstance(bk, pa.ChunkedArray) else bk)
-            out[node] = t
-        if not len(sent):
-            return out, 0
-        seen = pa.concat_arrays([a.cast(pa.string()) for a in released]) if released else pa.array([], pa.string())
-        matched = int(pc.sum(pc.is_in(sent, value_set=seen)).as_py() or 0)
-        return out, len(sent) - matched
+        rnd = self.round(plan, qid, targets, dp=dp, notes=notes, user_sql=user_sql)
+        out = combiner(mode).run(rnd)
+        wire.update(rnd.wire)
+        return out if mode == "plain" else narrow_integers(out)
 
     def _disclosure(self, combined: pa.Table, plan: Plan) -> tuple[pa.Table, int]:
         if combined.num_rows == 0:

@@ -138,7 +138,7 @@ class AnalysisRun:
         return released
 
     def sql(self, query: str) -> pa.Table:
-        res = self.coordinator.query(query, combine=self.mode, _allow_table_functions=False, _user_sql=self.user_sql)
+        res = self.coordinator.run_round(query, combine=self.mode, user_sql=self.user_sql)
         self.rounds += 1
         for k, v in res.provenance.wire_bytes.items():
             self.wire[k] = self.wire.get(k, 0) + v

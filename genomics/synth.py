@@ -682,8 +682,7 @@ def _group_summary(run: Any, population: str, sex: str | None, samples: str | No
             raise SynthError(f"phenotype {name!r}: kind must be 'binary' or 'continuous', got {kind!r}")
     keys = [f"({population}) AS population"] + ([f"({sex}) AS sex"] if sex else [])
     where = f" WHERE {samples}" if samples else ""
-    res = coordinator.query(f"SELECT {', '.join(keys)}, count(*) AS n FROM samples{where} GROUP BY ALL", combine=mode,
-                            _allow_table_functions=False, dp=dp)
+    res = coordinator.run_round(f"SELECT {', '.join(keys)}, count(*) AS n FROM samples{where} GROUP BY ALL", combine=mode, dp=dp)
     groups: dict[tuple, dict[str, Any]] = {}
     for r in res.table.to_pylist():
         groups[(r["population"], r.get("sex"))] = {"population": r["population"], "sex": r.get("sex"), "n": max(0, int(r["n"] or 0))}
@@ -694,7 +693,7 @@ def _group_summary(run: Any, population: str, sex: str | None, samples: str | No
             sel += [f"avg({name}) AS p{i}_mean", f"stddev_samp({name}) AS p{i}_sd"]
         tables = sorted({n.split(".")[0] for n in phenotypes if "." in n} - {"samples"})
         frm = "samples" + "".join(f" JOIN {t} USING (sample_id)" for t in tables)
-        ph = coordinator.query(f"SELECT {', '.join(sel)} FROM {frm}{where} GROUP BY ALL", combine=mode, _allow_table_functions=False)
+        ph = coordinator.run_round(f"SELECT {', '.join(sel)} FROM {frm}{where} GROUP BY ALL", combine=mode)
         rows = ph.table.to_pylist()
         for i, name in enumerate(phenotypes):
             short = name.split(".")[-1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from genofed.engine.combine import PlainCombiner
 from genofed.engine.planner import PartialSpec
@@ -52,3 +53,38 @@ def test_groups_missing_at_one_node_are_hashed():
     a, b = part(1), part(2).slice(0, 30)
     out = PlainCombiner().combine({"a": a, "b": b}, ["_k0", "_k1"], PARTIALS)
     assert out.num_rows == 50
+
+
+def test_combine_modes_are_plugins_and_the_engine_imports_no_privacy_module():
+    """mpc and he are found through the genofed.combiners entry points; plain is the engine's own.
+    Importing the coordinator and planning a query pull in no genofed.privacy module."""
+    import subprocess
+    import sys
+
+    from genofed.engine.combine import Combiner, PlainCombiner, combiner, register
+    from genofed.engine.errors import CombineError
+
+    assert isinstance(combiner("plain"), PlainCombiner)
+    assert type(combiner("mpc")).__module__ == "genofed.privacy.secure.mpc"
+    assert type(combiner("he")).__module__ == "genofed.privacy.secure.he"
+    with pytest.raises(CombineError, match="unknown combine mode 'nosuch'; choose he, mpc, plain"):
+        combiner("nosuch")
+
+    class Echo(Combiner):
+        mode = "echo-test"
+
+        def run(self, rnd):
+            return rnd
+
+    from genofed.engine import combine as C
+
+    register(Echo())
+    try:
+        assert combiner("echo-test").run("x") == "x"
+    finally:
+        C._REGISTRY.pop("echo-test", None)
+
+    code = ("import sys; import genofed.engine.coordinator, genofed.engine.planner, genofed.engine.tablefunc; "
+            "bad = sorted(m for m in sys.modules if m.startswith('genofed.privacy')); print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -288,7 +288,7 @@ def test_secure_default_for_new_federations(tmp_path, data_1126):
 
 
 def test_unknown_mode_and_min_max_refused(fed1126):
-    with pytest.raises(CombineError, match="plain, mpc or he"):
+    with pytest.raises(CombineError, match="choose he, mpc, plain"):
         fed1126.sql("SELECT count(*) FROM samples", combine="fhe")
     with pytest.raises(DisclosureError):
         fed1126.sql("SELECT max(age) FROM phenotypes", combine="mpc")

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from genofed.engine.combine import Combiner, Round
 from genofed.engine.errors import CombineError
 from genofed.engine.protocol import ipc_size
 
@@ -550,20 +551,41 @@ def round_ckks(x: np.ndarray) -> np.ndarray:
 
 # -- coordinator: one query ------------------------------------------------------------------------
 
+class HECombiner(Combiner):
+    """``combine='he'``: nodes encrypt and tag, the key holder checks, adds and decrypts."""
+
+    mode = "he"
+
+    def run(self, rnd: Round) -> pa.Table:
+        return _run(rnd)
+
+
 def run_he(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: str, min_count: int, timeout: float, wire: dict[str, int] | None = None,
            dp: dict[str, Any] | None = None, notes: dict[str, Any] | None = None, user_sql: str | None = None) -> pa.Table:
+    """One HE round driven by ``coordinator`` (its :meth:`~genofed.engine.coordinator.Coordinator.round`)."""
+    rnd = coordinator.round(fragment_sql, query_id, targets, dp=dp, notes=notes, user_sql=user_sql)
+    rnd.timeout, rnd.min_count = timeout, min_count
+    out = _run(rnd)
+    if wire is not None:
+        wire.update(rnd.wire)
+    return out
+
+
+def _run(rnd: Any) -> pa.Table:
     """Run one query under HE; returns the released combined table. The coordinator sees each
     node's tagged ciphertexts and the released groups only, and relays the ciphertexts to the key
     holder, which adds them itself. ``user_sql``: the researcher's query as written, for their
     release history at each node."""
-    kh = getattr(coordinator, "keyholder", None)
+    targets, fragment_sql, query_id, min_count, timeout = rnd.targets, rnd.fragment_sql, rnd.query_id, rnd.min_count, rnd.timeout
+    dp, notes, user_sql, wire = rnd.dp, rnd.notes, rnd.user_sql, rnd.wire
+    kh = rnd.keyholder
     if kh is None:
         raise CombineError("combine='he' needs a key holder: add a [keyholder] table (location, token) to federation.toml, or use combine='mpc'")
     key_id = kh.open(query_id, [t.name for t in targets], min_count, timeout=timeout)
     keys = kh.public_keys()
     # the node's call deadline is timeout + 10 s (encryption after the fragment): wait as long
     mine = {"user_sql": user_sql} if user_sql is not None else {}
-    parts = coordinator._fan_out(lambda t: t.run_he(fragment_sql, query_id, key_id, timeout, dp=dp, **mine), targets, grace=12.0)
+    parts = rnd.fan_out(lambda t: t.run_he(fragment_sql, query_id, key_id, timeout, dp=dp, **mine), targets, grace=12.0)
     layouts, groups = set(), set()
     if notes is not None:  # each node's DP and re-identification notes for the provenance
         notes.update({node: json.loads(t.schema.metadata[b"genofed.notes"]) for node, t in parts.items()

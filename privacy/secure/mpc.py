@@ -45,6 +45,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from genofed.engine.combine import Combiner, Round
 from genofed.engine.errors import CombineError, NodeError
 from genofed.engine.privatefs import make_private, private_dir
 from genofed.engine.protocol import KEY_USER_SQL, MAX_USER_SQL_CHARS, write_ipc_file
@@ -238,6 +239,7 @@ class NodeSessions:
         self.ttl = ttl
         self.host = host
         self._sessions: dict[str, _Session] = {}
+        self._running: dict[str, _Session] = {}  # sessions whose protocol is under way (abort stops them)
         self._used: dict[str, None] = {}  # insertion-ordered: the oldest are forgotten first
         self._lock = threading.Lock()
 
@@ -331,6 +333,8 @@ class NodeSessions:
             raise CombineError(f"malformed mpc_run request: {str(e)[:200]}") from None
         verdict: dict[str, Any] = {"event": "error", "code": "error", "reason": "interrupted"}
         out: dict[str, Any] = {}
+        with self._lock:
+            self._running[query_id] = s
         try:
             s.party.start(cfg)
             verdict = _await_verdict(s.party, timeout + 5.0)
@@ -339,6 +343,8 @@ class NodeSessions:
                 if pid == 0:  # Arrow IPC file, base64 for the JSON answer
                     out["result"] = base64.b64encode(Path(cfg["output"]).read_bytes()).decode()
         finally:
+            with self._lock:
+                self._running.pop(query_id, None)
             if verdict.get("event") == "done":
                 release_party(s.party)
                 shutil.rmtree(s.workdir, ignore_errors=True)
@@ -351,10 +357,15 @@ class NodeSessions:
         return out
 
     def abort(self, query_id: str) -> None:
+        """Drop a prepared session, or stop one whose protocol is under way (its party is killed:
+        the node's mpc_run answers at once instead of waiting for the party's timeout)."""
         with self._lock:
             s = self._sessions.pop(query_id, None)
+            running = self._running.get(query_id)
         if s:
             self._close(s)
+        if running is not None:
+            running.party.kill()
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -462,15 +473,36 @@ def _await_verdict(party: PartyProcess, timeout: float) -> dict[str, Any]:
 
 # -- coordinator side ------------------------------------------------------------------------------
 
+class MPCCombiner(Combiner):
+    """``combine='mpc'``: the nodes compute among themselves (see the module docstring); the
+    coordinator relays and receives the released groups."""
+
+    mode = "mpc"
+
+    def run(self, rnd: Round) -> pa.Table:
+        return _run(rnd)
+
+
 def run_mpc(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: str, min_count: int, timeout: float, wire: dict[str, int] | None = None,
             dp: dict[str, Any] | None = None, notes: dict[str, Any] | None = None, user_sql: str | None = None) -> pa.Table:
+    """One MPC round driven by ``coordinator`` (its :meth:`~genofed.engine.coordinator.Coordinator.round`)
+    over ``targets`` with this ``timeout``; ``min_count`` is unused (each node applies its own)."""
+    del min_count
+    rnd = coordinator.round(fragment_sql, query_id, targets, dp=dp, notes=notes, user_sql=user_sql)
+    rnd.timeout = timeout
+    out = _run(rnd)
+    if wire is not None:
+        wire.update(rnd.wire)
+    return out
+
+
+def _run(rnd: Round) -> pa.Table:
     """Run one query under MPC among the nodes; returns the combined table (released groups with
     keys and partials, withheld groups as rows of NULLs flagged ``_suppressed``, ``_n`` NULL).
     Raises :class:`NodeError` naming the node at fault. The coordinator only relays: it holds no
-    share and cannot change what is opened. ``min_count`` is unused here (each node applies its
-    own; the strictest wins). ``user_sql``: the researcher's query as written, for their release
-    history at each node."""
-    del min_count
+    share and cannot change what is opened."""
+    targets, timeout, query_id, fragment_sql = rnd.targets, rnd.timeout, rnd.query_id, rnd.fragment_sql
+    dp, notes, user_sql = rnd.dp, rnd.notes, rnd.user_sql
     if len(targets) < MIN_PARTIES:
         raise CombineError(f"combine='mpc' needs at least {MIN_PARTIES} nodes (an honest majority of parties); this federation has "
                            f"{len(targets)}: use combine='he'")
@@ -483,7 +515,7 @@ def run_mpc(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: s
     try:
         body: dict[str, Any] = {"sql": fragment_sql, "query_id": query_id, **({"dp": dp} if dp else {}),
                                 **({KEY_USER_SQL: user_sql[:MAX_USER_SQL_CHARS]} if isinstance(user_sql, str) else {})}
-        prepared = coordinator._fan_out(lambda t: t.action("mpc_prepare", body, timeout), targets)
+        prepared = rnd.fan_out(lambda t: t.action("mpc_prepare", body, timeout), targets)
         if notes is not None:  # each node's DP and re-identification notes for the provenance
             notes.update({t.name: prepared[t.name]["notes"] for t in targets if prepared[t.name].get("notes")})
         parties = [f"{prepared[t.name]['host']}:{int(prepared[t.name]['port'])}" for t in targets]
@@ -492,8 +524,7 @@ def run_mpc(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: s
             run_body = {"query_id": query_id, "pid": i, "parties": parties, "names": names, "timeout": timeout}
             futures[runners.submit(t.action, "mpc_run", run_body, timeout + 15.0)] = t
         answers = _await_nodes(futures, timeout + 20.0, names)
-        if wire is not None:
-            wire.update({t.name: int(answers[t.name].get("bytes_sent", 0) or 0) for t in targets})
+        rnd.wire.update({t.name: int(answers[t.name].get("bytes_sent", 0) or 0) for t in targets})
         try:
             raw = base64.b64decode(answers[names[0]].get("result") or "", validate=True)
             if not raw:
@@ -504,7 +535,7 @@ def run_mpc(coordinator: Any, targets: list[Any], fragment_sql: str, query_id: s
     except BaseException:
         for t in targets:
             if t.name in prepared:
-                coordinator._pool.submit(_quiet_abort, t, query_id)
+                rnd.submit(_quiet_abort, t, query_id)
         raise
     finally:
         runners.shutdown(wait=False)
