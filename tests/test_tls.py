@@ -37,14 +37,15 @@ def run(*args, check=True):
 def _init(root: Path, *extra: str) -> Path:
     vcf = need(shared_data() / "1kg_2504_aisnps" / "kidd.aisnp.1kg.vcf.gz")
     panel = need(shared_data() / "panel" / "1kg_phase3_2504_panel.tsv")
-    run("federation", "init", root, "--vcf", vcf, "--samples", panel, "--nodes", "2", "--min-count", "1", "--allow-plain",
+    run("federation", "init", root, "--vcf", vcf, "--samples", panel, "--nodes", "3", "--min-count", "1", "--allow-plain",
         "--combine", "plain", *extra)
     return root
 
 
 @pytest.fixture(scope="module")
 def feds(tmp_path_factory):
-    """The same cohort as a TLS federation (init's default) and a plain one (--no-tls), both up."""
+    """The same cohort as a TLS federation (init's default) and a plain one (--no-tls), both up; three nodes (mpc needs an
+    honest majority of parties)."""
     tls_root = _init(tmp_path_factory.mktemp("fed_tls") / "fed")
     plain_root = _init(tmp_path_factory.mktemp("fed_plain") / "fed", "--no-tls")
     up(tls_root)
@@ -223,7 +224,7 @@ def test_certs_cli(tmp_path):
     san = srv.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["node-a.example.org"]
     assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.7"]
-    assert list(srv.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    assert list(srv.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]  # nodes also dial each other (MPC links)
     cli = x509.load_pem_x509_certificate((tmp_path / "cli" / "alice.crt").read_bytes())
     assert list(cli.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
     ca_cert = x509.load_pem_x509_certificate((ca / "ca.crt").read_bytes())

@@ -135,7 +135,11 @@ def _install_message_checks(asyncoro: Any, secret: bytes, live: _Liveness, fault
     """
     ME = asyncoro.MessageExchanger
     corrupt = [fault == "corrupt"]
-    original_made = ME.connection_made
+    # MPyC's own connection_made, kept once: a party process serves query after query, and each
+    # query's check must replace the previous one's (its peers and fingerprints), never wrap it
+    if not hasattr(ME, "_genofed_connection_made"):
+        ME._genofed_connection_made = ME.connection_made
+    original_made = ME._genofed_connection_made
 
     def connection_made(self, transport):
         if self.peer_pid is not None:  # this party dialled the peer: check who answered
