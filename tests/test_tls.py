@@ -74,7 +74,8 @@ def test_init_configures_tls_by_default(feds):
     assert kh["tls"] == {"cert": "tls/keyholder.crt", "key": "tls/keyholder.key"}
     # every private key (the CA's, each node's, the key holder's) is readable by its owner only
     keys = _key_files(tls_root)
-    assert {k.relative_to(tls_root).as_posix() for k in keys} == {"tls/ca.key", "node_1/tls/node.key", "node_2/tls/node.key", "keyholder/tls/keyholder.key"}
+    assert {k.relative_to(tls_root).as_posix() for k in keys} == {"tls/ca.key", "node_1/tls/node.key", "node_2/tls/node.key",
+                                                                    "node_3/tls/node.key", "keyholder/tls/keyholder.key"}
     assert all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in keys)
     # --no-tls: plain links, no certificates
     plain = FederationConfig.load(plain_root)
