@@ -115,8 +115,9 @@ def test_training_without_epsilon_is_refused(synth_fed):
 # -- secure combine ----------------------------------------------------------------------------------
 
 def _recorded_training(fed, mode, tmp_path, monkeypatch):
-    """Train on chromosome 21 in ``mode`` recording what the coordinator receives (and its MPC
-    party's messages), and each node's noisy counts as it releases them (in-process nodes)."""
+    """Train on chromosome 21 in ``mode`` recording what the coordinator receives (it holds no MPC
+    party: the nodes' answers are all it gets), and each node's noisy counts as they leave each
+    node (in-process nodes)."""
     from test_secure_combine import _Recorder
 
     from genofed.privacy import dpnode
@@ -132,8 +133,6 @@ def _recorded_training(fed, mode, tmp_path, monkeypatch):
 
     monkeypatch.setattr(dpnode, "noise_table", spy)
     blobs: list[bytes] = []
-    record = tmp_path / f"party0-{mode}.bin"
-    monkeypatch.setenv("GENOFED_MPC_RECORD", str(record))
     MPC.close_idle()
     coord = fed._coord
     saved = coord.transports
@@ -142,11 +141,8 @@ def _recorded_training(fed, mode, tmp_path, monkeypatch):
         model = fed.synth_train(epsilon=EPS, population="population", variants="chrom = '21'", seed=11, combine=mode)
     finally:
         coord.transports = saved
-        monkeypatch.delenv("GENOFED_MPC_RECORD")
         monkeypatch.setattr(dpnode, "noise_table", real_noise)
         MPC.close_idle()
-    if record.exists():
-        blobs.append(record.read_bytes())
     return model, [t for t in produced if "c0" in t.column_names], blobs
 
 

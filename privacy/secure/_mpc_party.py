@@ -125,7 +125,7 @@ def _check_peer(transport: Any, peer: int, fingerprints: list[str] | None) -> No
                                 f"for {_who(peer)} (a stranger in its place); nothing was opened")
 
 
-def _install_message_checks(asyncoro: Any, secret: bytes, live: _Liveness, fault: str | None, record: Any = None,
+def _install_message_checks(asyncoro: Any, secret: bytes, live: _Liveness, fault: str | None,
                             fingerprints: list[str] | None = None) -> None:
     """Authenticate every MPyC message (HMAC-SHA256, per-session key), check each peer's
     certificate against its pinned fingerprint, and watch peers.
@@ -189,9 +189,6 @@ def _install_message_checks(asyncoro: Any, secret: bytes, live: _Liveness, fault
             payload, got = body[:-_TAG], body[-_TAG:]
             if size < _TAG or not hmac.compare_digest(got, tag(self.peer_pid, rt.pid, pc, payload)):
                 _fail("tampered", self.peer_pid, f"a share message from {_who(self.peer_pid)} failed its integrity check (tampered or corrupted in transit)")
-            if record is not None:
-                record.write(payload)
-                record.flush()
             if pc in self.buffers:
                 self.buffers.pop(pc).set_result(payload)
             else:
@@ -346,11 +343,8 @@ def _one_query(cfg: dict[str, Any], sock: socket.socket | None = None) -> None:
 
     mpc = mpyc.runtime.mpc if fresh_import else mpyc.runtime.setup()  # a fresh runtime per query
 
-    # test hook: a party keeps every message it receives (see tests)
-    rec_path = os.environ.get("GENOFED_MPC_RECORD")
-    record = open(rec_path, "ab") if rec_path else None  # noqa: SIM115
     tls = cfg.get("tls")
-    _install_message_checks(asyncoro, bytes.fromhex(cfg["secret"]), live, fault, record, tls["fingerprints"] if tls else None)
+    _install_message_checks(asyncoro, bytes.fromhex(cfg["secret"]), live, fault, tls["fingerprints"] if tls else None)
     if sock is not None:
         _serve_on(mpc, sock, tls)
     try:
@@ -366,9 +360,6 @@ def _one_query(cfg: dict[str, Any], sock: socket.socket | None = None) -> None:
         traceback.print_exc(file=sys.stderr)
         sys.stderr.flush()
         _fail("error", pid, f"{_who(pid)} failed: {type(e).__name__} (the message is in that node's log)")
-    finally:
-        if record is not None:
-            record.close()
     finished.set()
     _emit({"event": "done", "bytes_sent": _sent[0]})
 

@@ -51,7 +51,6 @@ from genofed.engine.privatefs import make_private, private_dir
 from genofed.engine.protocol import KEY_USER_SQL, MAX_USER_SQL_CHARS, write_ipc_file
 
 PARTY_MODULE = "genofed.privacy.secure._mpc_party"
-COORDINATOR_NAME = "coordinator"  # not a party: names the coordinator in errors
 MIN_PARTIES = 3  # an honest majority of passively corrupt parties needs at least three
 TOKEN_COLUMN = "_tok"
 MAX_REMEMBERED = 100_000  # query ids a node remembers as used (replays are refused)
